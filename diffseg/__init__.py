@@ -1,0 +1,29 @@
+"""DiffSeg in PyTorch: unsupervised zero-shot segmentation from Stable Diffusion self-attention.
+
+Pipeline: :class:`StableDiffusionBackbone` (one UNet pass, self-attention captured
+by :func:`capture_self_attention`) -> :func:`aggregate_attention` -> :class:`DiffSeg`
+(iterative KL merging + NMS) or the :class:`KMeansSegmenter` baselines.
+"""
+
+from diffseg.aggregation import aggregate_attention, resolution_weights
+from diffseg.merging import anchor_grid, merge_proposals
+from diffseg.nms import nms_mask
+from diffseg.segmenter import DiffSeg, KMeansSegmenter
+
+__all__ = [
+    "DiffSeg",
+    "KMeansSegmenter",
+    "aggregate_attention",
+    "anchor_grid",
+    "merge_proposals",
+    "nms_mask",
+    "resolution_weights",
+]
+
+try:  # the capture and backbone modules need diffusers/transformers
+    from diffseg.backbone import StableDiffusionBackbone  # noqa: F401
+    from diffseg.capture import capture_self_attention  # noqa: F401
+
+    __all__ += ["StableDiffusionBackbone", "capture_self_attention"]
+except ImportError:  # pragma: no cover - exercised only while those modules are being written
+    pass

@@ -1,0 +1,214 @@
+"""Iterative attention merging with a symmetric KL distance (DESIGN step 6).
+
+Distance between two maps ``p`` and ``q`` (each a distribution over ``K`` keys):
+
+    D(p, q) = 0.5 * (KL(p || q) + KL(q || p))
+            = 0.5 * (sum p log p + sum q log q - sum p log q - sum q log p)
+
+The first two sums are per-map terms; the last two are matrix products, so all
+anchors are compared with all maps at once without building an
+``anchors x maps x K`` tensor.
+
+Non-finite distances never merge. A map that holds an exact zero has
+``log 0 = -inf`` and every distance involving it is NaN or inf in the official
+code, so such a map merges with nothing (and, as an anchor, forms an empty
+group that is dropped).
+
+``kl_precision="float16"`` reproduces the official first iteration, which casts
+the anchors and maps to float16 before the KL: inputs are rounded to float16
+(tiny probabilities become 0) and the sums are computed in float32.
+``"float32"`` is the corrected variant that skips the rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+__all__ = [
+    "KL_PRECISIONS",
+    "anchor_grid",
+    "first_merge",
+    "greedy_merge",
+    "kl_distance_matrix",
+    "merge_proposals",
+]
+
+KL_PRECISIONS = ("float16", "float32")
+
+
+def anchor_grid(num_points: int, side: int = 64) -> torch.Tensor:
+    """The ``M x M`` anchor grid of the official release.
+
+    With ``seg = (side - 1) // (M - 1)`` and ``total = seg * (M - 1)``, the
+    coordinates are ``linspace(start, start + total, M)`` cast to int with
+    ``start = (side - 1 - total) // 2`` (M=16, side=64 -> 1, 5, ..., 61), in both
+    axes, row-major (``ij`` indexing).
+
+    Returns:
+        ``LongTensor(M*M, 2)`` of ``(row, col)`` query coordinates.
+    """
+    if num_points < 2:
+        raise ValueError(f"num_points: expected an integer >= 2, got {num_points}")
+    if num_points > side:
+        raise ValueError(f"num_points: expected at most the attention side {side}, got {num_points}")
+    seg = (side - 1) // (num_points - 1)
+    total = seg * (num_points - 1)
+    start = (side - 1 - total) // 2
+    coords = np.linspace(start, start + total, num_points).astype(int)
+    rows, cols = np.meshgrid(coords, coords, indexing="ij")
+    return torch.from_numpy(np.stack([rows.reshape(-1), cols.reshape(-1)], axis=1).astype(np.int64))
+
+
+def _kl_terms(maps: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-map terms of the symmetric KL.
+
+    Args:
+        maps: ``(N, K)`` float tensor, rows are distributions.
+        precision: ``"float16"`` rounds the inputs to float16 first.
+
+    Returns:
+        ``(x, log_x, neg_entropy, valid)``: ``x`` the (rounded) maps in float32
+        ``(N, K)``, ``log_x`` its log ``(N, K)`` (``-inf`` at zeros),
+        ``neg_entropy = sum x log x`` ``(N,)`` and ``valid`` ``(N,)`` bool, false
+        for maps with a zero or non-finite entry.
+    """
+    if precision == "float16":
+        x = maps.to(torch.float16).float()
+    elif precision == "float32":
+        x = maps.float()
+    else:
+        raise ValueError(f"kl_precision: expected one of {KL_PRECISIONS}, got {precision!r}")
+    log_x = torch.log(x)
+    neg_entropy = torch.linalg.vecdot(x, log_x)
+    # A zero gives 0 * log 0 = NaN, a NaN or inf entry a non-finite sum: the row
+    # entropy is finite exactly when every entry is positive and finite.
+    valid = torch.isfinite(neg_entropy)
+    return x, log_x, neg_entropy, valid
+
+
+@contextmanager
+def _no_tf32():
+    """Keep float32 matmuls in full precision on CUDA (TF32 would move KL decisions)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def first_merge(
+    maps: torch.Tensor, anchors: torch.Tensor, threshold: float, precision: str = "float16"
+) -> torch.Tensor:
+    """First merging iteration: every anchor averages the maps close to it.
+
+    Args:
+        maps: ``(N, K)`` float32 maps (``N = S*S`` queries, ``K = S*S`` keys).
+        anchors: ``LongTensor(A,)`` row indices of the anchor maps.
+        threshold: merge when ``D(anchor, map) < threshold``.
+        precision: ``"float16"`` (official rounding) or ``"float32"``.
+
+    Returns:
+        ``(P, K)`` float64 proposals in anchor order, ``P <= A``: anchors whose
+        group is empty are dropped (the official code would average them into
+        NaN). No de-duplication.
+    """
+    x, log_x, neg_entropy, valid = _kl_terms(maps, precision)
+    anchors = anchors.to(maps.device)
+    with _no_tf32():
+        # cross[a, q] = sum_k x_a log x_q + log x_a x_q
+        cross = torch.addmm(torch.mm(x[anchors], log_x.T), log_x[anchors], x.T)
+    distance = 0.5 * (neg_entropy[anchors, None] + neg_entropy[None, :] - cross)
+    merge = (distance < threshold) & valid[anchors, None] & valid[None, :]
+    del cross, distance, x, log_x
+    counts = merge.sum(dim=1)
+    keep = counts > 0
+    merge = merge[keep]
+    with _no_tf32():
+        sums = torch.mm(merge.to(maps.dtype), maps)
+    return sums.double() / counts[keep, None].double()
+
+
+def kl_distance_matrix(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric KL between all pairs of a small set of maps, in float64.
+
+    Args:
+        maps: ``(P, K)`` float tensor.
+
+    Returns:
+        ``(distance, valid)``: ``(P, P)`` float64 distances (non-finite where a
+        map holds a zero) and ``(P,)`` bool validity of each map.
+    """
+    x = maps.double()
+    log_x = torch.log(x)
+    neg_entropy = torch.linalg.vecdot(x, log_x)
+    valid = torch.isfinite(neg_entropy)
+    cross = x @ log_x.T  # cross[i, j] = sum x_i log x_j
+    distance = 0.5 * (neg_entropy[:, None] + neg_entropy[None, :] - cross - cross.T)
+    return distance, valid
+
+
+def greedy_merge(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """One later merging iteration (greedy, in proposal order).
+
+    A proposal not yet used as an anchor or merged into a group becomes an
+    anchor; every proposal with ``D < threshold`` to it joins its group, also
+    one already merged into an earlier group (as the official code does); the
+    group mean is a new proposal and all members are marked used.
+
+    Args:
+        proposals: ``(P, K)`` float64.
+
+    Returns:
+        ``(P', K)`` float64 group means, ``P' <= P``.
+    """
+    if proposals.shape[0] == 0:
+        return proposals
+    distance, valid = kl_distance_matrix(proposals)
+    merge = ((distance < threshold) & valid[:, None] & valid[None, :]).cpu().numpy()
+    used = np.zeros(merge.shape[0], dtype=bool)
+    groups = []
+    for i in range(merge.shape[0]):  # at most A iterations over a small bool matrix
+        if used[i]:
+            continue
+        used[i] = True
+        row = merge[i]
+        if row.any():
+            used |= row
+            groups.append(row)
+    if not groups:
+        return proposals[:0]
+    membership = torch.from_numpy(np.stack(groups)).to(device=proposals.device, dtype=proposals.dtype)
+    return (membership @ proposals) / membership.sum(dim=1, keepdim=True)
+
+
+def merge_proposals(
+    maps: torch.Tensor,
+    thresholds: Sequence[float],
+    num_points: int = 16,
+    precision: str = "float16",
+) -> torch.Tensor:
+    """All merging iterations for one image.
+
+    Args:
+        maps: ``(S, S, S, S)`` or ``(S*S, S*S)`` aggregated attention of one image.
+        thresholds: one KL threshold per iteration (the first uses the anchor
+            grid, the others the greedy pass).
+        num_points: anchor grid size ``M``.
+        precision: KL precision of the first iteration.
+
+    Returns:
+        ``(P, S*S)`` float64 proposals (``P`` may be 0 when every anchor is empty).
+    """
+    side = int(round(maps.numel() ** 0.25))
+    flat = maps.reshape(side * side, side * side)
+    grid = anchor_grid(num_points, side)
+    anchors = grid[:, 0] * side + grid[:, 1]
+    proposals = first_merge(flat, anchors, thresholds[0], precision)
+    for threshold in thresholds[1:]:
+        proposals = greedy_merge(proposals, threshold)
+    return proposals

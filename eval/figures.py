@@ -1,0 +1,237 @@
+"""Figures of the harness: ablation sweeps and qualitative grids (matplotlib, Agg backend).
+
+Every figure is written atomically (a temporary file in the target folder, then
+``os.replace``). :func:`colorize` is small and dependency-light on purpose: the segment
+CLI uses it to write overlays.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from eval.metrics import confusion_histogram, hungarian_match  # noqa: E402
+
+METRICS = ("ACC", "mIoU")
+
+
+def _voc_color(i: int) -> tuple[int, int, int]:
+    """Colour ``i`` of the PASCAL VOC bit-interleaving colour map."""
+    r = g = b = 0
+    for shift in range(7, -1, -1):
+        r |= ((i >> 0) & 1) << shift
+        g |= ((i >> 1) & 1) << shift
+        b |= ((i >> 2) & 1) << shift
+        i >>= 3
+    return r, g, b
+
+
+def default_palette(n: int = 256) -> np.ndarray:
+    """Fixed, deterministic uint8 palette (n, 3): the 60 tab20/b/c colours, then VOC colours.
+
+    No entry is pure black, which stays reserved for ignore / negative ids.
+    """
+    maps = {name: matplotlib.colormaps[name].colors for name in ("tab20", "tab20b", "tab20c")}
+    # strong, distinct hues first: tab20's dark half, then its light half, then the others
+    order = [maps["tab20"][0::2], maps["tab20"][1::2]]
+    order += [maps[name][k::4] for k in (0, 2, 1, 3) for name in ("tab20b", "tab20c")]
+    colors: list[tuple[int, int, int]] = [
+        tuple(int(round(255 * c)) for c in rgba[:3]) for group in order for rgba in group
+    ]
+    i = 1
+    while len(colors) < n:
+        colors.append(_voc_color(i))
+        i += 1
+    return np.asarray(colors[:n], dtype=np.uint8)
+
+
+_PALETTE = default_palette()
+
+
+def colorize(mask: Any, palette: np.ndarray | None = None) -> np.ndarray:
+    """Colour an integer mask (H, W): id ``k`` gets ``palette[k % len(palette)]``, ids < 0 black.
+
+    Returns a uint8 (H, W, 3) array. Accepts numpy arrays and torch tensors.
+    """
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask).astype(np.int64)
+    pal = _PALETTE if palette is None else np.asarray(palette, dtype=np.uint8)
+    out = pal[np.mod(mask, len(pal))]
+    out[mask < 0] = 0
+    return out
+
+
+def overlay(image: np.ndarray, mask: Any, alpha: float = 0.55,
+            palette: np.ndarray | None = None) -> np.ndarray:
+    """Blend ``colorize(mask)`` over a uint8 RGB image; ids < 0 are left as the image."""
+    mask = np.asarray(mask)
+    colors = colorize(mask, palette).astype(np.float32)
+    img = np.asarray(image, dtype=np.float32)
+    blend = (1.0 - alpha) * img + alpha * colors
+    blend[mask < 0] = img[mask < 0]
+    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+
+
+def save_figure(fig: plt.Figure, out_path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Save ``fig`` atomically to ``out_path`` (format from its suffix), close it, return the path."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fmt = out.suffix.lstrip(".") or "png"
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, **kwargs)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _sweep_methods(df: pd.DataFrame) -> list[str]:
+    """Method names of a sweep table whose columns are '<method> ACC' / '<method> mIoU'."""
+    methods: list[str] = []
+    for col in df.columns:
+        for metric in METRICS:
+            suffix = f" {metric}"
+            if str(col).endswith(suffix):
+                name = str(col)[: -len(suffix)]
+                if name not in methods:
+                    methods.append(name)
+    return methods
+
+
+def plot_sweep(df: pd.DataFrame, param: str, out_path: str | os.PathLike, banner: str | None = None) -> Path:
+    """Plot ACC and mIoU (two panels) against the swept value, one line per method.
+
+    ``df`` is an ablation table: index = swept values, columns ``'<method> ACC'`` and
+    ``'<method> mIoU'``. Non-numeric swept values are placed at evenly spaced positions.
+    """
+    values = list(df.index)
+    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+    x = np.asarray(values, dtype=float) if numeric else np.arange(len(values), dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for method in _sweep_methods(df):
+            col = f"{method} {metric}"
+            if col in df.columns:
+                y = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+                ax.plot(x, y, marker="o", label=method)
+        ax.set_xlabel(param)
+        ax.set_ylabel(f"{metric} (x100)")
+        ax.set_title(metric)
+        ax.grid(True, alpha=0.3)
+        if not numeric:
+            ax.set_xticks(x, [str(v) for v in values], rotation=30, ha="right")
+    if axes[0].lines:
+        axes[0].legend(fontsize="small")
+    if banner:
+        fig.suptitle(banner, color="red", fontsize="small")
+    return save_figure(fig, out_path, dpi=120)
+
+
+def _nearest_resize(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize (half-pixel centres) of a 2-D array to ``shape``."""
+    if mask.shape == shape:
+        return mask
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0], mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1], mask.shape[1] - 1)
+    return mask[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
+
+
+def _match_to_classes(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Relabel segments for display: a segment matched to a GT class takes that class's id.
+
+    Unmatched segments get ids from ``num_classes`` upwards, so colours agree with the
+    ground-truth column wherever the metric's matching pairs them.
+    """
+    hist = confusion_histogram(mask, label, num_classes=num_classes)
+    match = hungarian_match(hist)
+    lut = np.full(hist.shape[1], -1, dtype=np.int64)
+    for cls, seg in enumerate(match):
+        if hist[cls, seg] > 0:
+            lut[seg] = cls
+    spare = num_classes
+    for seg in np.unique(mask):
+        if lut[seg] < 0:
+            lut[seg] = spare
+            spare += 1
+    return lut[mask]
+
+
+def qualitative_grid(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                     masks: Mapping[str, Sequence[np.ndarray]], out_path: str | os.PathLike,
+                     class_names: Sequence[str] | None = None, banner: str | None = None) -> Path:
+    """Grid of image | ground truth | one column per method, one row per image.
+
+    Args:
+        images: uint8 (H, W, 3) arrays.
+        labels: int (H, W) ground truth, -1 (or any value outside the classes) = ignore,
+            drawn black.
+        masks: method name -> list of int (H, W) segment masks (resized to the image
+            if needed). Segments are recoloured to their Hungarian-matched class.
+        out_path: where to write the figure.
+        class_names: optional class names; adds a legend of the classes shown.
+        banner: optional line written above the grid (e.g. the demo banner).
+
+    Returns:
+        the written path.
+    """
+    n = len(images)
+    if len(labels) != n or any(len(m) != n for m in masks.values()):
+        raise ValueError("images, labels and every method's masks must have the same length")
+    if n == 0:
+        raise ValueError("no images to draw")
+    num_classes = len(class_names) if class_names else 27
+    for lab in labels:
+        lab_max = int(np.asarray(lab).max(initial=-1))
+        if not class_names and lab_max >= num_classes:
+            num_classes = lab_max + 1
+    cols = 2 + len(masks)
+    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.6 * n), squeeze=False)
+    shown: set[int] = set()
+    for r in range(n):
+        img = np.asarray(images[r], dtype=np.uint8)
+        hw = img.shape[:2]
+        lab = _nearest_resize(np.asarray(labels[r]).astype(np.int64), hw)
+        lab = np.where((lab >= 0) & (lab < num_classes), lab, -1)
+        shown.update(int(c) for c in np.unique(lab) if c >= 0)
+        gt = overlay(img, lab)
+        gt[lab < 0] = 0
+        panels = [("image", img), ("ground truth", gt)]
+        for name, seq in masks.items():
+            mask = _nearest_resize(np.asarray(seq[r]).astype(np.int64), hw)
+            panels.append((name, overlay(img, _match_to_classes(mask, lab, num_classes))))
+        for c, (title, panel) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize="small")
+    if class_names and shown:
+        handles = [Patch(color=_PALETTE[c % len(_PALETTE)] / 255.0, label=class_names[c])
+                   for c in sorted(shown)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize="x-small",
+                   frameon=False)
+    if banner:
+        fig.suptitle(banner, color="red", fontsize="small")
+    fig.tight_layout(rect=(0, 0.06 if class_names and shown else 0, 1, 0.97 if banner else 1))
+    return save_figure(fig, out_path, dpi=100)

@@ -1,0 +1,363 @@
+"""Result tables from run JSON: ``python -m eval.tables RUN_DIR [RUN_DIR ...] --out OUT_DIR``.
+
+Every ``metrics.json`` below the given paths (recursively, so a Hydra multirun folder
+works) is read. Runs without an ablation give one main table per dataset (rows =
+methods, with the paper's numbers beside ours); runs with ``run.ablation`` give one
+table and one sweep figure per ablation. Markdown and CSV are written atomically,
+plus a ``README.md`` index. Scores are x100 and rounded only here, when written.
+
+If any run is a demo run, every file written starts with :data:`DEMO_BANNER`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import numbers
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from eval.figures import plot_sweep
+
+DEMO_BANNER = "DEMO: tiny random-weight backbone on synthetic data — these numbers say nothing about DiffSeg"
+DEFAULT_PAPER_NUMBERS = Path(__file__).resolve().parents[1] / "conf" / "paper" / "numbers.yaml"
+DATASET_TITLES = {"coco_stuff27": "COCO-Stuff-27", "cityscapes": "Cityscapes"}
+MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "paper ACC", "paper mIoU"]
+PAPER_NOTE = ("Paper columns: numbers reported in the DiffSeg paper (arXiv 2308.12469), quoted, never ours; "
+              "empty where not confirmed.")
+METRIC_NOTE = ("ACC = pixel accuracy, mIoU = mean IoU, both x100 (per-image Hungarian matching, "
+               "dataset-level IoU).")
+
+
+def load_paper_numbers(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Paper numbers as ``{dataset: {method: {"acc", "miou", "source"}}}`` ({} if no file)."""
+    path = Path(path) if path is not None else DEFAULT_PAPER_NUMBERS
+    if not path.is_file():
+        return {}
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+
+
+def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Load every ``metrics.json`` found (recursively) below ``paths``.
+
+    A path may also be a ``metrics.json`` file itself. Each returned dict is the file's
+    content plus ``"_path"``, the file it came from.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(sorted(p.rglob("metrics.json")))
+        else:
+            raise FileNotFoundError(f"no such run folder or file: {p}")
+    runs, seen = [], set()
+    for f in files:
+        key = f.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{f}: not valid JSON ({err})") from err
+        data["_path"] = str(f)
+        runs.append(data)
+    return runs
+
+
+def _info(run: dict[str, Any]) -> dict[str, Any]:
+    """The ``run`` section of a metrics.json (empty dict if missing)."""
+    return run.get("run") or {}
+
+
+def is_demo(runs: Sequence[dict[str, Any]]) -> bool:
+    """True if any run is a demo run."""
+    return any(bool(_info(r).get("demo")) for r in runs)
+
+
+def _num(value: Any) -> float:
+    """A metric value as float, NaN where unknown."""
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+
+
+def _run_dir(run: dict[str, Any]) -> str:
+    """Folder of a run's metrics.json, as given."""
+    return str(Path(run.get("_path", "metrics.json")).parent)
+
+
+def main_table(runs: Sequence[dict[str, Any]], dataset: str,
+               paper: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Main table of ``dataset``: rows = methods of the runs without an ablation.
+
+    Columns: ACC, mIoU, segments/img, images, paper ACC, paper mIoU (unrounded floats,
+    NaN where unknown). A method found in several runs is labelled with its model (and
+    its run folder if that is still ambiguous).
+    """
+    paper = load_paper_numbers() if paper is None else paper
+    entries = []
+    for run in runs:
+        info = _info(run)
+        if info.get("dataset") != dataset or info.get("ablation") is not None:
+            continue
+        for method, m in (run.get("methods") or {}).items():
+            entries.append((method, str(info.get("model", "?")), _run_dir(run), m))
+    counts: dict[Any, int] = {}
+    for method, model, _, _ in entries:
+        counts[method] = counts.get(method, 0) + 1
+        counts[(method, model)] = counts.get((method, model), 0) + 1
+    rows, labels = [], []
+    for method, model, run_dir, m in entries:
+        label = method
+        if counts[method] > 1:
+            unique_model = counts[(method, model)] == 1
+            label = f"{method} ({model})" if unique_model else f"{method} ({model}, {run_dir})"
+        ref = (paper.get(dataset) or {}).get(method) or {}
+        labels.append(label)
+        rows.append({
+            "ACC": _num(m.get("acc")),
+            "mIoU": _num(m.get("miou")),
+            "segments/img": _num(m.get("mean_segments")),
+            "images": m.get("images"),
+            "paper ACC": _num(ref.get("acc")),
+            "paper mIoU": _num(ref.get("miou")),
+        })
+    df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=MAIN_COLUMNS)
+    df.attrs.update(dataset=dataset, methods=[e[0] for e in entries])
+    return df
+
+
+def _value_key(value: Any) -> tuple[int, Any]:
+    """Sort key of swept values: numbers first (numerically), then strings."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def _hashable(value: Any) -> Any:
+    """Swept value usable as an index label (lists / dicts become their JSON text)."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def _slug(text: str) -> str:
+    """File-name-safe version of ``text``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "ablation"
+
+
+def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """One table per ablation group (runs sharing ``run.name`` and dataset).
+
+    Keys are the swept parameter (``<param>_<dataset>`` if a parameter was swept on
+    several datasets); rows = swept values, sorted; columns ``'<method> ACC'`` and
+    ``'<method> mIoU'``. ``df.attrs`` holds param, dataset, name and runs (folders).
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        info = _info(run)
+        if info.get("ablation") is None:
+            continue
+        groups.setdefault((str(info.get("name")), str(info.get("dataset"))), []).append(run)
+    params = [str(_info(g[0])["ablation"].get("param", name)) for (name, _), g in groups.items()]
+    tables: dict[str, pd.DataFrame] = {}
+    for ((name, dataset), group), param in zip(groups.items(), params, strict=True):
+        by_value: dict[Any, dict[str, Any]] = {}
+        for run in group:
+            value = _hashable(_info(run)["ablation"].get("value"))
+            if value in by_value:
+                warnings.warn(f"ablation {name}: value {value!r} found twice; keeping {run['_path']}",
+                              stacklevel=2)
+            by_value[value] = run
+        methods: list[str] = []
+        for run in by_value.values():
+            methods += [m for m in (run.get("methods") or {}) if m not in methods]
+        values = sorted(by_value, key=_value_key)
+        columns = [f"{m} {metric}" for m in methods for metric in ("ACC", "mIoU")]
+        data = []
+        for v in values:
+            ms = by_value[v].get("methods") or {}
+            data.append([_num((ms.get(m) or {}).get(key)) for m in methods for key in ("acc", "miou")])
+        df = pd.DataFrame(data, index=pd.Index(values, name=param, dtype=object), columns=columns)
+        df.attrs.update(param=param, dataset=dataset, name=name, runs=[_run_dir(by_value[v]) for v in values])
+        key = param if params.count(param) == 1 else f"{param}_{dataset}"
+        if key in tables:
+            key = f"{name}_{dataset}"
+        tables[_slug(key)] = df
+    return tables
+
+
+def _fmt(column: str, value: Any) -> str:
+    """Cell text: empty if unknown, ints as ints, segments/img with 2 decimals, else 1."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if column == "images" or isinstance(value, numbers.Integral):
+        return str(int(value))
+    return f"{value:.2f}" if column == "segments/img" else f"{value:.1f}"
+
+
+def format_table(df: pd.DataFrame) -> pd.DataFrame:
+    """String copy of ``df`` with the display rounding applied (the index as str)."""
+    out = pd.DataFrame({c: [_fmt(str(c), v) for v in df[c]] for c in df.columns}, columns=df.columns)
+    out.index = pd.Index([str(v) for v in df.index], name=df.index.name)
+    return out
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """GitHub Markdown table of ``df`` (index as first column), values formatted for display."""
+    text = format_table(df)
+
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [row([df.index.name or ""] + [str(c) for c in df.columns]),
+             row([":---"] + ["---:"] * len(df.columns))]
+    lines += [row([idx, *vals]) for idx, vals in zip(text.index, text.itertuples(index=False), strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(df: pd.DataFrame, banner: str | None = None) -> str:
+    """CSV of ``df`` with display rounding; a banner becomes a leading ``# `` comment line."""
+    buf = io.StringIO()
+    if banner:
+        buf.write(f"# {banner}\n")
+    format_table(df).to_csv(buf)
+    return buf.getvalue()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _header(banner: str | None, title: str) -> list[str]:
+    """First lines of a Markdown file: the banner (if any), then the title."""
+    return ([f"**{banner}**", ""] if banner else []) + [f"# {title}", ""]
+
+
+def _runs_section(run_dirs: Iterable[str], out: Path) -> list[str]:
+    """Markdown list of the run folders a table was built from, relative to ``out``."""
+    return ["", "Runs:", ""] + [f"- `{os.path.relpath(d, out)}`" for d in run_dirs]
+
+
+def _is_main(run: dict[str, Any], dataset: str) -> bool:
+    """True for a run of ``dataset`` without an ablation."""
+    return _info(run).get("dataset") == dataset and _info(run).get("ablation") is None
+
+
+def _write_main(runs: Sequence[dict[str, Any]], dataset: str, out: Path, paper: dict[str, Any],
+                banner: str | None) -> tuple[list[Path], str]:
+    """Write ``<dataset>.md`` / ``.csv``; returns the paths and the README index line."""
+    df = main_table(runs, dataset, paper)
+    title = DATASET_TITLES.get(dataset, dataset)
+    sources = [f"- {m}: {ref.get('source', '')}" for m, ref in (paper.get(dataset) or {}).items()
+               if m in df.attrs["methods"] and ref.get("acc") is not None]
+    md = _header(banner, f"{title}: main results")
+    md += [METRIC_NOTE, PAPER_NOTE, "", markdown_table(df).rstrip()]
+    if sources:
+        md += ["", "Paper sources:", "", *sources]
+    md += _runs_section((_run_dir(r) for r in runs if _is_main(r, dataset)), out)
+    paths = [write_text_atomic(out / f"{dataset}.md", "\n".join(md) + "\n"),
+             write_text_atomic(out / f"{dataset}.csv", csv_text(df, banner))]
+    return paths, f"- [{title}]({dataset}.md) ([csv]({dataset}.csv))"
+
+
+def _write_ablation(key: str, df: pd.DataFrame, out: Path, banner: str | None) -> tuple[list[Path], str]:
+    """Write ``ablation_<key>.md`` / ``.csv`` / ``.png``; returns the paths and the index line."""
+    attrs = df.attrs
+    dataset = DATASET_TITLES.get(attrs["dataset"], attrs["dataset"])
+    title = f"Ablation: {attrs['param']} ({dataset}, {attrs['name']})"
+    stem = f"ablation_{key}"
+    png = plot_sweep(df, attrs["param"], out / f"{stem}.png", banner=banner)
+    md = _header(banner, title) + [METRIC_NOTE, "", markdown_table(df).rstrip()]
+    md += ["", f"![{title}]({png.name})"]
+    md += _runs_section(attrs["runs"], out)
+    paths = [write_text_atomic(out / f"{stem}.md", "\n".join(md) + "\n"),
+             write_text_atomic(out / f"{stem}.csv", csv_text(df, banner)), png]
+    return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv), [figure]({png.name}))"
+
+
+def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
+                 paper: dict[str, Any] | None = None) -> list[Path]:
+    """Write every main and ablation table (Markdown + CSV), sweep figures and README.md.
+
+    Returns the written paths (README.md last).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paper = load_paper_numbers() if paper is None else paper
+    banner = DEMO_BANNER if is_demo(runs) else None
+    written: list[Path] = []
+    index = _header(banner, "Results")
+    index += ["Generated by `python -m eval.tables` from run JSON; do not edit by hand.", ""]
+    index += ["## Main tables", ""]
+
+    datasets: list[str] = []
+    for run in runs:
+        ds = _info(run).get("dataset")
+        if ds is not None and _is_main(run, ds) and ds not in datasets:
+            datasets.append(ds)
+    for ds in datasets:
+        paths, line = _write_main(runs, ds, out, paper, banner)
+        written += paths
+        index.append(line)
+    if not datasets:
+        index.append("- (none)")
+
+    index += ["", "## Ablations", ""]
+    tables = ablation_tables(runs)
+    for key, df in tables.items():
+        paths, line = _write_ablation(key, df, out, banner)
+        written += paths
+        index.append(line)
+    if not tables:
+        index.append("- (none)")
+
+    ours = {p.name for p in written}
+    others = sorted(p.name for p in out.glob("*.png") if p.name not in ours)
+    if others:
+        index += ["", "## Other figures", ""] + [f"- [{name}]({name})" for name in others]
+    written.append(write_text_atomic(out / "README.md", "\n".join(index) + "\n"))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: collect runs, write tables; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m eval.tables", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders, Hydra multirun folders or metrics.json files")
+    parser.add_argument("--out", required=True, help="output folder for tables and figures")
+    parser.add_argument("--paper", default=None, help="paper numbers YAML (default: conf/paper/numbers.yaml)")
+    args = parser.parse_args(argv)
+    runs = collect_runs(args.runs)
+    if not runs:
+        print(f"no metrics.json found below: {' '.join(args.runs)}", file=sys.stderr)
+        return 1
+    for path in write_tables(runs, args.out, load_paper_numbers(args.paper)):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
