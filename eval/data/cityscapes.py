@@ -1,0 +1,93 @@
+"""Cityscapes-27 validation set (DESIGN section 3).
+
+Layout of a root (the official one; ``make data-cityscapes`` builds it from the zips)::
+
+    <root>/leftImg8bit/val/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    <root>/gtFine/val/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
+from eval.data.classes import CITYSCAPES27_CLASSES, cityscapes_label_id_lut
+from eval.data.loader import DatasetNotFoundError, select_ids
+
+__all__ = ["Cityscapes27", "IMAGE_SUFFIX", "LABEL_SUFFIX"]
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+
+def _make_hint(root: Path) -> str:
+    return (
+        f"run `make data-cityscapes` (or `make data-cityscapes CITYSCAPES_ROOT={root}`) to "
+        "prepare it from the official zips"
+    )
+
+
+class Cityscapes27(Dataset):
+    """Cityscapes val with the 27 classes of labelIds 7..33: items ``(image, label, image_id)``.
+
+    * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
+    * label: int64 (size, size), class 0..26, -1 = ignore (every other labelId);
+    * image_id: ``<city>_<seq>_<frame>`` (e.g. ``frankfurt_000000_000294``).
+
+    Items are sorted by (city, name). ``limit``/``shard`` as in
+    :class:`eval.data.coco_stuff.CocoStuff27`.
+    """
+
+    classes = CITYSCAPES27_CLASSES
+    num_classes = len(CITYSCAPES27_CLASSES)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        size: int = 512,
+        limit: int | None = None,
+        shard: str | tuple[int, int] | None = None,
+        split: str = "val",
+    ):
+        self.root = Path(root)
+        self.size = int(size)
+        self.split = split
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(f"Cityscapes root not found: {self.root}; {_make_hint(self.root)}")
+        image_dir = self.root / "leftImg8bit" / split
+        if not image_dir.is_dir():
+            raise DatasetNotFoundError(f"Cityscapes image folder not found: {image_dir}; {_make_hint(self.root)}")
+        found = sorted((p.parent.name, p.name[: -len(IMAGE_SUFFIX)]) for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
+        if not found:
+            raise DatasetNotFoundError(f"no *{IMAGE_SUFFIX} images under {image_dir}; {_make_hint(self.root)}")
+        self._city = {name: city for city, name in found}
+        self.all_ids = [name for _, name in found]
+        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
+        self._lut = torch.from_numpy(cityscapes_label_id_lut())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, image_id: str) -> Path:
+        """``<root>/leftImg8bit/<split>/<city>/<id>_leftImg8bit.png``."""
+        return self.root / "leftImg8bit" / self.split / self._city[image_id] / f"{image_id}{IMAGE_SUFFIX}"
+
+    def label_path(self, image_id: str) -> Path:
+        """``<root>/gtFine/<split>/<city>/<id>_gtFine_labelIds.png``."""
+        return self.root / "gtFine" / self.split / self._city[image_id] / f"{image_id}{LABEL_SUFFIX}"
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        image_id = self.ids[index]
+        image = load_image(self.image_path(image_id))
+        raw = load_label(self.label_path(image_id))
+        if raw.shape != image.shape[-2:]:
+            raise ValueError(
+                f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
+                f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
+            )
+        label = self._lut[preprocess_label(raw, self.size)]
+        return preprocess_image(image, self.size), label, image_id

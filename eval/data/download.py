@@ -1,0 +1,451 @@
+"""Safe, resumable downloads and archive extraction for the benchmark data.
+
+* :func:`download` resumes ``<dest>.part`` with an HTTP Range request, verifies the
+  pinned checksum and only then moves the file into place (``os.replace``).
+* :func:`safe_extract_zip` refuses absolute paths, ``..`` components and symlinks,
+  writes each file through a temporary name and skips files already extracted.
+* :data:`PINNED_FILES` lists the files ``datasets/prepare.py`` fetches or expects,
+  with the published checksums (sources in each entry's ``source``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http.client import HTTPException, IncompleteRead
+from pathlib import Path
+
+from tqdm import tqdm
+
+__all__ = [
+    "ChecksumError",
+    "DownloadError",
+    "PINNED_FILES",
+    "PinnedFile",
+    "UnsafeArchiveError",
+    "check_zip",
+    "download",
+    "download_pinned",
+    "md5_file",
+    "safe_extract_zip",
+    "sha256_file",
+    "verify_file",
+]
+
+_CHUNK = 1 << 20
+_USER_AGENT = "diffseg-repro-downloader/1.0"
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched (network, HTTP status, truncated transfer)."""
+
+
+class ChecksumError(ValueError):
+    """A file's digest differs from the pinned one."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive entry would escape the destination (absolute, ``..``, symlink)."""
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """A remote file and the digests it must have (None = not published / not found).
+
+    ``source`` says where each digest comes from. A file with neither digest is
+    checked by size (when known) and, for zips, by ``zipfile.testzip`` CRCs only.
+    """
+
+    name: str
+    url: str
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+    source: str = ""
+
+
+PINNED_FILES: dict[str, PinnedFile] = {
+    "coco_val2017": PinnedFile(
+        name="val2017.zip",
+        url="http://images.cocodataset.org/zips/val2017.zip",
+        sha256="4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05",
+        md5="442b8da7639aecaf257c1dceb8ba8c80",
+        size=815585330,
+        source=(
+            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
+            "_IMAGES_CHECKSUMS[('2017', 'val')]); md5: the COCO-published digest, e.g. quoted in "
+            "intel/neural-compressor examples/.../maskrcnn/download_dataset.sh; size: HTTP Content-Length"
+        ),
+    ),
+    "cocostuff_stuffthingmaps": PinnedFile(
+        name="stuffthingmaps_trainval2017.zip",
+        url="http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
+        sha256=None,
+        md5=None,
+        size=None,
+        source=(
+            "no checksum is published by COCO-Stuff (github.com/nightrome/cocostuff README lists "
+            "only ~659 MB) and none was found elsewhere: verified by zip CRCs (zipfile.testzip) only"
+        ),
+    ),
+    "coco_stuff27_list": PinnedFile(
+        name="Coco164kFull_Stuff_Coarse_7.txt",
+        url="https://raw.githubusercontent.com/google/diffseg/main/data/coco/Coco164kFull_Stuff_Coarse_7.txt",
+        sha256="7c629734c88f1a74bba6311e01d4d9fe976df84f07cb4fc86452ce5116e51655",
+        size=28275,
+        source="sha256 of the copy in github.com/google/diffseg data/coco/ (2175 ids)",
+    ),
+    "cityscapes_gtfine": PinnedFile(
+        name="gtFine_trainvaltest.zip",
+        url="https://www.cityscapes-dataset.com/file-handling/?packageID=1",
+        md5="4237c19de34c8a376e9ba46b495d6f66",
+        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=1, 241MB)",
+    ),
+    "cityscapes_leftimg8bit": PinnedFile(
+        name="leftImg8bit_trainvaltest.zip",
+        url="https://www.cityscapes-dataset.com/file-handling/?packageID=3",
+        md5="0a6e97e94b616a514066c9e2adb0c97f",
+        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=3, 11GB)",
+    ),
+}
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def _hash_file(path: str | os.PathLike, algorithms: Iterable[str]) -> dict[str, str]:
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (streamed)."""
+    return _hash_file(path, ["sha256"])["sha256"]
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """Hex md5 of a file (streamed)."""
+    return _hash_file(path, ["md5"])["md5"]
+
+
+def verify_file(path: str | os.PathLike, sha256: str | None = None, md5: str | None = None) -> dict[str, str]:
+    """Check ``path`` against the given digests (one pass over the file).
+
+    Returns:
+        The computed digests ({} when none was requested).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ChecksumError: a digest differs; the message names the file, expected and actual.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot verify {path}: no such file")
+    expected = {name: value.lower() for name, value in (("sha256", sha256), ("md5", md5)) if value}
+    if not expected:
+        return {}
+    actual = _hash_file(path, expected)
+    for name, value in expected.items():
+        if actual[name] != value:
+            raise ChecksumError(
+                f"checksum mismatch for {path.name} ({path}): expected {name} {value}, got {actual[name]}"
+            )
+    return actual
+
+
+def check_zip(path: str | os.PathLike) -> None:
+    """Read every member of a zip and check its CRC (``zipfile.testzip``).
+
+    Raises:
+        ChecksumError: the archive is not a zip or a member is corrupt.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ChecksumError(f"{path.name} ({path}) is not a readable zip archive: {exc}") from exc
+    if bad is not None:
+        raise ChecksumError(f"{path.name} ({path}) is corrupt: CRC error in member {bad!r}")
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
+    """``"bytes 100-199/200"`` -> (100, 200); ``"bytes 100-199/*"`` -> (100, None)."""
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value)
+    if not match:
+        return None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), total
+
+
+def _fetch_into(url: str, part: Path, timeout: float, progress: bool, desc: str) -> int | None:
+    """One attempt: append to (or restart) ``part``. Returns the expected total size if known.
+
+    Raises urllib/socket errors for the caller to classify.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": _USER_AGENT}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset > 0:
+            # Range not satisfiable: the partial file is already complete (or longer than
+            # the remote file); let the caller's verification decide.
+            exc.close()
+            return offset
+        raise
+    with response:
+        status = getattr(response, "status", 200)
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if offset > 0 and status == 206:
+            content_range = _parse_content_range(response.headers.get("Content-Range"))
+            if content_range is None or content_range[0] != offset:
+                raise DownloadError(
+                    f"server answered the resume of {url} with an unexpected Content-Range "
+                    f"{response.headers.get('Content-Range')!r}; delete {part} and retry"
+                )
+            total = (
+                content_range[1] if content_range[1] is not None else (offset + length if length is not None else None)
+            )
+            mode = "ab"
+        else:
+            # 200: the server ignored the Range header -> start over.
+            offset = 0
+            total = length
+            mode = "wb"
+        with (
+            open(part, mode) as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=desc,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+    have = part.stat().st_size
+    if total is not None and have < total:
+        # http.client returns short reads silently when the peer closes early.
+        raise IncompleteRead(b"", total - have)
+    return total
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    sha256: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+    *,
+    size: int | None = None,
+    timeout: float = 60.0,
+    retries: int = 2,
+    backoff: float = 2.0,
+) -> Path:
+    """Download ``url`` to ``dest`` resumably and verify it.
+
+    * If ``dest`` exists and matches the digests (or no digest is given), nothing is fetched.
+    * Bytes go to ``<dest>.part``; an existing ``.part`` is resumed with ``Range:
+      bytes=<size>-`` (when the server ignores Range and sends the whole file, the
+      transfer restarts from zero).
+    * After the transfer the ``.part`` is checked (size when known, then digests) and
+      moved to ``dest`` with ``os.replace``. A digest mismatch deletes the ``.part``.
+    * Network errors are retried ``retries`` times (resuming), then raise
+      :class:`DownloadError` naming the URL; the ``.part`` is kept for a later resume.
+
+    Returns:
+        ``dest`` as a Path.
+
+    Raises:
+        DownloadError: the file could not be fetched.
+        ChecksumError: the fetched bytes do not match ``sha256``/``md5``.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    if dest.is_file():
+        try:
+            verify_file(dest, sha256=sha256, md5=md5)
+            if size is None or dest.stat().st_size == size:
+                return dest
+        except ChecksumError:
+            pass  # re-fetch; dest is only replaced once the new copy verifies
+    attempt = 0
+    while True:
+        try:
+            total = _fetch_into(url, part, timeout, progress, desc=dest.name)
+            break
+        except DownloadError:
+            raise
+        except urllib.error.HTTPError as exc:
+            if exc.code in (408, 429) or exc.code >= 500:
+                reason = f"HTTP {exc.code} {exc.reason}"
+            else:
+                raise DownloadError(f"could not fetch {dest.name} from {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            reason = f"{type(exc).__name__}: {reason}"
+        attempt += 1
+        if attempt > retries:
+            kept = f" (partial data kept in {part} for a later resume)" if part.exists() else ""
+            raise DownloadError(f"could not fetch {dest.name} from {url}: {reason}{kept}")
+        time.sleep(backoff * attempt)
+
+    have = part.stat().st_size if part.exists() else 0
+    expected_size = size if size is not None else total
+    if expected_size is not None and have != expected_size:
+        if have > expected_size:
+            part.unlink()
+            raise DownloadError(
+                f"{dest.name} from {url}: got {have} bytes, more than the expected {expected_size}; "
+                "the partial file was deleted, run again"
+            )
+        raise DownloadError(
+            f"{dest.name} from {url}: transfer incomplete ({have} of {expected_size} bytes); "
+            f"run again to resume from {part}"
+        )
+    try:
+        verify_file(part, sha256=sha256, md5=md5)
+    except ChecksumError as exc:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(f"{exc} (downloaded from {url}; the bad file was deleted)") from None
+    os.replace(part, dest)
+    return dest
+
+
+def download_pinned(key: str, downloads_dir: str | os.PathLike, progress: bool = True, **kwargs) -> Path:
+    """Download :data:`PINNED_FILES` ``[key]`` into ``downloads_dir`` and verify it.
+
+    Files pinned without digests are checked with :func:`check_zip` when they are zips.
+    """
+    pinned = PINNED_FILES[key]
+    dest = Path(downloads_dir) / pinned.name
+    path = download(
+        pinned.url, dest, sha256=pinned.sha256, md5=pinned.md5, progress=progress, size=pinned.size, **kwargs
+    )
+    if pinned.sha256 is None and pinned.md5 is None and pinned.name.endswith(".zip"):
+        check_zip(path)
+    return path
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _check_entry(info: zipfile.ZipInfo) -> None:
+    """Raise :class:`UnsafeArchiveError` for entries that could escape the destination."""
+    name = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise UnsafeArchiveError(f"refusing symlink entry {name!r} in archive")
+    if "\x00" in name:
+        raise UnsafeArchiveError(f"refusing entry with a NUL byte {name!r} in archive")
+    normalised = name.replace("\\", "/")
+    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
+        raise UnsafeArchiveError(f"refusing absolute path entry {name!r} in archive")
+    if any(component == ".." for component in normalised.split("/")):
+        raise UnsafeArchiveError(f"refusing entry with a '..' component {name!r} in archive")
+
+
+def safe_extract_zip(
+    zip_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    members_prefix: str | None = None,
+    strip_prefix: str | None = None,
+    members: Iterable[str] | None = None,
+    member_filter: Callable[[str], bool] | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Extract (part of) a zip safely into ``dest``.
+
+    Every entry of the archive is checked first; the whole extraction is refused
+    (:class:`UnsafeArchiveError`, naming the entry) if any entry has an absolute path, a
+    ``..`` component or is a symlink.
+
+    Args:
+        zip_path: the archive.
+        dest: destination folder (created).
+        members_prefix: only extract entries whose name starts with this prefix.
+        strip_prefix: remove this prefix from the names before joining with ``dest``
+            (e.g. ``"val2017/"`` with ``dest=<root>/annotation_val2017``).
+        members: only extract these exact entry names; a name missing from the archive
+            raises ``KeyError``.
+        member_filter: only extract entries for which it returns True.
+        progress: show a tqdm bar.
+
+    Files already present with the entry's uncompressed size are skipped (resume);
+    others are written to a temporary name and moved into place with ``os.replace``.
+
+    Returns:
+        The destination paths of the selected entries (extracted or already present).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest_resolved = dest.resolve()
+    out: list[Path] = []
+    with zipfile.ZipFile(zip_path) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_entry(info)
+        if members is not None:
+            wanted = set(members)
+            by_name = {info.filename: info for info in infos}
+            missing = sorted(wanted - by_name.keys())
+            if missing:
+                raise KeyError(f"{len(missing)} entries not in {zip_path}, e.g. {missing[:3]}")
+            selected = [info for info in infos if info.filename in wanted]
+        else:
+            selected = infos
+        selected = [
+            info
+            for info in selected
+            if not info.is_dir()
+            and (members_prefix is None or info.filename.startswith(members_prefix))
+            and (member_filter is None or member_filter(info.filename))
+        ]
+        for info in tqdm(selected, desc=f"extract {Path(zip_path).name}", unit="file", disable=not progress):
+            name = info.filename
+            if strip_prefix and name.startswith(strip_prefix):
+                name = name[len(strip_prefix) :]
+            target = dest / name
+            if not target.resolve().is_relative_to(dest_resolved):
+                raise UnsafeArchiveError(f"refusing entry {info.filename!r}: resolves outside {dest}")
+            out.append(target)
+            if target.is_file() and target.stat().st_size == info.file_size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.extracting")
+            try:
+                with zf.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+    return out
