@@ -130,7 +130,14 @@ def lloyd(
     return result
 
 
-def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def _uniform(generators: list[torch.Generator], count: int, like: torch.Tensor) -> torch.Tensor:
+    """``(B, count)`` uniform draws, row ``b`` from ``generators[b]``."""
+    return torch.stack(
+        [torch.rand(count, generator=g, device=like.device, dtype=like.dtype) for g in generators]
+    )
+
+
+def kmeans_plusplus(x: torch.Tensor, k: int, generators: list[torch.Generator]) -> torch.Tensor:
     """Greedy k-means++ seeding, batched.
 
     The first center is a uniformly drawn point; each next one is the best (by
@@ -139,7 +146,8 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
 
     Args:
         x: ``(B, N, D)`` points.
-        generator: a ``torch.Generator`` on ``x``'s device (seeded by the caller).
+        generators: one seeded ``torch.Generator`` per problem, on ``x``'s
+            device, so a problem's draws do not depend on the rest of the batch.
 
     Returns:
         ``(B, K, D)`` initial centers.
@@ -150,12 +158,12 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
     rows = torch.arange(batch, device=device)
     x_sq = (x * x).sum(dim=-1)
     centers = torch.empty(batch, k, dim, dtype=x.dtype, device=device)
-    first = torch.randint(n, (batch,), generator=generator, device=device)
+    first = (_uniform(generators, 1, x)[:, 0] * n).long().clamp_(max=n - 1)
     centers[:, 0] = x[rows, first]
     closest = _sq_distances(x, x_sq, centers[:, :1])[..., 0]  # (B, N)
     for c in range(1, k):
         potential = closest.sum(dim=1, keepdim=True)
-        draws = torch.rand(batch, trials, generator=generator, device=device, dtype=x.dtype) * potential
+        draws = _uniform(generators, trials, x) * potential
         candidates = torch.searchsorted(closest.cumsum(dim=1), draws).clamp_(max=n - 1)  # (B, T)
         cand_points = x[rows[:, None], candidates]  # (B, T, D)
         to_cand = _sq_distances(x, x_sq, cand_points).transpose(1, 2)  # (B, T, N)
@@ -189,11 +197,12 @@ def kmeans(
         raise ValueError(f"num_clusters: expected 1 <= K <= {n} (number of points), got {k}")
     if n_init < 1:
         raise ValueError(f"n_init: expected >= 1, got {n_init}")
-    generator = torch.Generator(device=x.device)
-    generator.manual_seed(seed)
+    # One generator per problem, all seeded alike: an image gets the same inits
+    # whatever batch it is clustered in.
+    generators = [torch.Generator(device=x.device).manual_seed(seed) for _ in range(batch)]
     best: KMeansResult | None = None
     for _ in range(n_init):
-        result = lloyd(x, kmeans_plusplus(x, k, generator), max_iter=max_iter, tol=tol)
+        result = lloyd(x, kmeans_plusplus(x, k, generators), max_iter=max_iter, tol=tol)
         if best is None:
             best = result
             continue
