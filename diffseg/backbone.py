@@ -253,12 +253,15 @@ class StableDiffusionBackbone:
 
     @torch.inference_mode()
     def add_noise(self, latents: torch.Tensor, timestep: int, seed: int = 0) -> torch.Tensor:
-        """Forward-diffuse latents (B, 4, h, w) to ``timestep`` with the scheduler (seeded CPU generator).
+        """Forward-diffuse latents (B, 4, h, w) to ``timestep`` with the scheduler.
 
-        The noise for the whole batch comes from one generator, so it depends on the batch layout.
+        Every image draws its noise from its own CPU generator seeded with ``seed``, so an
+        image gets the same noise whatever batch it is in (resumed and sharded runs agree).
         """
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        noise = torch.stack([
+            torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+            for _ in range(latents.shape[0])
+        ])
         noise = noise.to(device=latents.device, dtype=latents.dtype)
         timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
         return self.scheduler.add_noise(latents, noise, timesteps)

@@ -151,6 +151,7 @@ class _AttentionSource:
             timestep=int(self.cfg.model.timestep),
             noise=bool(self.cfg.model.noise),
             seed=int(self.cfg.model.noise_seed),
+            head_chunk=self.cfg.model.get("head_chunk"),
         )
         for b, image_id in enumerate(ids):
             self.cache.put(image_id, {s: m[b] for s, m in maps.items()})
@@ -265,6 +266,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pin_memory=device.type == "cuda",
     )
     source = _AttentionSource(cfg, device)
+    if source.cache.mode == "none" and dataset.ids:
+        source._backbone()  # load (or fail on missing weights) before the loader starts
     grid: dict[str, Any] = {"images": [], "labels": [], "masks": {m.name: [] for m in methods}}
     progress = tqdm(total=total, initial=total - len(dataset.ids), unit="img", disable=not cfg.progress,
                     desc=str(cfg.run_name))

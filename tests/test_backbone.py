@@ -153,3 +153,10 @@ def test_broken_local_folder_raises(tmp_path):
     with pytest.raises(BackboneLoadError, match="text_encoder/ from the local folder") as info:
         StableDiffusionBackbone.from_pretrained(root)
     assert str(root) in str(info.value)
+
+
+def test_noise_does_not_depend_on_the_batch(backbone):
+    latents = torch.randn(2, 4, 8, 8)
+    both = backbone.add_noise(latents, 300, seed=3)
+    torch.testing.assert_close(both[1:], backbone.add_noise(latents[1:], 300, seed=3))
+    assert not torch.equal(both, latents)

@@ -47,6 +47,7 @@ def test_table_row_experiments_keep_one_method(tmp_path):
 def test_ablations_tag_their_variants(tmp_path):
     cfg = compose_eval(["experiment=ablation_kl_threshold", f"paths.output_dir={tmp_path}"])
     methods = build_methods(cfg)
+    assert cfg.run_name == "ablation_kl_threshold"
     assert [m.ablation["value"] for m in methods] == [0.5, 0.7, 0.9, 1.1, 1.3]
     assert [m.segmenter.thresholds[0] for m in methods] == [0.5, 0.7, 0.9, 1.1, 1.3]
     agg = build_methods(compose_eval(["experiment=ablation_aggregation", f"paths.output_dir={tmp_path}"]))
@@ -56,9 +57,19 @@ def test_ablations_tag_their_variants(tmp_path):
     timestep = compose_eval(["experiment=ablation_timestep", f"paths.output_dir={tmp_path}"],
                             return_hydra_config=True)
     assert timestep.hydra.sweeper.params["model.timestep"] == "100,200,300,400,500"
+    assert timestep.run_name == "ablation_timestep" and timestep.ablation.param == "timestep"
+    demo = compose_eval(["experiment=demo", f"paths.output_dir={tmp_path}"])
+    assert demo.demo is True and demo.model.name == "tiny-random" and demo.device == "cpu"
 
 
 def test_tiny_model_config_builds_offline(tmp_path):
     cfg = compose_eval(["model=tiny", f"paths.output_dir={tmp_path}"])
     backbone = instantiate(cfg.model.backbone)
     assert backbone.unet.config.sample_size == 64
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    cfg = compose_eval(["experiment=coco_stuff27", "hydra/launcher=slurm", f"paths.output_dir={tmp_path}"],
+                       return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1
