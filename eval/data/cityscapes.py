@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
+from eval.data.base import LabelledImages
 from eval.data.classes import CITYSCAPES27_CLASSES, cityscapes_label_id_lut
 from eval.data.loader import DatasetNotFoundError, select_ids
 
@@ -31,7 +30,7 @@ def _make_hint(root: Path) -> str:
     )
 
 
-class Cityscapes27(Dataset):
+class Cityscapes27(LabelledImages):
     """Cityscapes val with the 27 classes of labelIds 7..33: items ``(image, label, image_id)``.
 
     * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
@@ -69,8 +68,6 @@ class Cityscapes27(Dataset):
         self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
         self._lut = torch.from_numpy(cityscapes_label_id_lut())
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def image_path(self, image_id: str) -> Path:
         """``<root>/leftImg8bit/<split>/<city>/<id>_leftImg8bit.png``."""
@@ -79,15 +76,3 @@ class Cityscapes27(Dataset):
     def label_path(self, image_id: str) -> Path:
         """``<root>/gtFine/<split>/<city>/<id>_gtFine_labelIds.png``."""
         return self.root / "gtFine" / self.split / self._city[image_id] / f"{image_id}{LABEL_SUFFIX}"
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        image_id = self.ids[index]
-        image = load_image(self.image_path(image_id))
-        raw = load_label(self.label_path(image_id))
-        if raw.shape != image.shape[-2:]:
-            raise ValueError(
-                f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
-                f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
-            )
-        label = self._lut[preprocess_label(raw, self.size)]
-        return preprocess_image(image, self.size), label, image_id

@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
+from eval.data.base import LabelledImages
 from eval.data.classes import COCO_STUFF27_CLASSES, coco_stuff_fine_to_coarse_lut
 from eval.data.loader import DatasetNotFoundError, select_ids
 
@@ -36,7 +35,7 @@ def _make_hint(root: Path) -> str:
     return f"run `make data-coco` (or `make data-coco COCO_ROOT={root}`) to download and prepare it"
 
 
-class CocoStuff27(Dataset):
+class CocoStuff27(LabelledImages):
     """COCO-Stuff-27 val: items ``(image, label, image_id)``.
 
     * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
@@ -73,8 +72,6 @@ class CocoStuff27(Dataset):
         self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
         self._lut = torch.from_numpy(coco_stuff_fine_to_coarse_lut())
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def image_path(self, image_id: str) -> Path:
         """``<root>/val2017/<id>.jpg``."""
@@ -83,15 +80,3 @@ class CocoStuff27(Dataset):
     def label_path(self, image_id: str) -> Path:
         """``<root>/annotation_val2017/<id>.png``."""
         return self.root / LABEL_DIR / f"{image_id}.png"
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        image_id = self.ids[index]
-        image = load_image(self.image_path(image_id))
-        fine = load_label(self.label_path(image_id))
-        if fine.shape != image.shape[-2:]:
-            raise ValueError(
-                f"label {self.label_path(image_id)} is {tuple(fine.shape)} but image "
-                f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
-            )
-        label = self._lut[preprocess_label(fine, self.size)]
-        return preprocess_image(image, self.size), label, image_id

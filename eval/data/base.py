@@ -1,0 +1,50 @@
+"""Shared item logic of the segmentation datasets (COCO-Stuff-27, Cityscapes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
+
+__all__ = ["LabelledImages"]
+
+
+class LabelledImages(Dataset):
+    """Items ``(image, label, image_id)`` of a folder of images with per-pixel label files.
+
+    Subclasses set ``root``, ``size``, ``ids`` (the ids to evaluate, in order), ``_lut``
+    (an int64 tensor mapping raw label values 0..255 to class ids, -1 = ignore) and
+    implement ``image_path(id)`` / ``label_path(id)``.
+
+    * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
+    * label: int64 (size, size), class ids, -1 = ignore (centre crop + nearest-exact).
+    """
+
+    root: Path
+    size: int
+    ids: list[str]
+    _lut: torch.Tensor
+
+    def image_path(self, image_id: str) -> Path:
+        raise NotImplementedError
+
+    def label_path(self, image_id: str) -> Path:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        image_id = self.ids[index]
+        image = load_image(self.image_path(image_id))
+        raw = load_label(self.label_path(image_id))
+        if raw.shape != image.shape[-2:]:
+            raise ValueError(
+                f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
+                f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
+            )
+        label = self._lut[preprocess_label(raw, self.size)]
+        return preprocess_image(image, self.size), label, image_id
