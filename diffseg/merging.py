@@ -119,11 +119,20 @@ def first_merge(
     """
     x, log_x, neg_entropy, valid = _kl_terms(maps, precision)
     anchors = anchors.to(maps.device)
+    # Maps with a zero or non-finite entry merge with nothing: their anchors form empty
+    # groups (dropped) and no group contains them, so the products only need valid rows.
+    anchors = anchors[valid[anchors]]
+    if not bool(valid.all()):
+        rows = torch.nonzero(valid)[:, 0]
+        x, log_x, neg_entropy, maps = x[rows], log_x[rows], neg_entropy[rows], maps[rows]
+        anchors = torch.searchsorted(rows, anchors)  # positions of the anchors among the valid rows
+    if anchors.numel() == 0:
+        return torch.zeros(0, maps.shape[1], dtype=torch.float64, device=maps.device)
     with _no_tf32():
         # cross[a, q] = sum_k x_a log x_q + log x_a x_q
         cross = torch.addmm(torch.mm(x[anchors], log_x.T), log_x[anchors], x.T)
     distance = 0.5 * (neg_entropy[anchors, None] + neg_entropy[None, :] - cross)
-    merge = (distance < threshold) & valid[anchors, None] & valid[None, :]
+    merge = distance < threshold  # NaN (never here: rows are valid) would not merge either
     del cross, distance, x, log_x
     counts = merge.sum(dim=1)
     keep = counts > 0
