@@ -101,6 +101,33 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+BORDERLINE = 1e-3  # distances this close to the threshold are recomputed exactly
+_BORDER_CHUNK = 1024
+
+
+def _refine_borderline(
+    merge: torch.Tensor, distance: torch.Tensor, x: torch.Tensor, anchors: torch.Tensor, threshold: float
+) -> None:
+    """Decide the pairs near the threshold from an exact float64 distance.
+
+    The matrix-product form subtracts terms of size ~10-30 to get distances of size ~1, so
+    float32 leaves errors of ~1e-5; a pair that close to the threshold could merge or not
+    depending on rounding. Those few pairs get ``0.5 * sum (p - q)(log p - log q)`` in
+    float64 (every term non-negative), compared with the threshold in float64.
+
+    Args:
+        merge: ``(A, N)`` bool decisions, updated in place.
+        distance: ``(A, N)`` float32 distances.
+        x: ``(N, K)`` maps (as rounded for the KL); ``anchors``: ``(A,)`` rows of ``x``.
+    """
+    rows, cols = torch.nonzero((distance - threshold).abs() < BORDERLINE, as_tuple=True)
+    for start in range(0, rows.numel(), _BORDER_CHUNK):
+        r, c = rows[start : start + _BORDER_CHUNK], cols[start : start + _BORDER_CHUNK]
+        p, q = x[anchors[r]].double(), x[c].double()
+        exact = 0.5 * ((p - q) * (torch.log(p) - torch.log(q))).sum(dim=1)
+        merge[r, c] = exact < threshold
+
+
 def first_merge(
     maps: torch.Tensor, anchors: torch.Tensor, threshold: float, precision: str = "float16"
 ) -> torch.Tensor:
@@ -133,6 +160,7 @@ def first_merge(
         cross = torch.addmm(torch.mm(x[anchors], log_x.T), log_x[anchors], x.T)
     distance = 0.5 * (neg_entropy[anchors, None] + neg_entropy[None, :] - cross)
     merge = distance < threshold  # NaN (never here: rows are valid) would not merge either
+    _refine_borderline(merge, distance, x, anchors, threshold)
     del cross, distance, x, log_x
     counts = merge.sum(dim=1)
     keep = counts > 0

@@ -273,3 +273,24 @@ def test_kmeans_segmenter_k_per_image():
         seg(attn, num_clusters=[3])
     with pytest.raises(ValueError, match="num_clusters"):
         KMeansSegmenter(num_clusters=0)
+
+
+@pytest.mark.parametrize("precision", ["float16", "float32"])
+def test_decisions_right_at_the_threshold_follow_float64(precision):
+    """Thresholds 5e-8 either side of an exact pair distance: float32 rounding must not decide."""
+    attn = peaked_attention(16, 7)
+    flat = attn.reshape(256, 256)
+    cast = flat.double().numpy()
+    if precision == "float16":
+        cast = cast.astype(np.float16).astype(np.float64)
+    anchors = anchor_grid(4, 16)
+    idx = (anchors[:, 0] * 16 + anchors[:, 1]).tolist()
+    # The valid anchor/map pair whose float64 distance is closest to 1.0.
+    pairs = [(abs(ref.sym_kl(cast[a], cast[m]) - 1.0), a, m) for a in idx for m in range(256)]
+    _, a, m = min(p for p in pairs if np.isfinite(p[0]))
+    exact = ref.sym_kl(cast[a], cast[m])
+    for threshold, member in ((exact + 5e-8, True), (exact - 5e-8, False)):
+        got = first_merge(flat, torch.tensor([a]), threshold, precision)
+        members = [j for j in range(256) if ref.sym_kl(cast[a], cast[j]) < threshold]
+        assert (m in members) == member
+        np.testing.assert_allclose(got[0].numpy(), flat.double().numpy()[members].mean(0), rtol=1e-6)

@@ -1,0 +1,194 @@
+"""The fast path against the reference path on the tiny model (issue 5), and a smoke test of eval/bench.py.
+
+Fast path: batched capture (``attention_maps``), batched ``aggregate_attention``,
+batched ``DiffSeg`` (float16 and float32), batched confusion histograms.
+Reference path: ``attention_maps(reference=True)`` one image at a time,
+``eval.naive`` (the plain port of the official segmentor), ``match_image``.
+
+Two comparisons:
+
+* **post-processing** (the same captured maps, the reference capture's, go
+  into both): identical masks for float32, >= 99.9% identical pixels for
+  float16, metrics equal within 1e-6. Identity is a property of this fixture
+  as much as of the code: the fast KL (entropies + a matmul cross term) and
+  the plain broadcast KL differ by up to ~1e-5 in float32, so a distance that
+  close to the threshold would flip one membership (on these images the
+  closest is a few 1e-6 away and both paths still decide alike);
+* **end to end** (fast capture vs reference capture too): the two captures
+  differ by float32 rounding (the fast one fuses the head mean and reuses
+  the probabilities), which moves a few pixels where two upsampled proposals
+  tie to ~1e-7; so >= 99.9% identical pixels, the same segment counts, and
+  metrics within a small tolerance.
+
+The tiny model's random weights give nearly uniform attention (one segment at
+tau = 1.1), so its self-attention query/key weights are scaled up: that makes
+the attention structured and peaked (several segments, and float16 rounding
+that drops anchors, as with real SD attention). 512 px images give attention
+sides 64/32/16/8; an 8 x 8 anchor grid keeps the plain port's broadcast KL
+(64 x 4096 x 4096 elements per image) within the time budget.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffseg import DiffSeg, aggregate_attention, anchor_grid
+from diffseg.tiny import tiny_backbone
+from eval.data.coco_stuff import CocoStuff27
+from eval.data.loader import build_loader
+from eval.data.synthetic import write_synthetic_coco_stuff
+from eval.metrics import MatchAccumulator, confusion_histograms, match_image
+from eval.naive import naive_aggregate, naive_segment
+
+NUM_IMAGES = 2
+THRESHOLD = 1.1
+NUM_POINTS = 8
+SHARPEN = 6.0  # scale of the tiny model's attn1 query/key weights
+PRECISIONS = ("float16", "float32")
+
+
+def _sharpen(backbone, factor: float) -> None:
+    """Scale the query and key weights of every self-attention layer in place (sharper attention)."""
+    with torch.no_grad():
+        for name, module in backbone.unet.named_modules():
+            if name.endswith("attn1"):
+                module.to_q.weight.mul_(factor)
+                module.to_k.weight.mul_(factor)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Captures, aggregated attention and masks of both paths for the synthetic images.
+
+    Masks are ``LongTensor(B, 512, 512)`` per precision: ``fast`` (fast capture +
+    fast post-processing), ``post`` (reference capture + fast post-processing),
+    ``ref`` (reference capture + eval.naive).
+    """
+    root = tmp_path_factory.mktemp("coco")
+    write_synthetic_coco_stuff(root, num_images=NUM_IMAGES, seed=0)
+    batch = next(iter(build_loader(CocoStuff27(root, size=512), batch_size=NUM_IMAGES, num_workers=0)))
+    assert len(batch) == NUM_IMAGES and batch.images.shape == (NUM_IMAGES, 3, 512, 512)
+    backbone = tiny_backbone()
+    _sharpen(backbone, SHARPEN)
+    fast_maps = backbone.attention_maps(batch.images)  # {s: (B, s*s, s*s)}
+    ref_maps = [backbone.attention_maps(batch.images[i : i + 1], reference=True) for i in range(NUM_IMAGES)]
+    ref_stacked = {s: torch.cat([m[s] for m in ref_maps]) for s in fast_maps}
+    fast_attention = aggregate_attention(fast_maps)
+    post_attention = aggregate_attention(ref_stacked)
+    masks = {"fast": {}, "post": {}, "ref": {}}
+    for precision in PRECISIONS:
+        segmenter = DiffSeg(kl_threshold=THRESHOLD, num_points=NUM_POINTS, kl_precision=precision)
+        masks["fast"][precision] = segmenter(fast_attention)
+        masks["post"][precision] = segmenter(post_attention)
+        masks["ref"][precision] = torch.stack(
+            [
+                naive_segment({s: m[s][0] for s in m}, THRESHOLD, NUM_POINTS, precision, output_size=512)
+                for m in ref_maps
+            ]
+        )
+    return SimpleNamespace(
+        labels=batch.labels,
+        fast_maps=fast_maps,
+        ref_maps=ref_maps,
+        post_attention=post_attention,
+        masks=masks,
+    )
+
+
+def _fast_metrics(masks: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Fast metric path: one batched bincount, then per-image Hungarian matching."""
+    acc = MatchAccumulator()
+    hists = confusion_histograms(masks, labels, num_pred=int(masks.max()) + 1).numpy()
+    for hist in hists:
+        acc.add_histogram(hist)
+    return acc.compute()
+
+
+def _reference_metrics(masks: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Reference metric path: ``match_image`` one image at a time."""
+    acc = MatchAccumulator()
+    for mask, label in zip(masks, labels, strict=True):
+        acc.add(*match_image(mask.numpy(), label.numpy()))
+    return acc.compute()
+
+
+def test_fixture_is_not_degenerate(run):
+    """Several segments in both precisions, and float16 rounding empties some anchors (as with SD)."""
+    for precision in PRECISIONS:
+        for mask in run.masks["ref"][precision]:
+            assert mask.unique().numel() >= 3, precision
+    grid = anchor_grid(NUM_POINTS, 64)
+    anchors = grid[:, 0] * 64 + grid[:, 1]
+    for image in range(NUM_IMAGES):
+        attn = run.post_attention[image].reshape(4096, 4096)
+        assert bool((attn[anchors].half() == 0).any()), "float16 rounding should empty some anchors"
+
+
+def test_captures_agree(run):
+    for s, fast in run.fast_maps.items():
+        ref = torch.cat([m[s] for m in run.ref_maps])
+        torch.testing.assert_close(fast, ref, rtol=1e-2, atol=1e-4)
+        assert (fast - ref).abs().mean() < 1e-4 * ref.abs().mean()
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_post_processing_matches_reference(run, precision):
+    """Same captured maps: fast batched aggregation + DiffSeg vs the plain per-image port."""
+    fast, ref = run.masks["post"][precision], run.masks["ref"][precision]
+    assert fast.shape == ref.shape == (NUM_IMAGES, 512, 512)
+    agreement = (fast == ref).double().mean().item()
+    if precision == "float32":
+        assert torch.equal(fast, ref)
+    else:
+        assert agreement >= 0.999
+    fast_scores = _fast_metrics(fast, run.labels)
+    ref_scores = _reference_metrics(ref, run.labels)
+    assert fast_scores["acc"] == pytest.approx(ref_scores["acc"], abs=1e-6)
+    assert fast_scores["miou"] == pytest.approx(ref_scores["miou"], abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_end_to_end_matches_reference(run, precision):
+    """Fast capture + fast post-processing vs reference capture + plain port."""
+    fast, ref = run.masks["fast"][precision], run.masks["ref"][precision]
+    assert (fast == ref).double().mean().item() >= 0.999
+    for f, r in zip(fast, ref, strict=True):
+        assert f.unique().numel() == r.unique().numel()
+    fast_scores = _fast_metrics(fast, run.labels)
+    ref_scores = _reference_metrics(ref, run.labels)
+    assert fast_scores["acc"] == pytest.approx(ref_scores["acc"], abs=0.05)
+    assert fast_scores["miou"] == pytest.approx(ref_scores["miou"], abs=0.05)
+
+
+def test_naive_aggregate_matches_fast(run):
+    fast = run.post_attention[0].double()
+    naive = naive_aggregate({s: m[0] for s, m in run.ref_maps[0].items()})
+    assert naive.dtype == torch.float64 and naive.shape == (64, 64, 64, 64)
+    torch.testing.assert_close(naive, fast, rtol=1e-5, atol=1e-9)
+
+
+def test_bench_smoke(tmp_path):
+    from eval import bench
+
+    out = tmp_path / "bench"
+    argv = ["--tiny", "--images", "2", "--batch-size", "2", "--workers", "1", "--num-points", "4",
+            "--kmeans-n-init", "1", "--out", str(out)]
+    code = bench.main(argv)
+    assert code == 0
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    data = json.loads((out / f"bench_{kind}.json").read_text())
+    assert (out / f"bench_{kind}.md").is_file()
+    names = {row["stage"] for row in data["stages"]}
+    assert set(bench.STAGES) <= names
+    for row in data["stages"]:
+        assert row["fast_s_per_image"] > 0 and row["fast_images_per_s"] > 0, row
+        assert row["baseline_s_per_image"] > 0 and row["baseline_images_per_s"] > 0, row
+        assert row["ratio"] > 0 and np.isfinite(row["ratio"]), row
+    post = data["postprocessing"]
+    assert post["ours_s"] > 0 and post["naive_s"] > 0 and post["ratio_vs_naive"] > 0
+    assert data["config"]["images"] == 2 and data["device"]["kind"] == kind
