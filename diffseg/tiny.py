@@ -208,18 +208,37 @@ def build_tiny_components(
     return vae.eval(), unet.eval(), text_encoder.eval(), build_tiny_tokenizer()
 
 
+def sharpen_self_attention(unet: UNet2DConditionModel, factor: float) -> None:
+    """Scale the query and key weights of every self-attention (``attn1``) layer in place.
+
+    The attention logits grow by ``factor**2``: random weights give nearly uniform
+    attention, which DiffSeg merges into one segment; sharpened, the tiny model gives
+    several segments and float16 rounding empties some anchors, as real SD attention does.
+    """
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn1"):
+                module.to_q.weight.mul_(factor)
+                module.to_k.weight.mul_(factor)
+
+
 def tiny_backbone(
     seed: int = 0,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    attention_scale: float = 1.0,
 ) -> StableDiffusionBackbone:
     """A :class:`StableDiffusionBackbone` over :func:`build_tiny_components` (name "tiny-random").
 
     512 px images give maps at sides 64, 32, 16, 8 like SD 1.x; dtype/device default as in
-    ``StableDiffusionBackbone`` (float16 on CUDA, float32 on CPU).
+    ``StableDiffusionBackbone`` (float16 on CUDA, float32 on CPU). ``attention_scale`` != 1
+    applies :func:`sharpen_self_attention`.
     """
+    vae, unet, text_encoder, tokenizer = build_tiny_components(seed)
+    if attention_scale != 1.0:
+        sharpen_self_attention(unet, attention_scale)
     return StableDiffusionBackbone.from_components(
-        *build_tiny_components(seed), dtype=dtype, device=device, name="tiny-random"
+        vae, unet, text_encoder, tokenizer, dtype=dtype, device=device, name="tiny-random"
     )
 
 

@@ -33,7 +33,8 @@ DEMO_IDS = ["000000000139", "000000000285", "000000000632", "000000000724", "000
 # Demo runs: (folder name, experiment overrides). All use the tiny random backbone on the CPU.
 DEMO_RUNS = [
     ("coco_stuff27", ["experiment=demo"]),
-    ("ablation_kl_threshold", ["experiment=ablation_kl_threshold", "model=tiny", "demo=true", "device=cpu"]),
+    ("ablation_kl_threshold", ["experiment=ablation_kl_threshold", "model=tiny", "demo=true", "device=cpu",
+                               "model.backbone.attention_scale=5.0"]),
 ]
 
 

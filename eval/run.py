@@ -133,6 +133,7 @@ class _AttentionSource:
             "noise": bool(cfg.model.noise),
             "noise_seed": int(cfg.model.noise_seed),
             "size": int(cfg.dataset.size),
+            "backbone": OmegaConf.to_container(cfg.model.backbone, resolve=True),
         }
         self.cache = AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
 

@@ -52,15 +52,6 @@ SHARPEN = 6.0  # scale of the tiny model's attn1 query/key weights
 PRECISIONS = ("float16", "float32")
 
 
-def _sharpen(backbone, factor: float) -> None:
-    """Scale the query and key weights of every self-attention layer in place (sharper attention)."""
-    with torch.no_grad():
-        for name, module in backbone.unet.named_modules():
-            if name.endswith("attn1"):
-                module.to_q.weight.mul_(factor)
-                module.to_k.weight.mul_(factor)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Captures, aggregated attention and masks of both paths for the synthetic images.
@@ -73,8 +64,7 @@ def run(tmp_path_factory):
     write_synthetic_coco_stuff(root, num_images=NUM_IMAGES, seed=0)
     batch = next(iter(build_loader(CocoStuff27(root, size=512), batch_size=NUM_IMAGES, num_workers=0)))
     assert len(batch) == NUM_IMAGES and batch.images.shape == (NUM_IMAGES, 3, 512, 512)
-    backbone = tiny_backbone()
-    _sharpen(backbone, SHARPEN)
+    backbone = tiny_backbone(attention_scale=SHARPEN)
     fast_maps = backbone.attention_maps(batch.images)  # {s: (B, s*s, s*s)}
     ref_maps = [backbone.attention_maps(batch.images[i : i + 1], reference=True) for i in range(NUM_IMAGES)]
     ref_stacked = {s: torch.cat([m[s] for m in ref_maps]) for s in fast_maps}
