@@ -19,6 +19,7 @@ import logging
 import platform
 import sys
 import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from tqdm.auto import tqdm
 
 from diffseg import aggregate_attention
@@ -105,17 +107,42 @@ def _to_uint8_image(image: torch.Tensor) -> np.ndarray:
     return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def _save_mask(path: Path, mask: torch.Tensor) -> None:
-    """Write a mask as PNG: 8-bit when ids < 256, else 16-bit."""
-    from io import BytesIO
+def _save_masks(folder: Path, masks: dict[str, torch.Tensor], ids: list[str]) -> None:
+    """Write ``folder/<method>/<image id>.png`` for ``(B, H, W)`` masks (8-bit, or 16-bit past 255 ids)."""
+    for name, batch_masks in masks.items():
+        for mask, image_id in zip(batch_masks.cpu().numpy(), ids, strict=True):
+            img = Image.fromarray(mask.astype(np.uint8 if mask.max() < 256 else np.uint16))
+            buf = BytesIO()
+            img.save(buf, format="PNG")
+            write_bytes_atomic(folder / name.replace("/", "_") / f"{image_id.replace('/', '_')}.png", buf.getvalue())
 
-    from PIL import Image
 
-    array = mask.cpu().numpy()
-    img = Image.fromarray(array.astype(np.uint8)) if array.max() < 256 else Image.fromarray(array.astype(np.uint16))
-    buf = BytesIO()
-    img.save(buf, format="PNG")
-    write_bytes_atomic(path, buf.getvalue())
+class _GridSamples:
+    """The first ``count`` images of a run with their labels and masks, for ``qualitative.png``."""
+
+    def __init__(self, count: int, methods: list[str]):
+        self.count = count
+        self.images: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.masks: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+
+    def add(self, images: torch.Tensor, labels: torch.Tensor, masks: dict[str, torch.Tensor]) -> None:
+        """Keep images ``(B, 3, H, W)`` in [-1, 1], labels ``(B, H, W)`` and masks until ``count`` are held."""
+        for b in range(min(self.count - len(self.images), images.shape[0])):
+            self.images.append(_to_uint8_image(images[b]))
+            self.labels.append(labels[b].cpu().numpy())
+            for name, mask in masks.items():
+                self.masks[name].append(mask[b].cpu().numpy())
+
+    def write(self, path: Path, class_names: list[str], demo: bool) -> None:
+        """The grid (image | ground truth | each method), when any image was kept."""
+        if not self.images:
+            return
+        from eval.figures import qualitative_grid
+        from eval.tables import DEMO_BANNER
+
+        qualitative_grid(self.images, self.labels, self.masks, path, class_names=class_names or None,
+                         banner=DEMO_BANNER if demo else None)
 
 
 class _AttentionSource:
@@ -269,7 +296,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     source = _AttentionSource(cfg, device)
     if source.cache.mode == "none" and dataset.ids:
         source._backbone()  # load (or fail on missing weights) before the loader starts
-    grid: dict[str, Any] = {"images": [], "labels": [], "masks": {m.name: [] for m in methods}}
+    samples = _GridSamples(int(cfg.grid_images), [m.name for m in methods])
     progress = tqdm(total=total, initial=total - len(dataset.ids), unit="img", disable=not cfg.progress,
                     desc=str(cfg.run_name))
     running = accumulate((r for r in records.values() if "methods" in r), num_classes)
@@ -291,16 +318,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         s["tp"], s["fp"], s["fn"], s["valid"], s["segments"]
                     )
             if cfg.save_masks:
-                for name, mask in masks.items():
-                    safe = name.replace("/", "_")
-                    for b, image_id in enumerate(batch.ids):
-                        _save_mask(out_dir / "masks" / safe / f"{image_id.replace('/', '_')}.png", mask[b])
-            room = int(cfg.grid_images) - len(grid["images"])
-            for b in range(min(room, len(batch))):
-                grid["images"].append(_to_uint8_image(batch.images[b]))
-                grid["labels"].append(batch.labels[b].numpy())
-                for name, mask in masks.items():
-                    grid["masks"][name].append(mask[b].cpu().numpy())
+                _save_masks(out_dir / "masks", masks, batch.ids)
+            samples.add(batch.images, batch.labels, masks)
         records_file.append(new)
         for record in new:
             records[record["id"]] = record
@@ -316,13 +335,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if source.cache.mode != "none":
         extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses}
     result = write_metrics(out_dir, records, methods, resolved, _run_info(cfg), num_classes, extra)
-    if grid["images"]:
-        from eval.figures import qualitative_grid
-        from eval.tables import DEMO_BANNER
-
-        qualitative_grid(grid["images"], grid["labels"], grid["masks"], out_dir / "qualitative.png",
-                         class_names=list(getattr(dataset, "classes", []) or []) or None,
-                         banner=DEMO_BANNER if cfg.get("demo") else None)
+    samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []), bool(cfg.get("demo")))
     if result["skipped"]:
         log.warning("%d image(s) could not be read and were skipped (listed in metrics.json)", len(result["skipped"]))
     for name, s in result["methods"].items():
