@@ -79,25 +79,20 @@ def prepare_coco(root: Path, downloads: Path, progress: bool = True) -> None:
         raise PrepareError(f"the id list {source_list} is empty")
     missing_images, missing_labels = _missing_coco(root, ids)
 
-    if missing_images:
-        pinned = PINNED_FILES["coco_val2017"]
-        print(f"{len(missing_images)} of {len(ids)} images missing: fetching {pinned.name}")
-        archive = download_pinned("coco_val2017", downloads, progress=progress)
+    # (what, missing ids, pinned archive, target folder, file extension); both zips hold val2017/<id>.<ext>
+    parts = [
+        ("images", missing_images, "coco_val2017", IMAGE_DIR, "jpg"),
+        ("labels", missing_labels, "cocostuff_stuffthingmaps", LABEL_DIR, "png"),
+    ]
+    for what, missing, key, folder, ext in parts:
+        if not missing:
+            continue
+        print(f"{len(missing)} of {len(ids)} {what} missing: fetching {PINNED_FILES[key].name}")
+        archive = download_pinned(key, downloads, progress=progress)
         safe_extract_zip(
             archive,
-            root / IMAGE_DIR,
-            members=[f"val2017/{i}.jpg" for i in missing_images],
-            strip_prefix="val2017/",
-            progress=progress,
-        )
-    if missing_labels:
-        pinned = PINNED_FILES["cocostuff_stuffthingmaps"]
-        print(f"{len(missing_labels)} of {len(ids)} labels missing: fetching {pinned.name}")
-        archive = download_pinned("cocostuff_stuffthingmaps", downloads, progress=progress)
-        safe_extract_zip(
-            archive,
-            root / LABEL_DIR,
-            members=[f"val2017/{i}.png" for i in missing_labels],
+            root / folder,
+            members=[f"val2017/{i}.{ext}" for i in missing],
             strip_prefix="val2017/",
             progress=progress,
         )

@@ -58,6 +58,7 @@ from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.methods import ground_truth_class_counts
 from eval.metrics import NUM_CLASSES, confusion_histograms, match_image, match_stats
 from eval.naive import naive_aggregate, naive_merge, naive_nms, naive_segment
+from eval.run import versions
 
 __all__ = ["STAGES", "main", "realistic_attention", "run_bench"]
 
@@ -130,22 +131,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
     else:
         info["name"] = f"{info['cpu']} ({info['cpu_cores']} cores, {info['torch_threads']} torch threads)"
     return info
-
-
-def versions(device: torch.device) -> dict[str, str]:
-    import diffusers
-
-    out = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "numpy": np.__version__,
-    }
-    if device.type == "cuda":
-        out["cuda"] = str(torch.version.cuda)
-        out["cudnn"] = str(torch.backends.cudnn.version())
-    return out
-
 
 # ------------------------------------------------------------------------------------------------- inputs
 def realistic_attention(
@@ -333,7 +318,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     report: dict[str, Any] = {
         "device": info,
-        "versions": versions(device),
+        "versions": versions(),
         "config": {
             "model": "tiny-random" if args.tiny else "sd1-random (full SD 1.x architecture, random weights)",
             "images": images,
@@ -743,7 +728,7 @@ def run_postprocessing_only(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"device: {info['name']}")
     report: dict[str, Any] = {
         "device": info,
-        "versions": versions(device),
+        "versions": versions(),
         "config": {"num_points": args.num_points, "kl_threshold": args.threshold, "postprocessing_only": True},
         "stages": [],
     }

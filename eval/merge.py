@@ -22,14 +22,6 @@ from eval.run import METRICS_FILE, write_metrics
 __all__ = ["main", "merge_runs"]
 
 
-class _Named:
-    """Stand-in for a method when only its name and ablation tag are known."""
-
-    def __init__(self, name: str, ablation: Any):
-        self.name = name
-        self.ablation = ablation
-
-
 def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Merge shard run folders into ``out_dir``; returns the merged ``metrics.json`` content.
 
@@ -57,7 +49,7 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
             raise ValueError(f"merge: {d} evaluated other methods than {shard_dirs[0]}")
         if meta["run"]["dataset"] != first["run"]["dataset"]:
             raise ValueError(f"merge: {d} is a {meta['run']['dataset']} run, not {first['run']['dataset']}")
-    methods = [_Named(name, m.get("ablation")) for name, m in first["methods"].items()]
+    tags = {name: m.get("ablation") for name, m in first["methods"].items()}
     config = first["config"]
     config.get("dataset", {})["shard"] = None
     run = {**first["run"], "shard": None, "merged_from": [str(d) for d in shard_dirs]}
@@ -66,7 +58,7 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     ordered = sorted(records.values(), key=lambda r: r["id"])
     write_text_atomic(out / RECORDS_FILE, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in ordered))
-    return write_metrics(out, {r["id"]: r for r in ordered}, methods, config, run, num_classes)  # type: ignore[arg-type]
+    return write_metrics(out, {r["id"]: r for r in ordered}, tags, config, run, num_classes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

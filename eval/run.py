@@ -240,20 +240,23 @@ def _run_info(cfg: DictConfig) -> dict[str, Any]:
 
 
 def write_metrics(
-    out_dir: Path, records: dict[str, dict[str, Any]], methods: list[Method], cfg: dict[str, Any],
-    run: dict[str, Any], num_classes: int, extra: dict[str, Any] | None = None,
+    out_dir: Path, records: dict[str, dict[str, Any]], method_tags: dict[str, dict[str, Any] | None],
+    cfg: dict[str, Any], run: dict[str, Any], num_classes: int, extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Totals of the per-image records -> ``metrics.json`` (atomic). Returns what was written."""
+    """Totals of the per-image records -> ``metrics.json`` (atomic). Returns what was written.
+
+    ``method_tags`` maps each method name, in table order, to its ablation tag (or None).
+    """
     done = [r for r in records.values() if "methods" in r]
     skipped = [[r["id"], r["skipped"]] for r in records.values() if "skipped" in r]
     accs = accumulate(done, num_classes)
     out_methods = {}
-    for method in methods:
-        acc = accs.get(method.name)
+    for name, tag in method_tags.items():
+        acc = accs.get(name)
         scores = acc.compute() if acc is not None else {"images": 0}
-        if method.ablation is not None:
-            scores["ablation"] = method.ablation
-        out_methods[method.name] = scores
+        if tag is not None:
+            scores["ablation"] = tag
+        out_methods[name] = scores
     result = {
         "methods": out_methods,
         "run": run,
@@ -334,7 +337,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     extra = {"timing": {"seconds": round(elapsed, 3), "images_this_invocation": len(dataset.ids)}}
     if source.cache.mode != "none":
         extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses}
-    result = write_metrics(out_dir, records, methods, resolved, _run_info(cfg), num_classes, extra)
+    tags = {m.name: m.ablation for m in methods}
+    result = write_metrics(out_dir, records, tags, resolved, _run_info(cfg), num_classes, extra)
     samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []), bool(cfg.get("demo")))
     if result["skipped"]:
         log.warning("%d image(s) could not be read and were skipped (listed in metrics.json)", len(result["skipped"]))
