@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from diffseg.capture import capture_self_attention, capture_self_attention_reference
+from diffseg.devices import resolve_device, resolve_dtype
 
 __all__ = ["DEFAULT_MODEL_ID", "SD_SCHEDULER_CONFIG", "BackboneLoadError", "StableDiffusionBackbone"]
 
@@ -137,8 +138,8 @@ class StableDiffusionBackbone:
         scheduler: DDPMScheduler | None = None,
         name: str = "custom",
     ) -> None:
-        self.device = torch.device(device if device is not None else _default_device())
-        self.dtype = dtype if dtype is not None else _default_dtype(self.device)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
         self.vae = _prepare(vae, self.device, self.dtype)
         self.unet = _prepare(unet, self.device, self.dtype)
         self.text_encoder = _prepare(text_encoder, self.device, self.dtype)
@@ -178,13 +179,13 @@ class StableDiffusionBackbone:
     ) -> StableDiffusionBackbone:
         """Load an SD 1.x/2.x checkpoint (hub id or local diffusers folder), safetensors weights only.
 
-        dtype defaults to float16 on CUDA and float32 otherwise; device to CUDA when available.
+        dtype defaults to float32 (TF32 off), device to CUDA when available (:mod:`diffseg.devices`).
         HF_HUB_OFFLINE=1 (read at call time) implies ``local_files_only``. Any failure raises
         :class:`BackboneLoadError` naming ``model_id`` and what could not be fetched.
         """
         name = str(model_id)
-        device = torch.device(device if device is not None else _default_device())
-        dtype = dtype if dtype is not None else _default_dtype(device)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype)
         offline = local_files_only or _env_offline()
         local = Path(name).expanduser()
         is_local = local.is_dir()
@@ -298,14 +299,6 @@ class StableDiffusionBackbone:
         with capture as store:
             self.unet(latents, timesteps, encoder_hidden_states=context, return_dict=False)
         return store.maps()
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def _prepare(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

@@ -51,6 +51,7 @@ import torch
 from diffseg import DiffSeg, KMeansSegmenter, aggregate_attention
 from diffseg.backbone import StableDiffusionBackbone
 from diffseg.capture import capture_self_attention, capture_self_attention_reference
+from diffseg.devices import resolve_device
 from eval.atomic import write_json_atomic, write_text_atomic
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import build_loader
@@ -284,7 +285,7 @@ def _log(message: str) -> None:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every stage and the post-processing headline; returns the JSON-ready report."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     cuda = device.type == "cuda"
     images = args.images if args.images is not None else (64 if cuda else 2)
     batch_size = args.batch_size if args.batch_size is not None else (8 if cuda else 2)
@@ -723,7 +724,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_postprocessing_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only the post-processing headline (no model, no images)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     info = device_info(device)
     _log(f"device: {info['name']}")
     report: dict[str, Any] = {

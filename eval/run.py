@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from diffseg import aggregate_attention
 from diffseg.backbone import BackboneLoadError
+from diffseg.devices import resolve_device, resolve_dtype
 from eval.atomic import write_bytes_atomic, write_json_atomic
 from eval.cache import AttentionCache
 from eval.data.loader import build_loader
@@ -41,29 +42,10 @@ from eval.methods import Method, build_methods, weights_key
 from eval.metrics import MatchAccumulator, confusion_histograms, match_stats
 from eval.records import RunRecords, accumulate
 
-__all__ = ["evaluate", "main", "resolve_device", "resolve_dtype"]
+__all__ = ["evaluate", "main"]
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` -> float16 on CUDA, float32 on CPU; else ``"float16"``/``"bfloat16"``/``"float32"``."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"model.dtype: expected auto, float16, bfloat16 or float32, got {name!r}")
-    return getattr(torch, name)
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -151,7 +133,7 @@ class _AttentionSource:
     def __init__(self, cfg: DictConfig, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.dtype = resolve_dtype(str(cfg.model.dtype), device)
+        self.dtype = resolve_dtype(str(cfg.model.dtype))
         self.backbone = None
         setting = {
             "model": str(cfg.model.name),
