@@ -21,7 +21,7 @@ from typing import Any
 
 from eval.metrics import MatchAccumulator
 
-__all__ = ["RECORDS_FILE", "RunRecords", "accumulate"]
+__all__ = ["RECORDS_FILE", "RunRecords", "accumulate", "load_run_records", "read_records"]
 
 RECORDS_FILE = "per_image.jsonl"
 
@@ -75,6 +75,18 @@ def read_records(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
             out[str(record["id"])] = record
+    return out
+
+
+def load_run_records(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every per-image record of a run folder by image id.
+
+    Reads ``per_image.jsonl`` and the per-rank files ``per_image.rank<k>.jsonl`` of a
+    data-parallel run, in name order (a later line for the same id wins).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(run_dir).glob("per_image*.jsonl")):
+        out.update(read_records(path))
     return out
 
 
