@@ -1,6 +1,8 @@
 # DiffSeg reproduction harness. Every target installs what it needs into $(VENV).
 # torch is installed first with an exact spec: on CPU-only machines of this project
 # 2.13.0 is a local CPU build; on a GPU machine pass TORCH_SPEC to pick a CUDA build.
+# The reproduce targets run in outputs/<experiment>/<fingerprint of the settings> (eval/identity.py):
+# the same command resumes, other RUN_ARGS get their own folder, results are never mixed.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -43,12 +45,14 @@ data-cityscapes: $(STAMP)
 	$(PY) datasets/prepare.py cityscapes --root $(CITYSCAPES_ROOT) --zips $(CITYSCAPES_ZIPS)
 
 reproduce-coco: data-coco
-	$(PY) -m eval.run experiment=coco_stuff27 dataset.root=$(COCO_ROOT) hydra.run.dir=outputs/coco_stuff27 $(RUN_ARGS)
-	$(PY) -m eval.tables outputs/coco_stuff27 --out results/coco_stuff27
+	@run_dir=$$($(PY) -m eval.identity experiment=coco_stuff27 dataset.root=$(COCO_ROOT) $(RUN_ARGS) --prefix outputs/coco_stuff27) && \
+	$(PY) -m eval.run experiment=coco_stuff27 dataset.root=$(COCO_ROOT) hydra.run.dir=$$run_dir $(RUN_ARGS) && \
+	$(PY) -m eval.tables $$run_dir --out results/coco_stuff27
 
 reproduce-cityscapes: data-cityscapes
-	$(PY) -m eval.run experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) hydra.run.dir=outputs/cityscapes $(RUN_ARGS)
-	$(PY) -m eval.tables outputs/cityscapes --out results/cityscapes
+	@run_dir=$$($(PY) -m eval.identity experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) $(RUN_ARGS) --prefix outputs/cityscapes) && \
+	$(PY) -m eval.run experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) hydra.run.dir=$$run_dir $(RUN_ARGS) && \
+	$(PY) -m eval.tables $$run_dir --out results/cityscapes
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -146,6 +146,9 @@ class StableDiffusionBackbone:
         self.tokenizer = tokenizer
         self.scheduler = scheduler if scheduler is not None else DDPMScheduler(**SD_SCHEDULER_CONFIG)
         self.name = name
+        # True only for weights loaded from a checkpoint (from_pretrained); results of a backbone
+        # built from components (random or hand-made weights) are labelled as such by the harness.
+        self.pretrained = False
         self._empty_context: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------ construction
@@ -220,7 +223,9 @@ class StableDiffusionBackbone:
         except Exception as exc:  # the schedule only matters for noise=True
             logger.warning("%s: no scheduler config (%s); using SD's default noise schedule", name, exc)
             scheduler = None
-        return cls(vae, unet, text_encoder, tokenizer, dtype=dtype, device=device, scheduler=scheduler, name=name)
+        backbone = cls(vae, unet, text_encoder, tokenizer, dtype=dtype, device=device, scheduler=scheduler, name=name)
+        backbone.pretrained = True
+        return backbone
 
     # ------------------------------------------------------------------------------------------- compute
     @property

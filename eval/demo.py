@@ -6,7 +6,7 @@
 2. runs the main experiment (DiffSeg, DiffSeg-fp32, K-Means-C, K-Means-S) and
    the KL-threshold ablation with the tiny random-weight backbone;
 3. writes the tables, the sweep figure and the qualitative grid to
-   ``results/demo/``, every file marked as a demo.
+   ``results/demo/``, every file marked (from the runs' provenance) as random weights on synthetic data.
 
 The numbers say nothing about DiffSeg: the backbone has random weights.
 """
@@ -33,7 +33,7 @@ DEMO_IDS = ["000000000139", "000000000285", "000000000632", "000000000724", "000
 # Demo runs: (folder name, experiment overrides). All use the tiny random backbone on the CPU.
 DEMO_RUNS = [
     ("coco_stuff27", ["experiment=demo"]),
-    ("ablation_kl_threshold", ["experiment=ablation_kl_threshold", "model=tiny", "demo=true", "device=cpu",
+    ("ablation_kl_threshold", ["experiment=ablation_kl_threshold", "model=tiny", "device=cpu",
                                "model.backbone.attention_scale=5.0"]),
 ]
 

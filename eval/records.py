@@ -1,14 +1,16 @@
 """Per-image results of a run, kept as JSON lines so an interrupted run resumes.
 
 ``<run dir>/per_image.jsonl`` gets one line per image, appended (and fsynced)
-after each batch::
+after each batch; ``"fp"`` is the run's fingerprint (:mod:`eval.identity`)::
 
-    {"id": "000000000139", "methods": {"DiffSeg": {"tp": [...27], "fp": [...], "fn": [...],
-                                                   "valid": 262144, "segments": 7}, ...}}
-    {"id": "000000000724", "skipped": "OSError: cannot identify image file ..."}
+    {"id": "000000000139", "fp": "3f9c...", "methods": {"DiffSeg": {"tp": [...27], "fp": [...],
+                                                   "fn": [...], "valid": 262144, "segments": 7}, ...}}
+    {"id": "000000000724", "fp": "3f9c...", "skipped": "OSError: cannot identify image file ..."}
 
-Totals are always recomputed from these lines, so a resumed run (or shards
-merged by :mod:`eval.merge`) gives exactly the totals of one uninterrupted run.
+A skipped image is not done: a resumed run tries it again, and a later line for the
+same id replaces the earlier one. Totals are always recomputed from these lines, so
+a resumed run (or shards merged by :mod:`eval.merge`) gives exactly the totals of one
+uninterrupted run. ``metrics.json`` is written from them by :func:`write_metrics`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from eval.atomic import write_json_atomic
 from eval.metrics import MatchAccumulator
 
-__all__ = ["RECORDS_FILE", "RunRecords", "accumulate", "load_run_records", "read_records"]
+__all__ = ["METRICS_FILE", "RECORDS_FILE", "RunRecords", "accumulate", "load_run_records", "read_records",
+           "write_metrics"]
 
 RECORDS_FILE = "per_image.jsonl"
+METRICS_FILE = "metrics.json"
 
 
 class RunRecords:
@@ -33,8 +38,8 @@ class RunRecords:
     that image is evaluated again).
     """
 
-    def __init__(self, out_dir: str | os.PathLike):
-        self.path = Path(out_dir) / RECORDS_FILE
+    def __init__(self, out_dir: str | os.PathLike, name: str = RECORDS_FILE):
+        self.path = Path(out_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
 
@@ -98,3 +103,37 @@ def accumulate(records: Iterable[dict[str, Any]], num_classes: int) -> dict[str,
             acc = accs.setdefault(name, MatchAccumulator(num_classes))
             acc.add(stats["tp"], stats["fp"], stats["fn"], stats["valid"], stats.get("segments"))
     return accs
+
+
+def write_metrics(
+    out_dir: str | os.PathLike,
+    records: Iterable[dict[str, Any]],
+    method_tags: dict[str, dict[str, Any] | None],
+    num_classes: int,
+    **sections: Any,
+) -> dict[str, Any]:
+    """Totals of the given per-image records -> ``<out_dir>/metrics.json`` (atomic); returns its content.
+
+    ``records`` are exactly the images the numbers rest on (evaluated or skipped);
+    ``method_tags`` maps each method name, in table order, to its ablation tag (or None).
+    ``sections`` (run, provenance, config, code, versions, timing, ...) are written as given
+    after ``methods``, ``skipped`` and ``image_ids`` (the evaluated ids, sorted).
+    """
+    records = list(records)
+    done = [r for r in records if "methods" in r]
+    accs = accumulate(done, num_classes)
+    out_methods = {}
+    for name, tag in method_tags.items():
+        acc = accs.get(name)
+        scores = acc.compute() if acc is not None else {"images": 0}
+        if tag is not None:
+            scores["ablation"] = tag
+        out_methods[name] = scores
+    result = {
+        "methods": out_methods,
+        "skipped": sorted([r["id"], r["skipped"]] for r in records if "methods" not in r),
+        "image_ids": sorted(r["id"] for r in done),
+        **sections,
+    }
+    write_json_atomic(Path(out_dir) / METRICS_FILE, result)
+    return result

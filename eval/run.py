@@ -8,15 +8,18 @@ directly); :func:`main` is the thin Hydra entry point. Data flow per batch:
     setting -> every configured method -> per-image matching stats appended to
     ``per_image.jsonl`` -> totals -> ``metrics.json`` (atomic).
 
-A run started again in the same output folder skips the images already in
-``per_image.jsonl``; totals are recomputed from it, so they equal an
-uninterrupted run's.
+A run started again in the same output folder skips the images already done
+(skipped images are tried again); totals are recomputed from the records, so they
+equal an uninterrupted run's. The folder belongs to one set of settings
+(:mod:`eval.identity`): other settings are refused before any work. The numbers in
+``metrics.json`` rest on the images the invocation selected (``dataset.limit``,
+``dataset.shard``) and carry their provenance (:mod:`eval.provenance`).
 """
 
 from __future__ import annotations
 
 import logging
-import platform
+import shlex
 import sys
 import time
 from io import BytesIO
@@ -26,8 +29,6 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
@@ -35,53 +36,20 @@ from tqdm.auto import tqdm
 from diffseg import aggregate_attention
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device, resolve_dtype
-from eval.atomic import write_bytes_atomic, write_json_atomic
+from eval.atomic import write_bytes_atomic
+from eval.build import build
 from eval.cache import AttentionCache
 from eval.data.loader import build_loader
+from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, identity_of, versions
+from eval.interrupt import GracefulStop, RunInterrupted
 from eval.methods import Method, build_methods, weights_key
 from eval.metrics import MatchAccumulator, confusion_histograms, match_stats
-from eval.records import RunRecords, accumulate
+from eval.provenance import banner, build_provenance
+from eval.records import METRICS_FILE, RunRecords, accumulate, load_run_records, write_metrics
 
-__all__ = ["evaluate", "main"]
+__all__ = ["NoImagesError", "evaluate", "main", "versions"]
 
 log = logging.getLogger(__name__)
-METRICS_FILE = "metrics.json"
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that re-raises the target's own error, not Hydra's wrapper.
-
-    The dataset's missing-root error names the path and the ``make`` target; the
-    backbone's load error names the model and what could not be fetched.
-    Hydra's ``InstantiationException`` would bury both.
-    """
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, (OSError, ValueError, RuntimeError)):
-            raise cause from None
-        raise
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages that can change results."""
-    import diffusers
-    import scipy
-    import transformers
-
-    out = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = str(torch.version.cuda)
-        out["gpu"] = torch.cuda.get_device_name()
-    return out
 
 
 def _to_uint8_image(image: torch.Tensor) -> np.ndarray:
@@ -116,15 +84,14 @@ class _GridSamples:
             for name, mask in masks.items():
                 self.masks[name].append(mask[b].cpu().numpy())
 
-    def write(self, path: Path, class_names: list[str], demo: bool) -> None:
+    def write(self, path: Path, class_names: list[str], banner: str | None) -> None:
         """The grid (image | ground truth | each method), when any image was kept."""
         if not self.images:
             return
         from eval.figures import qualitative_grid
-        from eval.tables import DEMO_BANNER
 
         qualitative_grid(self.images, self.labels, self.masks, path, class_names=class_names or None,
-                         banner=DEMO_BANNER if demo else None)
+                         banner=banner)
 
 
 class _AttentionSource:
@@ -209,69 +176,103 @@ def _batch_records(
     return records
 
 
+class NoImagesError(RuntimeError):
+    """A run that would report numbers resting on no image (or on too few, see ``max_skipped``)."""
+
+
 def _run_info(cfg: DictConfig) -> dict[str, Any]:
     ablation = cfg.get("ablation")
     return {
         "name": str(cfg.run_name),
         "dataset": str(cfg.dataset.name),
         "model": str(cfg.model.name),
-        "demo": bool(cfg.get("demo", False)),
         "ablation": OmegaConf.to_container(ablation, resolve=True) if ablation is not None else None,
         "shard": cfg.dataset.get("shard"),
+        "limit": cfg.dataset.get("limit"),
     }
 
 
-def write_metrics(
-    out_dir: Path, records: dict[str, dict[str, Any]], method_tags: dict[str, dict[str, Any] | None],
-    cfg: dict[str, Any], run: dict[str, Any], num_classes: int, extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Totals of the per-image records -> ``metrics.json`` (atomic). Returns what was written.
+def _random_weights(cfg: DictConfig, source: _AttentionSource) -> bool:
+    """True unless the backbone's weights came from a checkpoint.
 
-    ``method_tags`` maps each method name, in table order, to its ablation tag (or None).
+    Asked of the built backbone; when every map came from the cache (no backbone built),
+    decided from the configured loader (only ``from_pretrained`` loads real weights).
     """
-    done = [r for r in records.values() if "methods" in r]
-    skipped = [[r["id"], r["skipped"]] for r in records.values() if "skipped" in r]
-    accs = accumulate(done, num_classes)
-    out_methods = {}
-    for name, tag in method_tags.items():
-        acc = accs.get(name)
-        scores = acc.compute() if acc is not None else {"images": 0}
-        if tag is not None:
-            scores["ablation"] = tag
-        out_methods[name] = scores
-    result = {
-        "methods": out_methods,
-        "run": run,
-        "skipped": skipped,
-        "config": cfg,
-        "versions": versions(),
-        **(extra or {}),
-    }
-    write_json_atomic(out_dir / METRICS_FILE, result)
-    return result
+    if source.backbone is not None:
+        return not bool(getattr(source.backbone, "pretrained", False))
+    return not str(cfg.model.backbone.get("_target_", "")).endswith(".from_pretrained")
+
+
+def _check_records(records: dict[str, dict[str, Any]], fingerprint: str, out_dir: Path) -> None:
+    stale = sorted(i for i, r in records.items() if r.get("fp") != fingerprint)
+    if stale:
+        raise RunMismatchError(
+            f"{out_dir}: {len(stale)} per-image record(s) (first: {stale[0]}) were made under another "
+            f"fingerprint than the folder's {fingerprint}; results of different settings are never mixed: "
+            "start a new folder.")
+
+
+class _RunLog:
+    """Logs of a run reach ``<out_dir>/run.log`` as they happen (unless Hydra already writes there)."""
+
+    def __init__(self, out_dir: Path):
+        self.path = (out_dir / "run.log").resolve()
+        self.handler: logging.Handler | None = None
+
+    def __enter__(self) -> _RunLog:
+        root = logging.getLogger()
+        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == self.path for h in root.handlers):
+            self.handler = logging.FileHandler(self.path, encoding="utf-8")
+            self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            root.addHandler(self.handler)
+            if root.level > logging.INFO or root.level == logging.NOTSET:
+                root.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run every configured method on a dataset and write the run folder.
 
-    Writes ``per_image.jsonl`` (appended as it goes), ``metrics.json``,
-    optionally ``masks/<method>/<id>.png``, and ``qualitative.png``.
+    Writes ``run.json`` (the run's identity, :mod:`eval.identity`), ``per_image.jsonl``
+    (appended after each batch), ``metrics.json`` (with its provenance record,
+    :mod:`eval.provenance`), ``run.log``, optionally ``masks/<method>/<id>.png``, and
+    ``qualitative.png``.
+
+    Raises:
+        RunMismatchError: the folder holds results of other settings (before any work).
+        NoImagesError: no image could be evaluated, or more than ``max_skipped`` were skipped.
+        RunInterrupted: SIGTERM/SIGINT; the batch in flight was finished and recorded.
 
     Returns:
         The ``metrics.json`` content.
     """
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _RunLog(out_dir):
+        return _evaluate(cfg, out_dir)
+
+
+def _evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     num_classes = int(cfg.dataset.num_classes)
     methods = build_methods(cfg)
     dataset = build(cfg.dataset.dataset)
+    identity = identity_of(cfg, dataset, device)
+    records = load_run_records(out_dir)
+    check_run_folder(out_dir, identity, has_records=bool(records))
+    _check_records(records, identity.fingerprint, out_dir)
     records_file = RunRecords(out_dir)
-    records = records_file.load()
-    total = len(dataset.ids)
-    dataset.ids = [i for i in dataset.ids if i not in records]
-    if records:
-        log.info("resuming %s: %d of %d images already done", out_dir, total - len(dataset.ids), total)
+    selected = list(dataset.ids)
+    done = {i for i in selected if "methods" in records.get(i, {})}
+    dataset.ids = [i for i in selected if i not in done]
+    log.info("run folder: %s (fingerprint %s)", out_dir, identity.fingerprint)
+    if done:
+        log.info("resuming: %d of %d images already done", len(done), len(selected))
     loader = build_loader(
         dataset,
         batch_size=int(cfg.batch_size),
@@ -282,66 +283,119 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if source.cache.mode == "none" and dataset.ids:
         source._backbone()  # load (or fail on missing weights) before the loader starts
     samples = _GridSamples(int(cfg.grid_images), [m.name for m in methods])
-    progress = tqdm(total=total, initial=total - len(dataset.ids), unit="img", disable=not cfg.progress,
+    progress = tqdm(total=len(selected), initial=len(done), unit="img", disable=not cfg.progress,
                     desc=str(cfg.run_name))
-    running = accumulate((r for r in records.values() if "methods" in r), num_classes)
+    running = accumulate((records[i] for i in done), num_classes)
     start = time.perf_counter()
-    for batch in loader:
-        new = [{"id": i, "skipped": msg} for i, msg in batch.skipped]
-        for image_id, msg in batch.skipped:
-            log.warning("skipped %s: %s", image_id, msg)
-        if len(batch):
-            labels = batch.labels.to(device, non_blocking=True)
-            with torch.inference_mode():
-                maps = source.maps(batch.images, batch.ids)
-                masks = _segment_batch(methods, maps, labels, num_classes)
-            image_records = _batch_records(masks, labels, batch.ids, num_classes)
-            new += image_records
-            for record in image_records:
-                for name, s in record["methods"].items():
-                    running.setdefault(name, MatchAccumulator(num_classes)).add(
-                        s["tp"], s["fp"], s["fn"], s["valid"], s["segments"]
-                    )
-            if cfg.save_masks:
-                _save_masks(out_dir / "masks", masks, batch.ids)
-            samples.add(batch.images, batch.labels, masks)
-        records_file.append(new)
-        for record in new:
-            records[record["id"]] = record
-        progress.update(len(batch) + len(batch.skipped))
-        first = methods[0].name
-        if first in running:
-            s = running[first].compute()
-            progress.set_postfix_str(f"{first} ACC {s['acc'] or 0:.1f} mIoU {s['miou'] or 0:.1f}")
+    with GracefulStop() as stop:
+        for batch in loader:
+            new = [{"id": i, "fp": identity.fingerprint, "skipped": msg} for i, msg in batch.skipped]
+            for image_id, msg in batch.skipped:
+                log.warning("skipped %s: %s", image_id, msg)
+            if len(batch):
+                labels = batch.labels.to(device, non_blocking=True)
+                with torch.inference_mode():
+                    maps = source.maps(batch.images, batch.ids)
+                    masks = _segment_batch(methods, maps, labels, num_classes)
+                image_records = _batch_records(masks, labels, batch.ids, num_classes)
+                for record in image_records:
+                    record["fp"] = identity.fingerprint
+                    for name, s in record["methods"].items():
+                        running.setdefault(name, MatchAccumulator(num_classes)).add(
+                            s["tp"], s["fp"], s["fn"], s["valid"], s["segments"]
+                        )
+                new += image_records
+                if cfg.save_masks:
+                    _save_masks(out_dir / "masks", masks, batch.ids)
+                samples.add(batch.images, batch.labels, masks)
+            records_file.append(new)
+            for record in new:
+                records[record["id"]] = record
+            progress.update(len(batch) + len(batch.skipped))
+            first = methods[0].name
+            if first in running:
+                s = running[first].compute()
+                progress.set_postfix_str(f"{first} ACC {s['acc'] or 0:.1f} mIoU {s['miou'] or 0:.1f}")
+            stop.check()
     progress.close()
     elapsed = time.perf_counter() - start
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    extra = {"timing": {"seconds": round(elapsed, 3), "images_this_invocation": len(dataset.ids)}}
+    return _finish(cfg, out_dir, identity, methods, records, selected, source, samples, dataset,
+                   {"seconds": round(elapsed, 3), "images_this_invocation": len(dataset.ids)})
+
+
+def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, methods: list[Method],
+            records: dict[str, dict[str, Any]], selected: list[str], source: _AttentionSource,
+            samples: _GridSamples, dataset: Any, timing: dict[str, Any]) -> dict[str, Any]:
+    """Totals of the selected images -> metrics.json; refuses numbers resting on nothing."""
+    mine = [records[i] for i in selected if i in records]
+    evaluated = sum("methods" in r for r in mine)
+    skipped = len(mine) - evaluated
+    if evaluated == 0:
+        raise NoImagesError(
+            f"no image was evaluated ({len(selected)} selected, {skipped} skipped: see run.log); "
+            f"nothing written to {out_dir / METRICS_FILE}")
+    max_skipped = cfg.get("max_skipped")
+    if max_skipped is not None and skipped > float(max_skipped) * len(selected):
+        raise NoImagesError(
+            f"{skipped} of {len(selected)} images were skipped, more than max_skipped={max_skipped}; "
+            f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)")
+    random_weights = _random_weights(cfg, source)
+    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, random_weights,
+                                  evaluated=evaluated, skipped=skipped, selected=len(selected))
+    extra: dict[str, Any] = {"timing": timing}
     if source.cache.mode != "none":
         extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses}
-    tags = {m.name: m.ablation for m in methods}
-    result = write_metrics(out_dir, records, tags, resolved, _run_info(cfg), num_classes, extra)
-    samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []), bool(cfg.get("demo")))
-    if result["skipped"]:
-        log.warning("%d image(s) could not be read and were skipped (listed in metrics.json)", len(result["skipped"]))
+    result = write_metrics(
+        out_dir, mine, {m.name: m.ablation for m in methods}, int(cfg.dataset.num_classes),
+        run=_run_info(cfg), provenance=provenance, config=OmegaConf.to_container(cfg, resolve=True),
+        code=code_version(), versions=versions(), **extra,
+    )
+    samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []),
+                  banner([{"provenance": provenance}]))
     for name, s in result["methods"].items():
         log.info("%-14s ACC %5.1f  mIoU %5.1f  segments/img %.2f  images %d", name, s.get("acc") or 0.0,
                  s.get("miou") or 0.0, s.get("mean_segments") or 0.0, s.get("images", 0))
+    for note in provenance["notes"]:
+        log.warning("note: %s", note)
+    tail = f"{evaluated} of {len(selected)} selected images evaluated"
+    tail += f", {skipped} skipped (listed in metrics.json; a run in the same folder retries them)" if skipped else ""
+    log.info("%s -> %s", tail, out_dir)
     return result
 
+
+def _resume_command(out_dir: Path) -> str:
+    """The command that continues this run in ``out_dir`` (same overrides, same folder)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+    except ValueError:  # not started through Hydra
+        overrides = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "-"))]
+    return shlex.join(["python", "-m", "eval.run", *overrides, f"hydra.run.dir={out_dir}"])
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all work is in :func:`evaluate`.
 
-    Missing data, missing weights or no network end the run with one clear line
-    on stderr and exit status 2, not a traceback.
+    Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 missing data or
+    weights, or a folder holding results of other settings (one clear line on stderr, no
+    traceback); 128 + signal on SIGTERM/SIGINT, after the batch in flight was recorded,
+    with the folder and the command that resumes.
     """
+    out_dir = Path(cfg.paths.output_dir)
     try:
         evaluate(cfg)
-    except (FileNotFoundError, BackboneLoadError) as exc:
+    except (FileNotFoundError, BackboneLoadError, RunMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except NoImagesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, RunInterrupted) else 130
+        print(f"interrupted ({exc or 'SIGINT'}): every finished batch is recorded in {out_dir}\n"
+              f"resume with: {_resume_command(out_dir)}", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ methods, with the paper's numbers beside ours); runs with ``run.ablation`` give 
 table and one sweep figure per ablation. Markdown and CSV are written atomically,
 plus a ``README.md`` index. Scores are x100 and rounded only here, when written.
 
-If any run is a demo run, every file written starts with :data:`DEMO_BANNER`.
+Labels are derived from each run's provenance record (:mod:`eval.provenance`), never
+from a flag: files made from random weights or synthetic data start with a banner; a
+row produced under settings other than the paper's names each difference; a number
+resting on part of a dataset says how many images (and skipped images) it rests on.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from omegaconf import OmegaConf
 
 from eval.atomic import write_text_atomic
 from eval.figures import plot_sweep
+from eval.provenance import banner, images_note, method_label
 
-DEMO_BANNER = "DEMO: tiny random-weight backbone on synthetic data — these numbers say nothing about DiffSeg"
 DEFAULT_PAPER_NUMBERS = Path(__file__).resolve().parents[1] / "conf" / "paper" / "numbers.yaml"
 DATASET_TITLES = {"coco_stuff27": "COCO-Stuff-27", "cityscapes": "Cityscapes"}
-MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "paper ACC", "paper mIoU"]
+MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "paper ACC", "paper mIoU", "notes"]
 PAPER_NOTE = ("Paper columns: numbers reported in the DiffSeg paper (arXiv 2308.12469), quoted, never ours; "
               "empty where not confirmed.")
 METRIC_NOTE = ("ACC = pixel accuracy, mIoU = mean IoU, both x100 (per-image Hungarian matching, "
@@ -82,11 +85,6 @@ def _info(run: dict[str, Any]) -> dict[str, Any]:
     return run.get("run") or {}
 
 
-def is_demo(runs: Sequence[dict[str, Any]]) -> bool:
-    """True if any run is a demo run."""
-    return any(bool(_info(r).get("demo")) for r in runs)
-
-
 def _num(value: Any) -> float:
     """A metric value as float, NaN where unknown."""
     return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
@@ -102,8 +100,10 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str,
     """Main table of ``dataset``: rows = methods of the runs without an ablation.
 
     Columns: ACC, mIoU, segments/img, images, paper ACC, paper mIoU (unrounded floats,
-    NaN where unknown). A method found in several runs is labelled with its model (and
-    its run folder if that is still ambiguous).
+    NaN where unknown) and notes (partial data, skipped images). Row labels come from
+    the run's provenance (:func:`eval.provenance.method_label`): a method run under
+    settings other than the paper's names them, a random-weight run says so. A label
+    found in several runs is followed by its model (and its run folder if still ambiguous).
     """
     paper = load_paper_numbers() if paper is None else paper
     entries = []
@@ -112,17 +112,17 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str,
         if info.get("dataset") != dataset or info.get("ablation") is not None:
             continue
         for method, m in (run.get("methods") or {}).items():
-            entries.append((method, str(info.get("model", "?")), _run_dir(run), m))
+            entries.append((method, method_label(method, run), str(info.get("model", "?")), _run_dir(run), m,
+                            images_note(run)))
     counts: dict[Any, int] = {}
-    for method, model, _, _ in entries:
-        counts[method] = counts.get(method, 0) + 1
-        counts[(method, model)] = counts.get((method, model), 0) + 1
+    for _, label, model, _, _, _ in entries:
+        counts[label] = counts.get(label, 0) + 1
+        counts[(label, model)] = counts.get((label, model), 0) + 1
     rows, labels = [], []
-    for method, model, run_dir, m in entries:
-        label = method
-        if counts[method] > 1:
-            unique_model = counts[(method, model)] == 1
-            label = f"{method} ({model})" if unique_model else f"{method} ({model}, {run_dir})"
+    for method, label, model, run_dir, m, note in entries:
+        if counts[label] > 1:
+            unique_model = counts[(label, model)] == 1
+            label = f"{label} ({model})" if unique_model else f"{label} ({model}, {run_dir})"
         ref = (paper.get(dataset) or {}).get(method) or {}
         labels.append(label)
         rows.append({
@@ -132,6 +132,7 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str,
             "images": m.get("images"),
             "paper ACC": _num(ref.get("acc")),
             "paper mIoU": _num(ref.get("miou")),
+            "notes": note or "",
         })
     df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=MAIN_COLUMNS)
     df.attrs.update(dataset=dataset, methods=[e[0] for e in entries])
@@ -220,12 +221,23 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
             ms = by_value[v].get("methods") or {}
             data.append([_num((ms.get(m) or {}).get(key)) for m in methods for key in ("acc", "miou")])
         df = pd.DataFrame(data, index=pd.Index(values, name=param, dtype=object), columns=columns)
-        df.attrs.update(param=param, dataset=dataset, name=name, runs=[_run_dir(by_value[v]) for v in values])
+        df.attrs.update(param=param, dataset=dataset, name=name, runs=[_run_dir(by_value[v]) for v in values],
+                        banner=banner(list(by_value.values())), notes=_group_notes(by_value.values()))
         key = param if params.count(param) == 1 else f"{param}_{dataset}"
         if key in tables:
             key = f"{name}_{dataset}"
         tables[_slug(key)] = df
     return tables
+
+
+def _group_notes(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """Distinct provenance notes of a group of runs, first-seen order."""
+    notes: list[str] = []
+    for run in runs:
+        for note in (run.get("provenance") or {}).get("notes") or []:
+            if note not in notes:
+                notes.append(note)
+    return notes
 
 
 def _fmt(column: str, value: Any) -> str:
@@ -283,35 +295,43 @@ def _is_main(run: dict[str, Any], dataset: str) -> bool:
     return _info(run).get("dataset") == dataset and _info(run).get("ablation") is None
 
 
-def _write_main(runs: Sequence[dict[str, Any]], dataset: str, out: Path, paper: dict[str, Any],
-                banner: str | None) -> tuple[list[Path], str]:
+def _write_main(runs: Sequence[dict[str, Any]], dataset: str, out: Path,
+                paper: dict[str, Any]) -> tuple[list[Path], str]:
     """Write ``<dataset>.md`` / ``.csv``; returns the paths and the README index line."""
+    mine = [r for r in runs if _is_main(r, dataset)]
+    banner_text = banner(mine)
     df = main_table(runs, dataset, paper)
     title = DATASET_TITLES.get(dataset, dataset)
     sources = [f"- {m}: {ref.get('source', '')}" for m, ref in (paper.get(dataset) or {}).items()
                if m in df.attrs["methods"] and ref.get("acc") is not None]
-    md = _header(banner, f"{title}: main results")
+    md = _header(banner_text, f"{title}: main results")
     md += [METRIC_NOTE, PAPER_NOTE, "", markdown_table(df).rstrip()]
+    notes = _group_notes(mine)
+    if notes:
+        md += ["", "Provenance notes (from the runs' metrics.json):", "", *[f"- {n}" for n in notes]]
     if sources:
         md += ["", "Paper sources:", "", *sources]
-    md += _runs_section((_run_dir(r) for r in runs if _is_main(r, dataset)), out)
+    md += _runs_section((_run_dir(r) for r in mine), out)
     paths = [write_text_atomic(out / f"{dataset}.md", "\n".join(md) + "\n"),
-             write_text_atomic(out / f"{dataset}.csv", csv_text(df, banner))]
+             write_text_atomic(out / f"{dataset}.csv", csv_text(df, banner_text))]
     return paths, f"- [{title}]({dataset}.md) ([csv]({dataset}.csv))"
 
 
-def _write_ablation(key: str, df: pd.DataFrame, out: Path, banner: str | None) -> tuple[list[Path], str]:
+def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], str]:
     """Write ``ablation_<key>.md`` / ``.csv`` / ``.png``; returns the paths and the index line."""
     attrs = df.attrs
+    banner_text = attrs.get("banner")
     dataset = DATASET_TITLES.get(attrs["dataset"], attrs["dataset"])
     title = f"Ablation: {attrs['param']} ({dataset}, {attrs['name']})"
     stem = f"ablation_{key}"
-    png = plot_sweep(df, attrs["param"], out / f"{stem}.png", banner=banner)
-    md = _header(banner, title) + [METRIC_NOTE, "", markdown_table(df).rstrip()]
+    png = plot_sweep(df, attrs["param"], out / f"{stem}.png", banner=banner_text)
+    md = _header(banner_text, title) + [METRIC_NOTE, "", markdown_table(df).rstrip()]
+    if attrs.get("notes"):
+        md += ["", "Provenance notes (from the runs' metrics.json):", "", *[f"- {n}" for n in attrs["notes"]]]
     md += ["", f"![{title}]({png.name})"]
     md += _runs_section(attrs["runs"], out)
     paths = [write_text_atomic(out / f"{stem}.md", "\n".join(md) + "\n"),
-             write_text_atomic(out / f"{stem}.csv", csv_text(df, banner)), png]
+             write_text_atomic(out / f"{stem}.csv", csv_text(df, banner_text)), png]
     return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv), [figure]({png.name}))"
 
 
@@ -324,10 +344,10 @@ def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paper = load_paper_numbers() if paper is None else paper
-    banner = DEMO_BANNER if is_demo(runs) else None
+    banner_text = banner(runs)
     runs = expand_method_ablations(runs)  # in-run variants go to the ablation tables
     written: list[Path] = []
-    index = _header(banner, "Results")
+    index = _header(banner_text, "Results")
     index += ["Generated by `python -m eval.tables` from run JSON; do not edit by hand.", ""]
     index += ["## Main tables", ""]
 
@@ -337,7 +357,7 @@ def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
         if ds is not None and _is_main(run, ds) and ds not in datasets:
             datasets.append(ds)
     for ds in datasets:
-        paths, line = _write_main(runs, ds, out, paper, banner)
+        paths, line = _write_main(runs, ds, out, paper)
         written += paths
         index.append(line)
     if not datasets:
@@ -346,7 +366,7 @@ def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
     index += ["", "## Ablations", ""]
     tables = ablation_tables(runs)
     for key, df in tables.items():
-        paths, line = _write_ablation(key, df, out, banner)
+        paths, line = _write_ablation(key, df, out)
         written += paths
         index.append(line)
     if not tables:

@@ -59,7 +59,7 @@ def test_ablations_tag_their_variants(tmp_path):
     assert timestep.hydra.sweeper.params["model.timestep"] == "100,200,300,400,500"
     assert timestep.run_name == "ablation_timestep" and timestep.ablation.param == "timestep"
     demo = compose_eval(["experiment=demo", f"paths.output_dir={tmp_path}"])
-    assert demo.demo is True and demo.model.name == "tiny-random" and demo.device == "cpu"
+    assert "demo" not in demo and demo.model.name == "tiny-random" and demo.device == "cpu"
 
 
 def test_tiny_model_config_builds_offline(tmp_path):

@@ -63,7 +63,14 @@ def test_metrics_json_schema_and_values(clean_run, coco_root):
         assert m["images"] == 5 and len(m["iou"]) == 27
         assert 0.0 <= m["acc"] <= 100.0 and 0.0 <= m["miou"] <= 100.0
     assert result["run"] == {"name": "coco_stuff27", "dataset": "coco_stuff27", "model": "tiny-random",
-                             "demo": False, "ablation": None, "shard": None}
+                             "ablation": None, "shard": None, "limit": None}
+    prov = result["provenance"]
+    assert prov["random_weights"] is True and prov["synthetic_data"] is True and prov["partial"] is False
+    assert prov["images"] == {"evaluated": 5, "skipped": 0, "selected": 5, "dataset": 5}
+    assert result["image_ids"] == sorted(CocoStuff27(coco_root, size=128).ids)
+    assert json.loads((out / "run.json").read_text())["fingerprint"] == prov["fingerprint"]
+    assert all(json.loads(line)["fp"] == prov["fingerprint"]
+               for line in (out / "per_image.jsonl").read_text().splitlines())
     assert result["config"]["model"]["timestep"] == 300
     assert {"torch", "diffusers"} <= set(result["versions"])
     assert len((out / "per_image.jsonl").read_text().splitlines()) == 5
@@ -129,6 +136,13 @@ def test_corrupt_image_is_reported_and_the_run_goes_on(tmp_path):
     assert [s[0] for s in result["skipped"]] == [ids[1]]
     assert f"{ids[1]}.jpg" in result["skipped"][0][1]
     assert all(m["images"] == 3 for m in result["methods"].values())
+    assert result["provenance"]["partial"] and result["provenance"]["images"]["skipped"] == 1
+    # A skipped image is not done: once readable, a resume evaluates it.
+    write_synthetic_coco_stuff(root, num_images=4, seed=5)
+    again = run(root, tmp_path / "out")
+    assert again["skipped"] == [] and again["timing"]["images_this_invocation"] == 1
+    assert all(m["images"] == 4 for m in again["methods"].values())
+    assert not again["provenance"]["partial"]
 
 
 def test_shards_merged_equal_one_run(clean_run, coco_root, tmp_path):

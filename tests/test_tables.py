@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from eval.figures import colorize, default_palette, overlay, qualitative_grid
+from eval.provenance import RANDOM_BANNER, UNKNOWN_BANNER
 from eval.tables import (
-    DEMO_BANNER,
     ablation_tables,
     collect_runs,
     load_paper_numbers,
@@ -28,10 +28,17 @@ def _method(acc, miou, segments=5.43, images=12):
             "fn": [0] * 27, "valid": 1000, "images": images, "mean_segments": segments}
 
 
+def _provenance(random_weights=False):
+    return {"fingerprint": "0" * 16, "random_weights": random_weights, "synthetic_data": False, "partial": False,
+            "images": {"evaluated": 12, "skipped": 0, "selected": 12, "dataset": 12}, "non_default": {},
+            "notes": ["random-weight backbone"] if random_weights else []}
+
+
 def _write_run(folder: Path, methods, name, dataset="coco_stuff27", demo=False, ablation=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data = {"methods": methods, "config": {"dataset": {"name": dataset}}, "versions": {"torch": "x"},
-            "run": {"name": name, "dataset": dataset, "model": "sd14", "demo": demo, "ablation": ablation}}
+            "run": {"name": name, "dataset": dataset, "model": "sd14", "ablation": ablation},
+            "provenance": _provenance(random_weights=demo)}
     path = folder / "metrics.json"
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
@@ -99,9 +106,9 @@ def test_write_tables(tmp_path):
             "ablation_kl_threshold.png", "README.md"} == names
 
     md = (out / "coco_stuff27.md").read_text(encoding="utf-8")
-    assert "| DiffSeg | 70.0 | 41.3 | 5.43 | 12 | 72.5 | 43.6 |" in md
-    assert "| K-Means-C | 60.0 | 30.0 | 6.00 | 12 |  |  |" in md
-    assert DEMO_BANNER not in md
+    assert "| DiffSeg | 70.0 | 41.3 | 5.43 | 12 | 72.5 | 43.6 |  |" in md
+    assert "| K-Means-C | 60.0 | 30.0 | 6.00 | 12 |  |  |  |" in md
+    assert not md.startswith("**")  # no banner
     assert "2308.12469" in md
 
     csv = pd.read_csv(out / "coco_stuff27.csv", index_col=0, comment="#")
@@ -126,15 +133,24 @@ def test_write_tables(tmp_path):
     assert not list(out.glob(".*.tmp"))  # no temp files left behind
 
 
-def test_demo_banner_on_every_file(tmp_path):
+def test_random_weight_banner_on_every_file_from_provenance(tmp_path):
     out = tmp_path / "out"
     written = write_tables(collect_runs(_make_runs(tmp_path / "runs", demo=True)), out)
     for path in written:
         if path.suffix in {".md", ".csv"}:
             first = path.read_text(encoding="utf-8").splitlines()[0]
-            assert DEMO_BANNER in first, path.name
+            assert RANDOM_BANNER in first, path.name
     csv = pd.read_csv(out / "coco_stuff27.csv", index_col=0, comment="#")
-    assert csv.loc["DiffSeg", "ACC"] == 70.0
+    assert csv.loc["DiffSeg (random weights)", "ACC"] == 70.0
+
+
+def test_results_without_provenance_are_marked_unknown(tmp_path):
+    path = _write_run(tmp_path / "old", {"DiffSeg": _method(70.0, 40.0)}, "coco_stuff27")
+    data = json.loads(path.read_text())
+    del data["provenance"]
+    path.write_text(json.dumps(data))
+    write_tables(collect_runs([tmp_path / "old"]), tmp_path / "out")
+    assert (tmp_path / "out" / "coco_stuff27.md").read_text().startswith(f"**{UNKNOWN_BANNER}")
 
 
 def test_cli(tmp_path, capsys):

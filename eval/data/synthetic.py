@@ -16,8 +16,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR
+from eval.identity import SYNTHETIC_MARKER
 
-__all__ = ["write_synthetic_cityscapes", "write_synthetic_coco_stuff"]
+__all__ = ["mark_synthetic", "write_synthetic_cityscapes", "write_synthetic_coco_stuff"]
+
+
+def mark_synthetic(root: Path) -> None:
+    """Leave the marker by which a run knows (and says) that its data is synthetic."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SYNTHETIC_MARKER).write_text(
+        "Written by eval.data.synthetic: generated images and labels, not the benchmark.\n", encoding="utf-8")
 
 # The first ids of the real curated list, so a synthetic root looks like a real one.
 _REAL_LOOKING_IDS = (
@@ -138,6 +146,7 @@ def write_synthetic_coco_stuff(
         )
         label_img.save(root / LABEL_DIR / f"{image_id}.png", format="PNG")
     (root / DEFAULT_LIST_FILE).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    mark_synthetic(root)
     return ids
 
 
@@ -189,4 +198,5 @@ def write_synthetic_cityscapes(
         label_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(_render(label, rng, seed), mode="RGB").save(image_dir / f"{name}_leftImg8bit.png")
         label_img.save(label_dir / f"{name}_gtFine_labelIds.png")
+    mark_synthetic(root)
     return sorted(names)

@@ -1,0 +1,190 @@
+"""What a run's numbers rest on, recorded in ``metrics.json`` and read by every table.
+
+``metrics.json["provenance"]``::
+
+    {"fingerprint": "3f9c0a1b2c3d4e5f",
+     "random_weights": false,          # backbone built without pretrained weights (e.g. model=tiny)
+     "synthetic_data": false,          # dataset root written by eval.data.synthetic
+     "images": {"evaluated": 2175, "skipped": 0, "selected": 2175, "dataset": 2175},
+     "partial": false,                 # fewer images than the dataset (limit, shard, skipped, partial merge)
+     "non_default": {"DiffSeg": {"segmenter.kl_threshold": [0.5, 1.1]}},   # [ours, paper]
+     "notes": ["..."]}                 # the same facts as short human-readable marks
+
+Labels are derived from this record, never from a flag: :func:`banner` for files
+made from random weights or synthetic data, :func:`method_label` for a row whose
+method ran under settings other than the paper's (``conf/paper/protocol.yaml``), and
+:func:`images_note` for numbers resting on part of a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+__all__ = [
+    "DEFAULT_PROTOCOL",
+    "banner",
+    "build_provenance",
+    "images_note",
+    "load_protocol",
+    "method_label",
+    "non_default",
+]
+
+DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "conf" / "paper" / "protocol.yaml"
+RANDOM_BANNER = "RANDOM WEIGHTS: backbone without pretrained weights: these numbers say nothing about DiffSeg"
+SYNTHETIC_BANNER = "SYNTHETIC DATA: generated images and labels, not the benchmark"
+UNKNOWN_BANNER = "UNKNOWN PROVENANCE: some results predate provenance records (settings and weights unchecked)"
+_MISSING = object()
+
+
+def load_protocol(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The paper's settings (``conf/paper/protocol.yaml``) as a plain dict ({} if no file)."""
+    path = Path(path) if path is not None else DEFAULT_PROTOCOL
+    if not path.is_file():
+        return {}
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+
+
+def _get(node: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _base_name(method_node: Mapping[str, Any], key: str) -> str:
+    tag = method_node.get("ablation") or {}
+    return str(tag.get("method") or method_node.get("name") or key)
+
+
+def non_default(settings: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> dict[str, dict[str, list]]:
+    """Per method (by table name), the settings that differ from the paper's: ``{key: [ours, paper]}``.
+
+    ``settings`` is a run's ``run.json["settings"]``. Methods the protocol does not know
+    get only the common checks. The aggregation check uses the method's effective
+    weights (its own, else the run's; None = proportional).
+    """
+    protocol = load_protocol() if protocol is None else protocol
+    dataset = str(_get(settings, "dataset.name"))
+    out: dict[str, dict[str, list]] = {}
+    for key, node in (settings.get("methods") or {}).items():
+        base = _base_name(node, key)
+        expected = dict(protocol.get("common") or {})
+        expected.update((protocol.get("methods") or {}).get(base) or {})
+        expected.update(((protocol.get("datasets") or {}).get(dataset) or {}).get(base) or {})
+        diffs: dict[str, list] = {}
+        for dotted, paper in expected.items():
+            if dotted == "aggregation":
+                ours = node.get("aggregation")
+                if ours is None:
+                    ours = _get(settings, "aggregation.weights")
+            elif dotted.startswith(("model.", "dataset.")):
+                ours = _get(settings, dotted)
+            else:
+                ours = _get(node, dotted)
+            if ours is _MISSING:
+                continue
+            if ours != paper:
+                diffs[dotted] = [ours, paper]
+        out[str(node.get("name") or key)] = diffs
+    return out
+
+
+def build_provenance(
+    fingerprint: str,
+    settings: Mapping[str, Any],
+    data: Mapping[str, Any],
+    random_weights: bool,
+    evaluated: int,
+    skipped: int,
+    selected: int,
+    partial_merge: bool = False,
+    protocol: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``provenance`` record of a run (module docstring)."""
+    total = int(data.get("num_ids", selected))
+    partial = bool(partial_merge or skipped or evaluated < total)
+    notes = []
+    if random_weights:
+        notes.append("random-weight backbone")
+    if data.get("synthetic"):
+        notes.append("synthetic data")
+    if partial:
+        text = f"partial: {evaluated} of {total} images"
+        if skipped:
+            text += f", {skipped} skipped"
+        if partial_merge:
+            text += ", incomplete shard set"
+        notes.append(text)
+    diffs = non_default(settings, protocol)
+    for method, changed in diffs.items():
+        if changed:
+            notes.append(f"{method}: " + ", ".join(f"{k}={_short(v[0])} (paper {_short(v[1])})"
+                                                   for k, v in changed.items()))
+    return {
+        "fingerprint": fingerprint,
+        "random_weights": bool(random_weights),
+        "synthetic_data": bool(data.get("synthetic")),
+        "images": {"evaluated": int(evaluated), "skipped": int(skipped), "selected": int(selected),
+                   "dataset": total},
+        "partial": partial,
+        "non_default": diffs,
+        "notes": notes,
+    }
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def banner(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The warning line for files made from these runs' metrics.json, or None when none applies.
+
+    Derived from each run's ``provenance`` (random weights, synthetic data); a metrics.json
+    without one (written before provenance was recorded) is marked as of unknown provenance.
+    """
+    random = any((r.get("provenance") or {}).get("random_weights") for r in runs)
+    synthetic = any((r.get("provenance") or {}).get("synthetic_data") for r in runs)
+    unknown = any("provenance" not in r for r in runs)
+    parts = [RANDOM_BANNER] if random else []
+    if synthetic:
+        parts.append(SYNTHETIC_BANNER)
+    if unknown:
+        parts.append(UNKNOWN_BANNER)
+    return "; ".join(parts) or None
+
+
+def method_label(method: str, run: Mapping[str, Any]) -> str:
+    """``method`` with its differences from the paper's settings, e.g. ``DiffSeg [segmenter.kl_threshold=0.5]``.
+
+    Adds ``(random weights)`` for a random-weight backbone. The settings common to all
+    methods (model, timestep, ...) are included, since a row must say what it is alone.
+    """
+    prov = run.get("provenance") or {}
+    changed = (prov.get("non_default") or {}).get(method) or {}
+    label = method
+    if changed:
+        label += " [" + ", ".join(f"{k.split('.')[-1] if k.startswith('segmenter.') else k}={_short(v[0])}"
+                                  for k, v in changed.items()) + "]"
+    if prov.get("random_weights"):
+        label += " (random weights)"
+    return label
+
+
+def images_note(run: Mapping[str, Any]) -> str | None:
+    """``"8 of 2175 images, 1 skipped"`` for a partial run, None for a complete one."""
+    prov = run.get("provenance") or {}
+    images = prov.get("images") or {}
+    if not prov.get("partial"):
+        return None
+    text = f"{images.get('evaluated')} of {images.get('dataset')} images"
+    if images.get("skipped"):
+        text += f", {images['skipped']} skipped"
+    return text

@@ -1,0 +1,233 @@
+"""Trustworthy numbers: a run knows its settings, refuses to mix them, never reports success on nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra_compose import compose_eval
+from PIL import Image
+
+from diffseg.backbone import StableDiffusionBackbone
+from eval.data.synthetic import write_synthetic_coco_stuff
+from eval.identity import RunMismatchError
+from eval.identity import main as identity_main
+from eval.interrupt import RunInterrupted
+from eval.merge import MergeError, merge_runs
+from eval.merge import main as merge_main
+from eval.run import NoImagesError, evaluate
+from eval.tables import collect_runs, write_tables
+
+REPO = Path(__file__).resolve().parents[1]
+# One method (DiffSeg) on 128 px images: a few seconds per run with the tiny backbone.
+FAST = ["experiment=coco_stuff27_diffseg", "model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0",
+        "progress=false", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("coco")
+    write_synthetic_coco_stuff(root, num_images=6, seed=11)
+    return root
+
+
+def run(root: Path, out: Path, *extra: str) -> dict:
+    return evaluate(compose_eval([*FAST, f"dataset.root={root}", f"paths.output_dir={out}", *extra]))
+
+
+def scores(result: dict) -> dict:
+    return {name: (m["tp"], m["fp"], m["fn"], m["valid"], m["images"]) for name, m in result["methods"].items()}
+
+
+@pytest.fixture(scope="module")
+def full(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return out, run(root, out)
+
+
+def test_changed_setting_in_the_same_folder_is_refused_and_old_results_untouched(root, full):
+    out, result = full
+    before = (out / "metrics.json").read_bytes()
+    with pytest.raises(RunMismatchError) as info:
+        run(root, out, "methods.diffseg.segmenter.kl_threshold=0.5")
+    message = str(info.value)
+    assert "methods.diffseg.segmenter.kl_threshold: 1.1 -> 0.5" in message
+    assert "new folder" in message
+    with pytest.raises(RunMismatchError, match=r"model.timestep: 300 -> 200"):
+        run(root, out, "model.timestep=200")
+    assert (out / "metrics.json").read_bytes() == before
+    # The same command again resumes: nothing recomputed, the same numbers.
+    again = run(root, out)
+    assert again["timing"]["images_this_invocation"] == 0
+    assert scores(again) == scores(result)
+
+
+def test_selection_and_speed_settings_may_differ_in_one_folder(root, full, tmp_path):
+    _, result = full
+    first = run(root, tmp_path, "dataset.limit=2", "batch_size=1")
+    assert first["methods"]["DiffSeg"]["images"] == 2
+    assert first["provenance"]["partial"] and "partial: 2 of 6 images" in first["provenance"]["notes"]
+    extended = run(root, tmp_path, "num_workers=1", "model.head_chunk=2")
+    assert extended["timing"]["images_this_invocation"] == 4
+    assert scores(extended) == scores(result)
+    assert not extended["provenance"]["partial"]
+
+
+def test_records_from_an_older_version_are_refused(root, tmp_path):
+    (tmp_path / "per_image.jsonl").write_text('{"id": "x", "methods": {}}\n')
+    with pytest.raises(RunMismatchError, match="older version"):
+        run(root, tmp_path)
+
+
+def test_zero_images_is_an_error_and_writes_nothing(root, tmp_path):
+    with pytest.raises(NoImagesError, match="no image was evaluated"):
+        run(root, tmp_path / "a", "dataset.limit=0")
+    assert not (tmp_path / "a" / "metrics.json").exists()
+
+
+def test_every_image_skipped_is_an_error_and_max_skipped_fails_the_run(tmp_path):
+    data = tmp_path / "coco"
+    ids = write_synthetic_coco_stuff(data, num_images=3, seed=2)
+    labels = {i: (data / "annotation_val2017" / f"{i}.png").read_bytes() for i in ids}
+    for i in ids:  # every label the wrong size
+        Image.fromarray(np.zeros((5, 7), np.uint8)).save(data / "annotation_val2017" / f"{i}.png")
+    with pytest.raises(NoImagesError, match="3 skipped"):
+        run(data, tmp_path / "out")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    # One image fixed: 2 of 3 skipped is above max_skipped=0.5 ...
+    (data / "annotation_val2017" / f"{ids[0]}.png").write_bytes(labels[ids[0]])
+    with pytest.raises(NoImagesError, match="max_skipped=0.5"):
+        run(data, tmp_path / "out", "max_skipped=0.5")
+    # ... and below max_skipped=0.7 the run succeeds, saying how many were skipped.
+    result = run(data, tmp_path / "out", "max_skipped=0.7")
+    assert result["methods"]["DiffSeg"]["images"] == 1 and len(result["skipped"]) == 2
+    assert "partial: 1 of 3 images, 2 skipped" in result["provenance"]["notes"]
+
+
+def test_sigterm_finishes_the_batch_and_the_resume_equals_an_uninterrupted_run(root, full, tmp_path, monkeypatch):
+    _, clean = full
+    original = StableDiffusionBackbone.attention_maps
+    calls = {"n": 0}
+
+    def preempted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the first batch is being computed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionBackbone, "attention_maps", preempted)
+    with pytest.raises(RunInterrupted) as info:
+        run(root, tmp_path)
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    assert calls["n"] == 1  # stopped between batches, after recording the first one
+    assert len((tmp_path / "per_image.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(StableDiffusionBackbone, "attention_maps", original)
+    resumed = run(root, tmp_path)
+    assert resumed["timing"]["images_this_invocation"] == 4
+    assert scores(resumed) == scores(clean)
+    log = (tmp_path / "run.log").read_text()
+    assert "run folder:" in log and "6 of 6 selected images evaluated" in log
+
+
+def test_cli_sigterm_exits_143_with_the_resume_command(tmp_path):
+    data = tmp_path / "coco"
+    write_synthetic_coco_stuff(data, num_images=16, seed=4)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "eval.run", *FAST, "batch_size=1", f"dataset.root={data}", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    records = out / "per_image.jsonl"
+    while time.time() < deadline and not (records.exists() and records.stat().st_size):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "resume with: python -m eval.run" in err and f"hydra.run.dir={out}" in err
+    done = len(records.read_text().splitlines())
+    assert 1 <= done < 16
+    assert not (out / "metrics.json").exists()
+
+
+def test_cli_mismatch_exits_2_and_zero_images_exits_1(root, full, tmp_path):
+    out, _ = full
+    base = [sys.executable, "-m", "eval.run", *FAST, f"dataset.root={root}"]
+    mismatch = subprocess.run([*base, f"hydra.run.dir={out}", "model.noise=true"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert mismatch.returncode == 2 and "model.noise: false -> true" in mismatch.stderr
+    empty = subprocess.run([*base, f"hydra.run.dir={tmp_path}", "dataset.limit=0"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 1 and "no image was evaluated" in empty.stderr
+
+
+def test_identity_cli_gives_one_folder_per_setting(root, capsys):
+    args = [*FAST, f"dataset.root={root}", "--prefix", "outputs/x"]
+    assert identity_main(args) == 0
+    a = capsys.readouterr().out.strip()
+    assert identity_main([*args, "dataset.limit=3", "batch_size=1"]) == 0
+    assert capsys.readouterr().out.strip() == a  # selection and speed: same folder
+    assert identity_main([*args, "methods.diffseg.segmenter.kl_threshold=0.5"]) == 0
+    b = capsys.readouterr().out.strip()
+    assert a.startswith("outputs/x/") and b.startswith("outputs/x/") and a != b
+
+
+@pytest.fixture(scope="module")
+def shards(root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("shards")
+    made = {}
+    for name, extra in [("s0", ["dataset.shard=0/2"]), ("s1", ["dataset.shard=1/2"]),
+                        ("s1_kl05", ["dataset.shard=1/2", "methods.diffseg.segmenter.kl_threshold=0.5"])]:
+        run(root, base / name, *extra)
+        made[name] = base / name
+    return made
+
+
+def test_merge_equals_one_run_and_records_shard_versions(shards, full, tmp_path):
+    _, clean = full
+    merged = merge_runs([shards["s0"], shards["s1"]], tmp_path / "m")
+    assert scores(merged) == scores(clean)
+    assert not merged["provenance"]["partial"]
+    assert [m["shard"] for m in merged["merged_from"]] == ["0/2", "1/2"]
+    assert all("torch" in m["versions"] for m in merged["merged_from"])
+
+
+def test_merge_refuses_mixed_settings_incomplete_and_duplicate_sets(shards, tmp_path):
+    with pytest.raises(MergeError, match=r"kl_threshold: 1.1 -> 0.5"):
+        merge_runs([shards["s0"], shards["s1_kl05"]], tmp_path / "a")
+    with pytest.raises(MergeError, match="missing 1/2"):
+        merge_runs([shards["s0"]], tmp_path / "b")
+    with pytest.raises(MergeError, match="given twice"):
+        merge_runs([shards["s1"], shards["s1"], shards["s0"]], tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert merge_main([str(shards["s0"]), "--out", str(tmp_path / "d")]) == 2
+    partial = merge_runs([shards["s0"]], tmp_path / "e", allow_partial=True)
+    assert partial["provenance"]["partial"]
+    assert "partial: 3 of 6 images, incomplete shard set" in partial["provenance"]["notes"]
+    md = (write_tables(collect_runs([tmp_path / "e"]), tmp_path / "t")[0]).read_text()
+    assert "3 of 6 images" in md
+
+
+def test_tables_mark_random_weights_and_non_default_settings_without_any_flag(root, full, tmp_path):
+    out, _ = full
+    other = run(root, tmp_path / "kl05", "methods.diffseg.segmenter.kl_threshold=0.5", "dataset.size=512",
+                "dataset.limit=1")
+    assert other["provenance"]["non_default"]["DiffSeg"]["segmenter.kl_threshold"] == [0.5, 1.1]
+    write_tables(collect_runs([out, tmp_path / "kl05"]), tmp_path / "tables")
+    md = (tmp_path / "tables" / "coco_stuff27.md").read_text()
+    assert md.startswith("**RANDOM WEIGHTS")
+    assert "SYNTHETIC DATA" in md.splitlines()[0]
+    rows = [line for line in md.splitlines() if line.startswith("| DiffSeg")]
+    assert len(rows) == 2 and all("(random weights)" in r for r in rows)
+    assert any("kl_threshold=0.5" in r for r in rows) and any("dataset.size=128" in r for r in rows)
+    assert "72.5" in md  # the paper's number is still quoted beside the marked rows
+    csv = (tmp_path / "tables" / "coco_stuff27.csv").read_text()
+    assert csv.startswith("# RANDOM WEIGHTS")
+    assert json.loads((out / "metrics.json").read_text())["provenance"]["random_weights"] is True
