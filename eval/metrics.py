@@ -1,11 +1,15 @@
 """Official (PiCIE-style) unsupervised segmentation metric: per-image Hungarian matching.
 
+Pure functions (histograms, matching, per-image stats, scores) and
+:class:`HungarianSegmentationMetric`, a ``torchmetrics.Metric`` holding the dataset-level
+sums, so data-parallel runs reduce them with torchmetrics' distributed sync.
+
 Axis convention, used everywhere in this module: a confusion histogram ``H`` has
 **rows = ground-truth classes** (``num_classes`` of them, 27 for COCO-Stuff-27 and
 Cityscapes) and **columns = predicted segment ids**, with at least ``num_classes``
 columns, so every class can be matched to a (possibly empty) segment.
 
-Protocol (DESIGN section 4):
+Protocol (written out in ``diffseg/REFERENCE.md``, section 4):
 
 * per image, build ``H`` from the pixels whose label is in ``[0, num_classes)``;
   every other label value (-1, 255, ...) is ignored;
@@ -28,11 +32,16 @@ fp (which absent class gets them is a tie, decided by the solver).
 
 from __future__ import annotations
 
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from torchmetrics import Metric
 
 NUM_CLASSES = 27
 
@@ -140,6 +149,54 @@ def match_image(pred: Any, label: Any,
     return tp, fp, fn, int(hist.sum())
 
 
+def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES) -> list[dict[str, Any]]:
+    """Per-image matching stats of a batch: the record format of the runner's per-image files.
+
+    Args:
+        preds: (B, H, W) integer tensor of predicted segment ids, any non-negative values
+            (ids above ``num_classes`` are fine), on any device.
+        labels: (B, H, W) integer tensor of ground-truth classes; values outside
+            ``[0, num_classes)`` (-1, 255, ...) are ignored.
+        num_classes: number of ground-truth classes.
+
+    Returns:
+        One dict per image, ``{"tp": [int] * C, "fp": [int] * C, "fn": [int] * C,
+        "valid": int, "segments": int}``: the Hungarian matching stats of the image's
+        histogram (rows = ground truth), its number of valid-label pixels and the number
+        of distinct ids in its prediction (ignored pixels included).
+    """
+    preds = torch.as_tensor(preds)
+    labels = torch.as_tensor(labels)
+    for name, t in (("preds", preds), ("labels", labels)):
+        if t.is_floating_point() or t.is_complex():
+            raise ValueError(f"{name} must be an integer tensor of ids, got dtype {t.dtype}")
+    if preds.dim() != 3 or preds.shape != labels.shape:
+        raise ValueError(
+            f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} must both have shape (B, H, W)"
+        )
+    batch = preds.shape[0]
+    if batch == 0:
+        return []
+    flat = preds.reshape(batch, -1).long()
+    num_pred = int(flat.max().item()) + 1 if flat.numel() else 1
+    hists = confusion_histograms(preds, labels, num_classes, num_pred=num_pred).cpu().numpy()
+    # distinct ids per image with one bincount: (B, num_pred) presence table
+    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * num_pred
+    present = torch.bincount((flat + offsets).ravel(), minlength=batch * num_pred).reshape(batch, num_pred) > 0
+    segments = present.sum(dim=1).cpu().tolist()
+    out = []
+    for hist, num_segments in zip(hists, segments, strict=True):
+        tp, fp, fn = match_stats(hist)
+        out.append({
+            "tp": tp.tolist(),
+            "fp": fp.tolist(),
+            "fn": fn.tolist(),
+            "valid": int(hist.sum()),
+            "segments": int(num_segments),
+        })
+    return out
+
+
 def scores(tp: Any, fp: Any, fn: Any, valid: int) -> dict[str, Any]:
     """Dataset scores from accumulated stats, all x100 and unrounded.
 
@@ -157,6 +214,165 @@ def scores(tp: Any, fp: Any, fn: Any, valid: int) -> dict[str, Any]:
         "acc": 100.0 * int(tp_np.sum()) / int(valid) if valid > 0 else None,
         "miou": float(np.mean(present)) if present else None,
         "iou": iou,
+    }
+
+
+_STAT_KEYS = ("tp", "fp", "fn", "valid", "segments")
+_EMPTY_COMPUTE_WARNING = r"The ``compute`` method of metric .* was called before the ``update`` method"
+
+
+class HungarianSegmentationMetric(Metric):
+    """The matching metric as a ``torchmetrics.Metric``: dataset-level sums, summed across ranks.
+
+    States (int64, ``dist_reduce_fx="sum"``): ``tp``, ``fp``, ``fn`` of shape (C,), and the
+    scalars ``valid`` (pixels with a valid label), ``images`` and ``segments`` (distinct
+    predicted ids, summed over images). Predictions may live on any device: matching runs
+    on the host and the sums are added on the metric's own device (move the metric with
+    ``.to(device)`` where the process group needs it, e.g. NCCL).
+
+    Two ways in, one accumulation: :meth:`update` matches a batch with :func:`image_stats`;
+    :meth:`add_stats` adds per-image stats computed earlier (replay of stored records on
+    resume). Both go through torchmetrics' ``update`` wrapper. The stats of the last
+    ``update`` batch are kept in :attr:`last_stats` (same order as the batch).
+
+    Calling :meth:`compute` on a metric without data is well defined here (NaN scores), so
+    torchmetrics' "compute before update" warning is silenced for this metric; this also
+    covers a rank that received no image in a data-parallel run.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    tp: torch.Tensor
+    fp: torch.Tensor
+    fn: torch.Tensor
+    valid: torch.Tensor
+    images: torch.Tensor
+    segments: torch.Tensor
+
+    def __init__(self, num_classes: int = NUM_CLASSES, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        for name in ("tp", "fp", "fn"):
+            self.add_state(name, default=torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        for name in ("valid", "images", "segments"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.last_stats: list[dict[str, Any]] = []
+
+    def update(self, preds: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
+               stats: Iterable[Mapping[str, Any]] | None = None) -> None:
+        """Add a batch: ``update(preds, labels)`` with (B, H, W) ids / labels, or ``update(stats=...)``.
+
+        ``stats`` (what :meth:`add_stats` passes) are per-image dicts as :func:`image_stats`
+        returns them; give either a batch or stats, not both.
+        """
+        if stats is None:
+            if preds is None or labels is None:
+                raise ValueError("update needs preds and labels (or stats=...)")
+            stats = image_stats(preds, labels, self.num_classes)
+            self.last_stats = stats
+        elif preds is not None or labels is not None:
+            raise ValueError("give either preds and labels or stats, not both")
+        self._accumulate(list(stats))
+
+    def add_stats(self, stats: Iterable[Mapping[str, Any]]) -> None:
+        """Add per-image stats already computed by :func:`image_stats` (e.g. stored records)."""
+        self.update(stats=stats)
+
+    def _accumulate(self, stats: list[Mapping[str, Any]]) -> None:
+        if not stats:
+            return
+        sums = {}
+        for key in _STAT_KEYS:
+            try:
+                values = [s[key] for s in stats]
+            except KeyError:
+                raise ValueError(f"per-image stats need the keys {list(_STAT_KEYS)}; one lacks {key!r}") from None
+            arr = np.asarray(values, dtype=np.int64)
+            if key in ("tp", "fp", "fn") and arr.shape != (len(stats), self.num_classes):
+                raise ValueError(
+                    f"per-image {key!r} must be {self.num_classes} counts (num_classes); got shape {arr.shape[1:]}"
+                )
+            sums[key] = torch.as_tensor(arr.sum(axis=0), dtype=torch.int64)
+        for key in ("tp", "fp", "fn", "valid", "segments"):
+            state = getattr(self, key)
+            setattr(self, key, state + sums[key].to(state.device))
+        self.images = self.images + len(stats)
+
+    def compute(self) -> dict[str, Any]:
+        """Scores of the accumulated (and, when distributed, synced) sums.
+
+        Returns:
+            ``acc`` and ``miou`` (x100 floats, NaN when undefined), ``iou`` (float64 CPU
+            tensor (C,), x100, NaN for classes with ``tp + fp + fn == 0``; torchmetrics
+            squeezes it to 0-d when C == 1), ``mean_segments`` (float, NaN without images),
+            and the raw sums ``tp``, ``fp``, ``fn`` (lists of int), ``valid``, ``images``,
+            ``segments`` (int). Values are those of :func:`scores`.
+        """
+        tp, fp, fn = (getattr(self, k).cpu().numpy() for k in ("tp", "fp", "fn"))
+        valid, images, segments = int(self.valid), int(self.images), int(self.segments)
+        out = scores(tp, fp, fn, valid)
+        return {
+            "acc": math.nan if out["acc"] is None else out["acc"],
+            "miou": math.nan if out["miou"] is None else out["miou"],
+            "iou": torch.tensor([math.nan if v is None else v for v in out["iou"]], dtype=torch.float64),
+            "mean_segments": segments / images if images else math.nan,
+            "tp": tp.tolist(),
+            "fp": fp.tolist(),
+            "fn": fn.tolist(),
+            "valid": valid,
+            "images": images,
+            "segments": segments,
+        }
+
+    def reset(self) -> None:
+        """Clear the sums and :attr:`last_stats`."""
+        super().reset()
+        self.last_stats = []
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another metric's (or state dict's) sums; also drops a cached ``compute`` result."""
+        super().merge_state(incoming_state)
+        self._computed = None  # torchmetrics keeps the cached value after a merge otherwise
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(wrapped)
+        def compute_without_empty_warning(*args: Any, **kwargs: Any) -> Any:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_EMPTY_COMPUTE_WARNING, category=UserWarning)
+                return wrapped(*args, **kwargs)
+
+        return compute_without_empty_warning
+
+
+def metric_json(computed: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-safe form of :meth:`HungarianSegmentationMetric.compute` (NaN -> None).
+
+    Returns the keys and values the runner's ``metrics.json`` holds per method:
+    ``acc``, ``miou``, ``iou`` (list, None where undefined), ``tp``, ``fp``, ``fn``,
+    ``valid``, ``images``, ``mean_segments``.
+    """
+
+    def number(x: Any) -> float | None:
+        x = float(x)
+        return None if math.isnan(x) else x
+
+    iou = torch.as_tensor(computed["iou"], dtype=torch.float64).reshape(-1).tolist()
+    return {
+        "acc": number(computed["acc"]),
+        "miou": number(computed["miou"]),
+        "iou": [number(v) for v in iou],
+        "tp": [int(v) for v in computed["tp"]],
+        "fp": [int(v) for v in computed["fp"]],
+        "fn": [int(v) for v in computed["fn"]],
+        "valid": int(computed["valid"]),
+        "images": int(computed["images"]),
+        "mean_segments": number(computed["mean_segments"]),
     }
 
 
