@@ -1,4 +1,4 @@
-"""Image and label pre-processing (DESIGN section 1, step 1), pure torch.
+"""Image and label pre-processing (diffseg/REFERENCE.md section 1, step 1), pure torch.
 
 The benchmark path reproduces the official TensorFlow pipeline:
 
@@ -10,6 +10,12 @@ The benchmark path reproduces the official TensorFlow pipeline:
 
 PIL's resize filters antialias and give different images: they are only used here to
 *decode* files (:func:`load_image`, :func:`load_label`), never to resize.
+
+Decoding (:func:`load_image`) gives 8-bit RGB whatever the file holds; images deeper than
+8 bits are scaled, never clipped (see :func:`to_rgb8` for the exact rule). EXIF orientation
+is ignored by default, as the official pipeline's ``tf.io.decode_jpeg`` ignores it: the
+benchmark labels are aligned with the stored pixel grid. Photos outside a benchmark can
+ask for it (``exif_transpose=True``, what the segment CLI does).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = [
     "ImageDecodeError",
@@ -29,6 +35,7 @@ __all__ = [
     "load_label",
     "preprocess_image",
     "preprocess_label",
+    "to_rgb8",
 ]
 
 
@@ -114,22 +121,94 @@ def _open_decoded(path: Path) -> Image.Image:
         raise ImageDecodeError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def _high_byte(values: np.ndarray, path: Path, mode: str) -> np.ndarray:
+    """16-bit samples (any integer dtype, 0..65535) -> uint8 by their high byte (``v >> 8``)."""
+    low, high = int(values.min(initial=0)), int(values.max(initial=0))
+    if low < 0 or high > 65535:
+        raise ImageDecodeError(
+            f"image {path} has mode {mode!r} with values {low}..{high}: only 0..65535 (16-bit) integer "
+            "images can be scaled to 8 bits; convert it to 8- or 16-bit first"
+        )
+    return (values.astype(np.int64) >> 8).astype(np.uint8)
+
+
+def _float_to_uint8(values: np.ndarray, path: Path) -> np.ndarray:
+    """Float samples -> uint8: [0, 1] scale when the maximum is <= 1, else [0, 255] (clipped), round half up."""
+    if not np.isfinite(values).all():
+        raise ImageDecodeError(f"image {path} (mode 'F') holds NaN or infinite values; cannot scale it to 8 bits")
+    if values.size and float(values.max()) <= 1.0:
+        scaled = np.clip(values.astype(np.float64), 0.0, 1.0) * 255.0
+    else:
+        scaled = np.clip(values.astype(np.float64), 0.0, 255.0)
+    return np.floor(scaled + 0.5).astype(np.uint8)
+
+
+def to_rgb8(img: Image.Image, path: str | os.PathLike = "<image>") -> np.ndarray:
+    """Convert a decoded PIL image to uint8 RGB of shape (H, W, 3), scaling deep images to 8 bits.
+
+    The rule, by PIL mode:
+
+    * 16-bit integer (``I;16``, ``I;16L``, ``I;16B``, ...): each value ``v`` becomes its high
+      byte, ``v >> 8`` (= floor(v / 256); 0 -> 0, 65535 -> 255, and ``257 * k`` -> ``k`` for
+      every 8-bit ``k``, so an 8-bit image stored at 16 bits comes back exactly). This is
+      what PIL itself does for 16-bit RGB / RGBA / gray+alpha PNGs, which it decodes to
+      8-bit modes, so every 16-bit input is reduced the same way; it is within one level
+      of ``round(v / 257)``.
+    * 32-bit integer (``I``): treated as 16-bit when every value lies in 0..65535 (PIL
+      opens some 16-bit files as ``I``); any other range raises, as its scale is unknown.
+    * float (``F``): if the maximum is <= 1 the image is taken to be in [0, 1]:
+      ``floor(clip(v, 0, 1) * 255 + 0.5)``; otherwise it is taken to be in [0, 255]:
+      ``floor(clip(v, 0, 255) + 0.5)``. NaN or infinite values raise.
+    * every other mode (``1``, ``L``, ``P``, ``RGB``, ``RGBA``, ``LA``, ``CMYK``, ``YCbCr``,
+      ...): PIL ``convert("RGB")`` (alpha is dropped, not composited).
+
+    Gray results are repeated over the three channels.
+
+    Raises:
+        ImageDecodeError: the values cannot be scaled (message names ``path``).
+    """
+    path = Path(path)
+    mode = img.mode
+    if mode == "F":
+        gray = _float_to_uint8(np.asarray(img), path)
+    elif mode == "I" or mode.startswith("I;"):
+        gray = _high_byte(np.asarray(img), path, mode)
+    else:
+        try:
+            return np.array(img.convert("RGB"), dtype=np.uint8)
+        except Exception as exc:
+            raise ImageDecodeError(f"cannot convert image {path} to RGB: {type(exc).__name__}: {exc}") from exc
+    if gray.ndim != 2:
+        raise ImageDecodeError(f"image {path} has mode {mode!r} with shape {gray.shape}; expected one channel")
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def load_image(path: str | os.PathLike, *, exif_transpose: bool = False) -> torch.Tensor:
     """Decode an image file to a uint8 tensor (3, H, W) in RGB order.
 
-    Grayscale, palette, RGBA, CMYK ... inputs are converted with PIL ``convert("RGB")``.
+    Any PIL-readable image is accepted; 16-bit and float images are scaled to 8 bits by
+    the rule of :func:`to_rgb8` (not clipped), others go through ``convert("RGB")``.
+
+    Args:
+        path: the image file.
+        exif_transpose: apply the EXIF Orientation tag (rotate / flip to the display
+            orientation, PIL ``ImageOps.exif_transpose``). Off by default: the benchmark
+            path keeps the stored pixel grid, as the official ``tf.io.decode_jpeg`` does,
+            since the labels are aligned with it.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ImageDecodeError: the file cannot be decoded (message names the file).
+        ImageDecodeError: the file cannot be decoded or scaled (message names the file).
     """
     path = Path(path)
     img = _open_decoded(path)
-    try:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:
-        raise ImageDecodeError(f"cannot convert image {path} to RGB: {type(exc).__name__}: {exc}") from exc
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    if exif_transpose:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception as exc:  # malformed EXIF blocks raise assorted errors inside PIL
+            raise ImageDecodeError(f"cannot apply the EXIF orientation of {path}: {type(exc).__name__}: {exc}") from exc
+    arr = to_rgb8(img, path)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def load_label(path: str | os.PathLike) -> torch.Tensor:

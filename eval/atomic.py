@@ -1,32 +1,20 @@
-"""Atomic file writes: a temporary file in the target folder, then ``os.replace``."""
+"""Atomic file writes of the harness (bytes, text, JSON).
+
+The bytes writer is :func:`diffseg.atomic.write_bytes_atomic` (a new file beside the
+target, then ``os.replace``; permissions follow the user's umask); this module adds the
+text and JSON forms.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from diffseg.atomic import write_bytes_atomic
+
 __all__ = ["write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -1,15 +1,16 @@
 """Figures of the harness: ablation sweeps and qualitative grids (matplotlib, Agg backend).
 
 Every figure is written atomically (a temporary file in the target folder, then
-``os.replace``). :func:`colorize` is small and dependency-light on purpose: the segment
-CLI uses it to write overlays.
+``os.replace``) with the user's umask. Colours come from :mod:`diffseg.masks` (the one
+palette, shared with the segment CLI); ``colorize``, ``default_palette`` and ``overlay``
+are re-exported here.
 """
 
 from __future__ import annotations
 
+import io
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,86 +24,25 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from diffseg.atomic import write_bytes_atomic  # noqa: E402
+from diffseg.masks import colorize as colorize  # noqa: E402  (re-exported)
+from diffseg.masks import default_palette as default_palette  # noqa: E402  (re-exported)
+from diffseg.masks import overlay as overlay  # noqa: E402  (re-exported)
 from eval.metrics import confusion_histogram, hungarian_match  # noqa: E402
 
 METRICS = ("ACC", "mIoU")
 
 
-def _voc_color(i: int) -> tuple[int, int, int]:
-    """Colour ``i`` of the PASCAL VOC bit-interleaving colour map."""
-    r = g = b = 0
-    for shift in range(7, -1, -1):
-        r |= ((i >> 0) & 1) << shift
-        g |= ((i >> 1) & 1) << shift
-        b |= ((i >> 2) & 1) << shift
-        i >>= 3
-    return r, g, b
-
-
-def default_palette(n: int = 256) -> np.ndarray:
-    """Fixed, deterministic uint8 palette (n, 3): the 60 tab20/b/c colours, then VOC colours.
-
-    No entry is pure black, which stays reserved for ignore / negative ids.
-    """
-    maps = {name: matplotlib.colormaps[name].colors for name in ("tab20", "tab20b", "tab20c")}
-    # strong, distinct hues first: tab20's dark half, then its light half, then the others
-    order = [maps["tab20"][0::2], maps["tab20"][1::2]]
-    order += [maps[name][k::4] for k in (0, 2, 1, 3) for name in ("tab20b", "tab20c")]
-    colors: list[tuple[int, int, int]] = [
-        tuple(int(round(255 * c)) for c in rgba[:3]) for group in order for rgba in group
-    ]
-    i = 1
-    while len(colors) < n:
-        colors.append(_voc_color(i))
-        i += 1
-    return np.asarray(colors[:n], dtype=np.uint8)
-
-
-_PALETTE = default_palette()
-
-
-def colorize(mask: Any, palette: np.ndarray | None = None) -> np.ndarray:
-    """Colour an integer mask (H, W): id ``k`` gets ``palette[k % len(palette)]``, ids < 0 black.
-
-    Returns a uint8 (H, W, 3) array. Accepts numpy arrays and torch tensors.
-    """
-    if hasattr(mask, "detach"):
-        mask = mask.detach().cpu().numpy()
-    mask = np.asarray(mask).astype(np.int64)
-    pal = _PALETTE if palette is None else np.asarray(palette, dtype=np.uint8)
-    out = pal[np.mod(mask, len(pal))]
-    out[mask < 0] = 0
-    return out
-
-
-def overlay(image: np.ndarray, mask: Any, alpha: float = 0.55,
-            palette: np.ndarray | None = None) -> np.ndarray:
-    """Blend ``colorize(mask)`` over a uint8 RGB image; ids < 0 are left as the image."""
-    mask = np.asarray(mask)
-    colors = colorize(mask, palette).astype(np.float32)
-    img = np.asarray(image, dtype=np.float32)
-    blend = (1.0 - alpha) * img + alpha * colors
-    blend[mask < 0] = img[mask < 0]
-    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
-
-
 def save_figure(fig: plt.Figure, out_path: str | os.PathLike, **kwargs: Any) -> Path:
     """Save ``fig`` atomically to ``out_path`` (format from its suffix), close it, return the path."""
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fmt = out.suffix.lstrip(".") or "png"
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    buf = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, **kwargs)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        fig.savefig(buf, format=fmt, **kwargs)
     finally:
         plt.close(fig)
-    return out
+    return write_bytes_atomic(out, buf.getvalue())
 
 
 def _sweep_methods(df: pd.DataFrame) -> list[str]:
@@ -227,7 +167,8 @@ def qualitative_grid(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
             if r == 0:
                 ax.set_title(title, fontsize="small")
     if class_names and shown:
-        handles = [Patch(color=_PALETTE[c % len(_PALETTE)] / 255.0, label=class_names[c])
+        palette = default_palette()
+        handles = [Patch(color=palette[c % len(palette)] / 255.0, label=class_names[c])
                    for c in sorted(shown)]
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize="x-small",
                    frameon=False)

@@ -1,8 +1,11 @@
-"""Pre-processing (DESIGN step 1) against independent float64 numpy references."""
+"""Pre-processing (diffseg/REFERENCE.md section 1, step 1) against independent float64 numpy references;
+decoding of deep (16-bit, float) images and EXIF orientation."""
 
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from diffseg.preprocess import (
     load_label,
     preprocess_image,
     preprocess_label,
+    to_rgb8,
 )
 
 # ----------------------------------------------------------------------------- references
@@ -200,3 +204,148 @@ def test_load_image_errors_name_the_file(tmp_path):
         load_label(tmp_path / "garbage.png")
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         load_image(tmp_path / "missing.jpg")
+
+
+# ----------------------------------------------------------------------------- deep images
+
+
+def write_png16(path, values: np.ndarray) -> None:
+    """Write a 16-bit PNG by hand (PIL cannot write 16-bit colour): gray (H, W), gray+alpha
+    (H, W, 2), RGB (H, W, 3) or RGBA (H, W, 4) uint16 values, big-endian samples, filter 0."""
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[1 if values.ndim == 2 else values.shape[2]]
+    h, w = values.shape[:2]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    big = values.astype(">u2")
+    raw = b"".join(b"\x00" + big[i].tobytes() for i in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def _gray_pair(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """An 8-bit gray image and a 16-bit version of it: 257 * v plus noise that rounds back to v."""
+    rng = np.random.default_rng(seed)
+    gray8 = rng.integers(0, 256, size=(12, 17), dtype=np.uint8)
+    gray8[0, :3] = [0, 255, 128]
+    noise = rng.integers(-128, 129, size=gray8.shape)
+    gray16 = np.clip(gray8.astype(np.int64) * 257 + noise, 0, 65535).astype(np.uint16)
+    assert (np.rint(gray16 / 257) == gray8).all()
+    return gray8, gray16
+
+
+def _assert_same_image(a: torch.Tensor, b: torch.Tensor, levels: int) -> None:
+    """Equal decoded images within ``levels`` grey levels, and equal UNet inputs within as much."""
+    assert a.shape == b.shape and a.dtype == b.dtype == torch.uint8
+    assert (a.int() - b.int()).abs().max().item() <= levels
+    diff = (preprocess_image(a, size=8) - preprocess_image(b, size=8)).abs().max().item()
+    assert diff <= levels / 127.5 + 1e-6
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_16bit_gray_equals_its_8bit_version(tmp_path, fmt):
+    gray8, gray16 = _gray_pair()
+    Image.fromarray(gray8, mode="L").save(tmp_path / "g8.png")
+    Image.fromarray(gray16).save(tmp_path / f"g16.{fmt}")
+    with Image.open(tmp_path / f"g16.{fmt}") as img:
+        assert img.mode == "I;16"
+    eight = load_image(tmp_path / "g8.png")
+    sixteen = load_image(tmp_path / f"g16.{fmt}")
+    _assert_same_image(sixteen, eight, levels=1)
+    # the exact rule: the high byte (0 -> 0, 65535 -> 255, 257 * k -> k)
+    np.testing.assert_array_equal(sixteen[0].numpy(), gray16 >> 8)
+    assert (sixteen == sixteen[:1]).all()  # gray repeated over the 3 channels
+    exact = gray8.astype(np.uint16) * 257
+    Image.fromarray(exact).save(tmp_path / "exact.png")
+    assert torch.equal(load_image(tmp_path / "exact.png"), eight)
+    # what convert("RGB") did before: most pixels clipped to 255
+    with Image.open(tmp_path / f"g16.{fmt}") as img:
+        assert (np.asarray(img.convert("L")) == 255).mean() > 0.9
+
+
+def test_16bit_big_endian_and_32bit_int(tmp_path):
+    gray8, gray16 = _gray_pair(4)
+    eight = torch.from_numpy(np.repeat(gray8[None], 3, axis=0))
+    Image.fromarray(gray16.astype(">u2")).save(tmp_path / "b.tiff")
+    with Image.open(tmp_path / "b.tiff") as img:
+        assert img.mode == "I;16B"
+    _assert_same_image(load_image(tmp_path / "b.tiff"), eight, levels=1)
+    Image.fromarray(gray16.astype(np.int32)).save(tmp_path / "i.tiff")
+    with Image.open(tmp_path / "i.tiff") as img:
+        assert img.mode == "I"
+    _assert_same_image(load_image(tmp_path / "i.tiff"), eight, levels=1)
+    Image.fromarray(np.array([[-5, 70000]], dtype=np.int32)).save(tmp_path / "wide.tiff")
+    with pytest.raises(ImageDecodeError, match=r"wide.tiff.*-5\.\.70000"):
+        load_image(tmp_path / "wide.tiff")
+
+
+def test_float_images_are_scaled_not_clipped(tmp_path):
+    gray8, _ = _gray_pair(5)
+    eight = torch.from_numpy(np.repeat(gray8[None], 3, axis=0))
+    unit = gray8.astype(np.float32) / 255  # [0, 1] scale
+    Image.fromarray(unit).save(tmp_path / "unit.tiff")
+    with Image.open(tmp_path / "unit.tiff") as img:
+        assert img.mode == "F"
+    assert torch.equal(load_image(tmp_path / "unit.tiff"), eight)
+    noisy = np.clip(unit + np.random.default_rng(0).uniform(-0.4, 0.4, unit.shape) / 255, 0, 1).astype(np.float32)
+    Image.fromarray(noisy).save(tmp_path / "noisy.tiff")
+    _assert_same_image(load_image(tmp_path / "noisy.tiff"), eight, levels=1)
+    Image.fromarray(gray8.astype(np.float32)).save(tmp_path / "byte.tiff")  # [0, 255] scale
+    assert torch.equal(load_image(tmp_path / "byte.tiff"), eight)
+    # out-of-range values clip to the range chosen by the maximum; halves round up
+    odd = Image.fromarray(np.array([[-0.2, 0.5, 1.0]], dtype=np.float32))
+    assert to_rgb8(odd)[0, :, 0].tolist() == [0, 128, 255]
+    odd = Image.fromarray(np.array([[-3.0, 2.5, 300.0]], dtype=np.float32))
+    assert to_rgb8(odd)[0, :, 0].tolist() == [0, 3, 255]
+    Image.fromarray(np.array([[0.0, np.nan]], dtype=np.float32)).save(tmp_path / "nan.tiff")
+    with pytest.raises(ImageDecodeError, match="nan.tiff"):
+        load_image(tmp_path / "nan.tiff")
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_16bit_colour_pngs(tmp_path, channels):
+    # PIL decodes 16-bit RGB / RGBA / gray+alpha PNGs to 8-bit modes by the high byte,
+    # the same rule as for 16-bit gray: check that this holds for the installed PIL.
+    values = np.random.default_rng(channels).integers(0, 65536, size=(6, 5, channels)).astype(np.uint16)
+    write_png16(tmp_path / "c.png", values)
+    with Image.open(tmp_path / "c.png") as img:
+        assert img.mode in ("RGB", "RGBA")
+    out = load_image(tmp_path / "c.png").permute(1, 2, 0).numpy()
+    colour = values[..., :1].repeat(3, axis=2) if channels == 2 else values[..., :3]
+    np.testing.assert_array_equal(out, colour >> 8)
+    assert np.abs(out.astype(int) - np.rint(colour / 257)).max() <= 1
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+
+
+def _jpeg_with_orientation(path, orientation: int) -> np.ndarray:
+    """A smooth 32 x 48 JPEG carrying an EXIF Orientation tag; returns the stored (decoded) pixels."""
+    yy, xx = np.mgrid[0:32, 0:48]
+    rgb = np.stack([xx * 5, yy * 7, 255 - xx * 5], axis=-1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, quality=95, exif=exif)
+    with Image.open(path) as img:
+        assert img.getexif()[0x0112] == orientation
+        stored = np.asarray(img.convert("RGB"))
+    assert stored.shape == (32, 48, 3) and np.abs(stored.astype(int) - rgb).max() <= 8
+    return stored
+
+
+def test_benchmark_loader_ignores_exif_orientation(tmp_path):
+    stored = _jpeg_with_orientation(tmp_path / "rot.jpg", 6)
+    img = load_image(tmp_path / "rot.jpg")  # the benchmark path: the stored grid, as tf.io.decode_jpeg
+    assert img.shape == (3, 32, 48)
+    np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(), stored)
+
+
+def test_exif_transpose_turns_photos_upright(tmp_path):
+    stored = _jpeg_with_orientation(tmp_path / "rot.jpg", 6)  # 6: rotate 90 degrees clockwise to display
+    img = load_image(tmp_path / "rot.jpg", exif_transpose=True)
+    assert img.shape == (3, 48, 32)
+    np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(), np.rot90(stored, k=-1))
+    plain = _jpeg_with_orientation(tmp_path / "plain.jpg", 1)
+    np.testing.assert_array_equal(load_image(tmp_path / "plain.jpg", exif_transpose=True).permute(1, 2, 0), plain)
