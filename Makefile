@@ -47,11 +47,13 @@ data-cityscapes: $(STAMP)
 reproduce-coco: data-coco
 	@run_dir=$$($(PY) -m eval.identity experiment=coco_stuff27 dataset.root=$(COCO_ROOT) $(RUN_ARGS) --prefix outputs/coco_stuff27) && \
 	$(PY) -m eval.run experiment=coco_stuff27 dataset.root=$(COCO_ROOT) hydra.run.dir=$$run_dir $(RUN_ARGS) && \
+	$(PY) -m eval.compare $$run_dir --out results/coco_stuff27/compare && \
 	$(PY) -m eval.tables $$run_dir --out results/coco_stuff27
 
 reproduce-cityscapes: data-cityscapes
 	@run_dir=$$($(PY) -m eval.identity experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) $(RUN_ARGS) --prefix outputs/cityscapes) && \
 	$(PY) -m eval.run experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) hydra.run.dir=$$run_dir $(RUN_ARGS) && \
+	$(PY) -m eval.compare $$run_dir --out results/cityscapes/compare && \
 	$(PY) -m eval.tables $$run_dir --out results/cityscapes
 
 clean:

@@ -26,7 +26,7 @@ from eval.atomic import write_json_atomic, write_text_atomic
 from eval.data.loader import parse_shard
 from eval.identity import IDENTITY_FILE, diff_settings
 from eval.provenance import build_provenance
-from eval.records import METRICS_FILE, RECORDS_FILE, load_run_records, write_metrics
+from eval.records import METRICS_FILE, RECORDS_FILE, accumulate, load_run_records, method_scores, write_metrics
 
 __all__ = ["MergeError", "main", "merge_runs"]
 
@@ -131,9 +131,10 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_part
     write_json_atomic(out / IDENTITY_FILE, first_id)
     write_text_atomic(out / RECORDS_FILE, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in ordered))
     tags = {name: m.get("ablation") for name, m in first["methods"].items()}
-    num_classes = int(config["dataset"]["num_classes"])
-    return write_metrics(out, ordered, tags, num_classes, run=run, provenance=provenance, config=config,
-                         code=first.get("code"), versions=first.get("versions"), merged_from=merged_from)
+    metrics = accumulate(ordered, int(config["dataset"]["num_classes"]))
+    return write_metrics(out, method_scores(metrics, tags), ordered, run=run, provenance=provenance,
+                         config=config, code=first.get("code"), versions=first.get("versions"),
+                         merged_from=merged_from)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

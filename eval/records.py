@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from eval.atomic import write_json_atomic
-from eval.metrics import MatchAccumulator
+from eval.metrics import HungarianSegmentationMetric, metric_json
 
-__all__ = ["METRICS_FILE", "RECORDS_FILE", "RunRecords", "accumulate", "load_run_records", "read_records",
-           "write_metrics"]
+__all__ = ["METRICS_FILE", "RECORDS_FILE", "RunRecords", "accumulate", "load_run_records", "method_scores",
+           "read_records", "write_metrics"]
 
 RECORDS_FILE = "per_image.jsonl"
 METRICS_FILE = "metrics.json"
@@ -87,53 +87,65 @@ def load_run_records(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Every per-image record of a run folder by image id.
 
     Reads ``per_image.jsonl`` and the per-rank files ``per_image.rank<k>.jsonl`` of a
-    data-parallel run, in name order (a later line for the same id wins).
+    data-parallel run. Within a file a later line for the same id wins; across files an
+    evaluated record wins over a skipped one (a resume with another number of ranks may
+    evaluate, in one file, an image another file recorded as skipped).
     """
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(Path(run_dir).glob("per_image*.jsonl")):
-        out.update(read_records(path))
+        for image_id, record in read_records(path).items():
+            if "methods" in record or "methods" not in out.get(image_id, {}):
+                out[image_id] = record  # an evaluated image never reverts to skipped
     return out
 
 
-def accumulate(records: Iterable[dict[str, Any]], num_classes: int) -> dict[str, MatchAccumulator]:
-    """One accumulator per method over the (non-skipped) records, in first-seen method order."""
-    accs: dict[str, MatchAccumulator] = {}
+def accumulate(records: Iterable[dict[str, Any]], num_classes: int,
+               **metric_kwargs: Any) -> dict[str, HungarianSegmentationMetric]:
+    """One metric per method over the (non-skipped) records, in first-seen method order."""
+    stats: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        for name, stats in (record.get("methods") or {}).items():
-            acc = accs.setdefault(name, MatchAccumulator(num_classes))
-            acc.add(stats["tp"], stats["fp"], stats["fn"], stats["valid"], stats.get("segments"))
-    return accs
+        for name, s in (record.get("methods") or {}).items():
+            stats.setdefault(name, []).append(s)
+    metrics = {}
+    for name, items in stats.items():
+        metrics[name] = HungarianSegmentationMetric(num_classes, **metric_kwargs)
+        metrics[name].add_stats(items)
+    return metrics
 
 
 def write_metrics(
     out_dir: str | os.PathLike,
+    methods: dict[str, dict[str, Any]],
     records: Iterable[dict[str, Any]],
-    method_tags: dict[str, dict[str, Any] | None],
-    num_classes: int,
     **sections: Any,
 ) -> dict[str, Any]:
-    """Totals of the given per-image records -> ``<out_dir>/metrics.json`` (atomic); returns its content.
+    """Write ``<out_dir>/metrics.json`` (atomic); returns its content.
 
-    ``records`` are exactly the images the numbers rest on (evaluated or skipped);
-    ``method_tags`` maps each method name, in table order, to its ablation tag (or None).
-    ``sections`` (run, provenance, config, code, versions, timing, ...) are written as given
-    after ``methods``, ``skipped`` and ``image_ids`` (the evaluated ids, sorted).
+    ``methods`` maps each method name, in table order, to its scores (``metric_json`` of
+    its metric, plus its ablation tag); ``records`` are exactly the images those numbers
+    rest on (evaluated or skipped), listed as ``image_ids`` (evaluated, sorted) and
+    ``skipped`` (``[id, message]``). ``sections`` (run, provenance, config, code,
+    versions, timing, ...) follow as given.
     """
     records = list(records)
-    done = [r for r in records if "methods" in r]
-    accs = accumulate(done, num_classes)
-    out_methods = {}
-    for name, tag in method_tags.items():
-        acc = accs.get(name)
-        scores = acc.compute() if acc is not None else {"images": 0}
-        if tag is not None:
-            scores["ablation"] = tag
-        out_methods[name] = scores
     result = {
-        "methods": out_methods,
+        "methods": methods,
         "skipped": sorted([r["id"], r["skipped"]] for r in records if "methods" not in r),
-        "image_ids": sorted(r["id"] for r in done),
+        "image_ids": sorted(r["id"] for r in records if "methods" in r),
         **sections,
     }
     write_json_atomic(Path(out_dir) / METRICS_FILE, result)
     return result
+
+
+def method_scores(metrics: dict[str, HungarianSegmentationMetric],
+                  tags: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """``metrics.json["methods"]``: each method in ``tags`` order, its scores and its ablation tag."""
+    out = {}
+    for name, tag in tags.items():
+        metric = metrics.get(name)
+        scores = metric_json(metric.compute()) if metric is not None else {"images": 0}
+        if tag is not None:
+            scores["ablation"] = tag
+        out[name] = scores
+    return out

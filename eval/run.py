@@ -19,10 +19,11 @@ equal an uninterrupted run's. The folder belongs to one set of settings
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import shutil
 import sys
 import time
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +31,22 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tqdm.auto import tqdm
 
 from diffseg import aggregate_attention
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device, resolve_dtype
-from eval.atomic import write_bytes_atomic
+from diffseg.masks import write_mask_png
 from eval.build import build
 from eval.cache import AttentionCache
 from eval.data.loader import build_loader
+from eval.distributed import Dist, init_from_env, split
 from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, identity_of, versions
 from eval.interrupt import GracefulStop, RunInterrupted
 from eval.methods import Method, build_methods, weights_key
-from eval.metrics import MatchAccumulator, confusion_histograms, match_stats
+from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.provenance import banner, build_provenance
-from eval.records import METRICS_FILE, RunRecords, accumulate, load_run_records, write_metrics
+from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, accumulate, load_run_records, write_metrics
 
 __all__ = ["NoImagesError", "evaluate", "main", "versions"]
 
@@ -58,13 +59,10 @@ def _to_uint8_image(image: torch.Tensor) -> np.ndarray:
 
 
 def _save_masks(folder: Path, masks: dict[str, torch.Tensor], ids: list[str]) -> None:
-    """Write ``folder/<method>/<image id>.png`` for ``(B, H, W)`` masks (8-bit, or 16-bit past 255 ids)."""
+    """Write ``folder/<method>/<image id>.png`` for ``(B, H, W)`` masks (one file per image: ranks never collide)."""
     for name, batch_masks in masks.items():
         for mask, image_id in zip(batch_masks.cpu().numpy(), ids, strict=True):
-            img = Image.fromarray(mask.astype(np.uint8 if mask.max() < 256 else np.uint16))
-            buf = BytesIO()
-            img.save(buf, format="PNG")
-            write_bytes_atomic(folder / name.replace("/", "_") / f"{image_id.replace('/', '_')}.png", buf.getvalue())
+            write_mask_png(folder / name.replace("/", "_") / f"{image_id.replace('/', '_')}.png", mask)
 
 
 class _GridSamples:
@@ -151,31 +149,6 @@ def _segment_batch(
     return masks
 
 
-def _image_stats(mask: torch.Tensor, hist: np.ndarray) -> dict[str, Any]:
-    """Matching stats of one image from its ``(C, ncols)`` histogram (rows = ground truth)."""
-    tp, fp, fn = match_stats(hist)
-    return {
-        "tp": tp.tolist(),
-        "fp": fp.tolist(),
-        "fn": fn.tolist(),
-        "valid": int(hist.sum()),
-        "segments": int(torch.unique(mask).numel()),
-    }
-
-
-def _batch_records(
-    masks: dict[str, torch.Tensor], labels: torch.Tensor, ids: list[str], num_classes: int
-) -> list[dict[str, Any]]:
-    """One record per image with every method's matching stats."""
-    records = [{"id": i, "methods": {}} for i in ids]
-    for name, mask in masks.items():
-        num_pred = int(mask.max()) + 1 if mask.numel() else 1
-        hists = confusion_histograms(mask, labels, num_classes, num_pred=num_pred).cpu().numpy()
-        for b, record in enumerate(records):
-            record["methods"][name] = _image_stats(mask[b], hists[b])
-    return records
-
-
 class NoImagesError(RuntimeError):
     """A run that would report numbers resting on no image (or on too few, see ``max_skipped``)."""
 
@@ -239,9 +212,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run every configured method on a dataset and write the run folder.
 
     Writes ``run.json`` (the run's identity, :mod:`eval.identity`), ``per_image.jsonl``
-    (appended after each batch), ``metrics.json`` (with its provenance record,
-    :mod:`eval.provenance`), ``run.log``, optionally ``masks/<method>/<id>.png``, and
-    ``qualitative.png``.
+    (appended after each batch; ``per_image.rank<k>.jsonl`` per rank under torchrun),
+    ``metrics.json`` (with its provenance record, :mod:`eval.provenance`), ``run.log``,
+    optionally ``masks/<method>/<id>.png``, and ``qualitative.png``. Under ``torchrun``
+    each rank evaluates its share of the images (:mod:`eval.distributed`) and rank 0
+    alone writes ``run.json``, ``metrics.json``, the log and the grid.
 
     Raises:
         RunMismatchError: the folder holds results of other settings (before any work).
@@ -249,30 +224,61 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         RunInterrupted: SIGTERM/SIGINT; the batch in flight was finished and recorded.
 
     Returns:
-        The ``metrics.json`` content.
+        The ``metrics.json`` content (on every rank).
     """
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _RunLog(out_dir):
-        return _evaluate(cfg, out_dir)
-
-
-def _evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
+    ctx = init_from_env(device)
+    out_dir = Path(ctx.broadcast(str(cfg.paths.output_dir)))  # rank 0's folder for every rank
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not ctx.is_main:
+        _remove_stray_folder(Path(cfg.paths.output_dir), out_dir)
+    if ctx.is_main:
+        with _RunLog(out_dir):
+            return _evaluate(cfg, out_dir, device, ctx)
+    return _evaluate(cfg, out_dir, device, ctx)
+
+
+def _claim_folder(out_dir: Path, identity: RunIdentity, ctx: Dist) -> dict[str, dict[str, Any]]:
+    """Records of the folder, after rank 0 checked (or wrote) its identity; every rank raises on a mismatch."""
+    records = load_run_records(out_dir)
+    error = None
+    if ctx.is_main:
+        try:
+            check_run_folder(out_dir, identity, has_records=bool(records))
+            _check_records(records, identity.fingerprint, out_dir)
+        except RunMismatchError as exc:
+            error = str(exc)
+    error = ctx.broadcast(error)
+    ctx.barrier()  # every rank has read the records before any rank appends to them
+    if error is not None:
+        raise RunMismatchError(error)
+    return records
+
+
+def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -> dict[str, Any]:
     num_classes = int(cfg.dataset.num_classes)
     methods = build_methods(cfg)
     dataset = build(cfg.dataset.dataset)
     identity = identity_of(cfg, dataset, device)
-    records = load_run_records(out_dir)
-    check_run_folder(out_dir, identity, has_records=bool(records))
-    _check_records(records, identity.fingerprint, out_dir)
-    records_file = RunRecords(out_dir)
+    records = _claim_folder(out_dir, identity, ctx)
+    records_file = RunRecords(out_dir, RECORDS_FILE if not ctx.active else f"per_image.rank{ctx.rank}.jsonl")
     selected = list(dataset.ids)
-    done = {i for i in selected if "methods" in records.get(i, {})}
-    dataset.ids = [i for i in selected if i not in done]
-    log.info("run folder: %s (fingerprint %s)", out_dir, identity.fingerprint)
-    if done:
-        log.info("resuming: %d of %d images already done", len(done), len(selected))
+    done = [i for i in selected if "methods" in records.get(i, {})]
+    todo = [i for i in selected if "methods" not in records.get(i, {})]
+    dataset.ids = split(todo, ctx)
+    if ctx.is_main:
+        log.info("run folder: %s (fingerprint %s)", out_dir, identity.fingerprint)
+        if done:
+            log.info("resuming: %d of %d images already done", len(done), len(selected))
+        if ctx.active:
+            log.info("data-parallel: %d ranks, %d images to do, about %d each", ctx.world_size, len(todo),
+                     len(dataset.ids))
+    # One metric per method; rank 0 replays the images already done, every rank adds its own.
+    metrics = {m.name: HungarianSegmentationMetric(num_classes, sync_on_compute=False) for m in methods}
+    if ctx.is_main:
+        for name, metric in accumulate((records[i] for i in done), num_classes).items():
+            if name in metrics:
+                metrics[name].merge_state(metric)
     loader = build_loader(
         dataset,
         batch_size=int(cfg.batch_size),
@@ -282,10 +288,12 @@ def _evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     source = _AttentionSource(cfg, device)
     if source.cache.mode == "none" and dataset.ids:
         source._backbone()  # load (or fail on missing weights) before the loader starts
-    samples = _GridSamples(int(cfg.grid_images), [m.name for m in methods])
-    progress = tqdm(total=len(selected), initial=len(done), unit="img", disable=not cfg.progress,
-                    desc=str(cfg.run_name))
-    running = accumulate((records[i] for i in done), num_classes)
+    samples = _GridSamples(int(cfg.grid_images) if ctx.is_main else 0, [m.name for m in methods])
+    total = len(selected) if not ctx.active else len(dataset.ids)
+    progress = tqdm(total=total, initial=total - len(dataset.ids), unit="img",
+                    disable=not cfg.progress or not ctx.is_main,
+                    desc=str(cfg.run_name) + (f" [rank 0 of {ctx.world_size}]" if ctx.active else ""))
+    first = methods[0].name
     start = time.perf_counter()
     with GracefulStop() as stop:
         for batch in loader:
@@ -297,70 +305,109 @@ def _evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 with torch.inference_mode():
                     maps = source.maps(batch.images, batch.ids)
                     masks = _segment_batch(methods, maps, labels, num_classes)
-                image_records = _batch_records(masks, labels, batch.ids, num_classes)
-                for record in image_records:
-                    record["fp"] = identity.fingerprint
-                    for name, s in record["methods"].items():
-                        running.setdefault(name, MatchAccumulator(num_classes)).add(
-                            s["tp"], s["fp"], s["fn"], s["valid"], s["segments"]
-                        )
+                image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in batch.ids]
+                for name, mask in masks.items():
+                    metrics[name].update(mask, labels)
+                    for record, stats in zip(image_records, metrics[name].last_stats, strict=True):
+                        record["methods"][name] = stats
                 new += image_records
                 if cfg.save_masks:
                     _save_masks(out_dir / "masks", masks, batch.ids)
                 samples.add(batch.images, batch.labels, masks)
             records_file.append(new)
-            for record in new:
-                records[record["id"]] = record
             progress.update(len(batch) + len(batch.skipped))
-            first = methods[0].name
-            if first in running:
-                s = running[first].compute()
+            running = metrics[first]
+            if int(running.images):  # this rank's sums so far (compute() is kept for the synced totals)
+                s = scores(running.tp, running.fp, running.fn, int(running.valid))
                 progress.set_postfix_str(f"{first} ACC {s['acc'] or 0:.1f} mIoU {s['miou'] or 0:.1f}")
             stop.check()
     progress.close()
-    elapsed = time.perf_counter() - start
-    return _finish(cfg, out_dir, identity, methods, records, selected, source, samples, dataset,
-                   {"seconds": round(elapsed, 3), "images_this_invocation": len(dataset.ids)})
+    timing = {"seconds": round(time.perf_counter() - start, 3), "images_this_invocation": len(todo)}
+    totals = _synced_scores(metrics, {m.name: m.ablation for m in methods}, ctx)
+    return _finish(cfg, out_dir, identity, totals, selected, source, samples, dataset, timing, ctx)
 
 
-def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, methods: list[Method],
-            records: dict[str, dict[str, Any]], selected: list[str], source: _AttentionSource,
-            samples: _GridSamples, dataset: Any, timing: dict[str, Any]) -> dict[str, Any]:
-    """Totals of the selected images -> metrics.json; refuses numbers resting on nothing."""
-    mine = [records[i] for i in selected if i in records]
+def _synced_scores(metrics: dict[str, HungarianSegmentationMetric], tags: dict[str, Any],
+                   ctx: Dist) -> dict[str, dict[str, Any]]:
+    """Every method's scores over all ranks (torchmetrics' sum reduction), in ``tags`` order."""
+    out = {}
+    for name, metric in metrics.items():
+        with metric.sync_context(should_sync=ctx.active):
+            out[name] = metric_json(metric.compute())
+        if tags.get(name) is not None:
+            out[name]["ablation"] = tags[name]
+    return out
+
+
+def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
+            selected: list[str], source: _AttentionSource, samples: _GridSamples, dataset: Any,
+            timing: dict[str, Any], ctx: Dist) -> dict[str, Any]:
+    """metrics.json from the synced totals (rank 0); refuses numbers resting on nothing (every rank)."""
+    outcome: dict[str, Any] | None = None
+    if ctx.is_main:
+        records = load_run_records(out_dir)  # every rank's records, all appended before the sync
+        mine = [records[i] for i in selected if i in records]
+        outcome = _write_result(cfg, out_dir, identity, totals, mine, len(selected), source, timing)
+        if "result" in outcome:
+            samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []),
+                          banner([outcome["result"]]))
+    outcome = ctx.broadcast(outcome)
+    if "error" in outcome:
+        raise NoImagesError(outcome["error"])
+    return outcome["result"]
+
+
+def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
+                  mine: list[dict[str, Any]], selected: int, source: _AttentionSource,
+                  timing: dict[str, Any]) -> dict[str, Any]:
+    """``{"result": metrics.json content}`` once written, or ``{"error": message}``."""
     evaluated = sum("methods" in r for r in mine)
     skipped = len(mine) - evaluated
+    counted = {name: m["images"] for name, m in totals.items()}
+    if any(n != evaluated for n in counted.values()):
+        raise RuntimeError(f"{out_dir}: metric totals {counted} disagree with the {evaluated} evaluated records")
     if evaluated == 0:
-        raise NoImagesError(
-            f"no image was evaluated ({len(selected)} selected, {skipped} skipped: see run.log); "
-            f"nothing written to {out_dir / METRICS_FILE}")
+        return {"error": f"no image was evaluated ({selected} selected, {skipped} skipped: see run.log); "
+                         f"nothing written to {out_dir / METRICS_FILE}"}
     max_skipped = cfg.get("max_skipped")
-    if max_skipped is not None and skipped > float(max_skipped) * len(selected):
-        raise NoImagesError(
-            f"{skipped} of {len(selected)} images were skipped, more than max_skipped={max_skipped}; "
-            f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)")
-    random_weights = _random_weights(cfg, source)
-    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, random_weights,
-                                  evaluated=evaluated, skipped=skipped, selected=len(selected))
+    if max_skipped is not None and skipped > float(max_skipped) * selected:
+        return {"error": f"{skipped} of {selected} images were skipped, more than max_skipped={max_skipped}; "
+                         f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)"}
+    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(cfg, source),
+                                  evaluated=evaluated, skipped=skipped, selected=selected)
     extra: dict[str, Any] = {"timing": timing}
     if source.cache.mode != "none":
         extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses}
     result = write_metrics(
-        out_dir, mine, {m.name: m.ablation for m in methods}, int(cfg.dataset.num_classes),
-        run=_run_info(cfg), provenance=provenance, config=OmegaConf.to_container(cfg, resolve=True),
-        code=code_version(), versions=versions(), **extra,
+        out_dir, totals, mine, run=_run_info(cfg), provenance=provenance,
+        config=OmegaConf.to_container(cfg, resolve=True), code=code_version(), versions=versions(), **extra,
     )
-    samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []),
-                  banner([{"provenance": provenance}]))
     for name, s in result["methods"].items():
         log.info("%-14s ACC %5.1f  mIoU %5.1f  segments/img %.2f  images %d", name, s.get("acc") or 0.0,
                  s.get("miou") or 0.0, s.get("mean_segments") or 0.0, s.get("images", 0))
     for note in provenance["notes"]:
         log.warning("note: %s", note)
-    tail = f"{evaluated} of {len(selected)} selected images evaluated"
+    tail = f"{evaluated} of {selected} selected images evaluated"
     tail += f", {skipped} skipped (listed in metrics.json; a run in the same folder retries them)" if skipped else ""
     log.info("%s -> %s", tail, out_dir)
-    return result
+    return {"result": result}
+
+
+def _quiet_rank() -> None:
+    """On ranks other than 0: no log file (rank 0 alone writes run.log)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _remove_stray_folder(own: Path, shared: Path) -> None:
+    """Hydra gives every torchrun process a time-stamped folder unless ``hydra.run.dir`` is set;
+    the run uses rank 0's, so another rank's own folder is removed when it holds only Hydra's files."""
+    if own.resolve() == shared.resolve() or not own.is_dir():
+        return
+    if {p.name for p in own.iterdir()} <= {".hydra", "run.log"}:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def _resume_command(out_dir: Path) -> str:
@@ -383,6 +430,8 @@ def main(cfg: DictConfig) -> None:
     with the folder and the command that resumes.
     """
     out_dir = Path(cfg.paths.output_dir)
+    if int(os.environ.get("RANK", "0")) > 0:
+        _quiet_rank()
     try:
         evaluate(cfg)
     except (FileNotFoundError, BackboneLoadError, RunMismatchError) as exc:

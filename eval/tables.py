@@ -31,6 +31,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from eval.atomic import write_text_atomic
+from eval.compare import load_intervals
 from eval.figures import plot_sweep
 from eval.provenance import banner, images_note, method_label
 
@@ -96,7 +97,7 @@ def _run_dir(run: dict[str, Any]) -> str:
 
 
 def main_table(runs: Sequence[dict[str, Any]], dataset: str,
-               paper: dict[str, Any] | None = None) -> pd.DataFrame:
+               paper: dict[str, Any] | None = None, compare_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Main table of ``dataset``: rows = methods of the runs without an ablation.
 
     Columns: ACC, mIoU, segments/img, images, paper ACC, paper mIoU (unrounded floats,
@@ -104,6 +105,8 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str,
     the run's provenance (:func:`eval.provenance.method_label`): a method run under
     settings other than the paper's names them, a random-weight run says so. A label
     found in several runs is followed by its model (and its run folder if still ambiguous).
+    Where ``compare_dir`` holds an ``eval.compare`` output over a run's images, the
+    columns ``ACC 95% CI`` and ``mIoU 95% CI`` give its bootstrap intervals.
     """
     paper = load_paper_numbers() if paper is None else paper
     entries = []
@@ -118,6 +121,8 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str,
     for _, label, model, _, _, _ in entries:
         counts[label] = counts.get(label, 0) + 1
         counts[(label, model)] = counts.get((label, model), 0) + 1
+    intervals = {d: load_intervals(compare_dir, d) if compare_dir is not None else {}
+                 for d in {e[3] for e in entries}}
     rows, labels = [], []
     for method, label, model, run_dir, m, note in entries:
         if counts[label] > 1:
@@ -134,7 +139,14 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str,
             "paper mIoU": _num(ref.get("miou")),
             "notes": note or "",
         })
-    df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=MAIN_COLUMNS)
+        ci = intervals[run_dir].get(method)
+        if ci is not None:
+            rows[-1].update({f"{k} 95% CI": f"[{lo:.1f}, {hi:.1f}]" for k, (lo, hi) in
+                             (("ACC", ci["acc"]), ("mIoU", ci["miou"]))})
+    columns = list(MAIN_COLUMNS)
+    if any("ACC 95% CI" in r for r in rows):
+        columns[2:2] = ["ACC 95% CI", "mIoU 95% CI"]
+    df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=columns)
     df.attrs.update(dataset=dataset, methods=[e[0] for e in entries])
     return df
 
@@ -300,7 +312,7 @@ def _write_main(runs: Sequence[dict[str, Any]], dataset: str, out: Path,
     """Write ``<dataset>.md`` / ``.csv``; returns the paths and the README index line."""
     mine = [r for r in runs if _is_main(r, dataset)]
     banner_text = banner(mine)
-    df = main_table(runs, dataset, paper)
+    df = main_table(runs, dataset, paper, compare_dir=out)
     title = DATASET_TITLES.get(dataset, dataset)
     sources = [f"- {m}: {ref.get('source', '')}" for m, ref in (paper.get(dataset) or {}).items()
                if m in df.attrs["methods"] and ref.get("acc") is not None]

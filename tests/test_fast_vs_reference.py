@@ -42,7 +42,7 @@ from diffseg.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import build_loader
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.metrics import MatchAccumulator, confusion_histograms, match_image
+from eval.metrics import HungarianSegmentationMetric, match_image, metric_json, scores
 from eval.naive import naive_aggregate, naive_segment
 
 NUM_IMAGES = 2
@@ -92,19 +92,19 @@ def run(tmp_path_factory):
 
 def _fast_metrics(masks: torch.Tensor, labels: torch.Tensor) -> dict:
     """Fast metric path: one batched bincount, then per-image Hungarian matching."""
-    acc = MatchAccumulator()
-    hists = confusion_histograms(masks, labels, num_pred=int(masks.max()) + 1).numpy()
-    for hist in hists:
-        acc.add_histogram(hist)
-    return acc.compute()
+    metric = HungarianSegmentationMetric()
+    metric.update(masks, labels)
+    return metric_json(metric.compute())
 
 
 def _reference_metrics(masks: torch.Tensor, labels: torch.Tensor) -> dict:
     """Reference metric path: ``match_image`` one image at a time."""
-    acc = MatchAccumulator()
+    tp = fp = fn = 0
+    valid = 0
     for mask, label in zip(masks, labels, strict=True):
-        acc.add(*match_image(mask.numpy(), label.numpy()))
-    return acc.compute()
+        t, f, n, v = match_image(mask.numpy(), label.numpy())
+        tp, fp, fn, valid = tp + t, fp + f, fn + n, valid + v
+    return scores(tp, fp, fn, valid)
 
 
 def test_fixture_is_not_degenerate(run):

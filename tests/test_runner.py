@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra_compose import compose_eval
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
+from diffseg.masks import read_mask_png
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff
 from eval.merge import merge_runs
-from eval.metrics import MatchAccumulator
+from eval.metrics import HungarianSegmentationMetric, metric_json
 from eval.run import evaluate
 
 # Small images keep the tiny backbone fast: 128 px -> 16x16 latents -> attention sides 16, 8, 4, 2.
@@ -82,11 +84,11 @@ def test_totals_match_an_independent_recount_from_saved_masks(clean_run, coco_ro
     out, result = clean_run
     data = CocoStuff27(coco_root, size=128)
     for name, summary in result["methods"].items():
-        acc = MatchAccumulator(27)
+        metric = HungarianSegmentationMetric(27)
         for i, image_id in enumerate(data.ids):
-            mask = np.array(Image.open(out / "masks" / name / f"{image_id}.png"))
-            acc.update(mask, data[i][1].numpy())
-        again = acc.compute()
+            mask = read_mask_png(out / "masks" / name / f"{image_id}.png")
+            metric.update(torch.as_tensor(mask)[None], data[i][1][None])
+        again = metric_json(metric.compute())
         assert again["tp"] == summary["tp"] and again["fp"] == summary["fp"] and again["fn"] == summary["fn"]
         assert again["acc"] == pytest.approx(summary["acc"], abs=1e-9)
         assert again["mean_segments"] == pytest.approx(summary["mean_segments"])

@@ -1,0 +1,79 @@
+"""Data-parallel runs under ``torchrun``: who this process is, and the few collectives the runner needs.
+
+``torchrun --nproc-per-node=N -m eval.run ...`` (or multi-node torchrun, or a SLURM
+job whose tasks set the same variables) starts N processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment. :func:`init_from_env`
+joins the process group (NCCL on CUDA, gloo on CPU); a plain ``python -m
+eval.run`` is rank 0 of 1 and never touches ``torch.distributed``.
+
+The split is deterministic: the images still to do, in dataset order, go
+round-robin to the ranks (:func:`split`). There are no collectives inside the
+image loop, so ranks with unequal work never wait on each other; the metric
+states are summed once at the end through torchmetrics' sync.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Dist", "init_from_env", "split"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Rank and world size of this process (0 of 1 outside torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def active(self) -> bool:
+        """True in a data-parallel run (a process group with more than one rank)."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that writes metrics.json, tables input and logs."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op outside a data-parallel run)."""
+        if self.active:
+            dist.barrier()
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (picklable Python objects; the harness's own, never data)."""
+        if not self.active:
+            return value
+        box: list[Any] = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_from_env(device: torch.device) -> Dist:
+    """Join the torchrun process group described by the environment, if any.
+
+    Uses NCCL for CUDA devices and gloo otherwise; a group that is already initialised
+    (e.g. by a caller) is reused.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def split(items: Sequence[T], ctx: Dist) -> list[T]:
+    """This rank's share of ``items``: positions ``rank, rank + world_size, ...``."""
+    return list(items[ctx.rank :: ctx.world_size])

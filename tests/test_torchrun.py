@@ -1,0 +1,91 @@
+"""``torchrun`` data-parallel runs (gloo on CPU) equal a single-process run, and resume with another N."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra_compose import compose_eval
+
+from eval.data.synthetic import write_synthetic_coco_stuff
+from eval.records import load_run_records
+from eval.run import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+# batch_size=1: the CPU UNet's floats depend on how images are batched (~1e-6), so equal
+# batch composition is what makes ranks and one process exactly comparable.
+ARGS = ["experiment=coco_stuff27", "model=tiny", "dataset.size=128", "batch_size=1", "num_workers=0",
+        "progress=false", "device=cpu", "save_masks=true", "methods.kmeans_c.segmenter.n_init=1",
+        "methods.kmeans_s.segmenter.n_init=1", "methods.diffseg_fp32=null"]
+
+pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this python")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("coco")
+    write_synthetic_coco_stuff(root, num_images=7, seed=21)
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(root, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("single")
+    return evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={out}"]))
+
+
+def torchrun(root: Path, out: Path, nproc: int = 2, **popen) -> subprocess.Popen:
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", "-m", "eval.run", *ARGS,
+           f"dataset.root={root}", f"hydra.run.dir={out}"]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
+
+
+def totals(result: dict) -> dict:
+    return {name: {k: m[k] for k in ("tp", "fp", "fn", "valid", "images", "acc", "miou", "mean_segments")}
+            for name, m in result["methods"].items()}
+
+
+def test_two_ranks_equal_one_process_and_each_image_is_evaluated_once(root, single, tmp_path):
+    proc = torchrun(root, tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    for name, ours in totals(result).items():
+        ref = totals(single)[name]
+        assert ours["tp"] == ref["tp"] and ours["fp"] == ref["fp"] and ours["fn"] == ref["fn"], name
+        assert ours["acc"] == pytest.approx(ref["acc"], abs=1e-9)
+        assert ours["miou"] == pytest.approx(ref["miou"], abs=1e-9)
+    per_rank = [[json.loads(line)["id"] for line in (tmp_path / f"per_image.rank{r}.jsonl").read_text().splitlines()]
+                for r in range(2)]
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(single["image_ids"])
+    assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
+    assert not (tmp_path / "per_image.jsonl").exists()
+    assert result["image_ids"] == single["image_ids"]
+    assert len(list((tmp_path / "masks" / "DiffSeg").glob("*.png"))) == 7
+    log = (tmp_path / "run.log").read_text()
+    assert "data-parallel: 2 ranks" in log and log.count("run folder:") == 1  # rank 0 alone logs
+
+
+def test_killed_two_rank_run_resumes_with_one_process_to_the_same_totals(root, single, tmp_path):
+    proc = torchrun(root, tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.stat().st_size for p in tmp_path.glob("per_image.rank*.jsonl")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert not (tmp_path / "metrics.json").exists()
+    done = len([r for r in load_run_records(tmp_path).values() if "methods" in r])
+    assert 1 <= done < 7
+    resumed = evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={tmp_path}"]))
+    assert resumed["timing"]["images_this_invocation"] == 7 - done
+    assert totals(resumed) == totals(single)
