@@ -128,7 +128,8 @@ def test_voc_items_and_ids(tmp_path):
         np.testing.assert_array_equal(label.numpy(), expected)
         saw |= set(np.unique(label.numpy()).tolist())
     assert -1 in saw and 0 in saw and max(saw) > 0  # boundaries ignored, background and objects kept
-    assert Voc21(tmp_path, size=SIZE, split="train").ids not in ([], ids)
+    train = Voc21(tmp_path, size=SIZE, split="train").ids
+    assert len(train) == 1 and train[0] not in ids
     with pytest.raises(DatasetNotFoundError, match="make data-voc") as info:
         Voc21(tmp_path / "none")
     assert str(tmp_path / "none") in str(info.value)
@@ -209,6 +210,8 @@ def test_context_unknown_category_and_bad_rle_are_errors(tmp_path):
     (tmp_path / "not_detail.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="annos_segmentation"):
         load_detail(tmp_path / "not_detail.json")
+    with pytest.raises(ValueError, match="no images with phase 'test'"):
+        load_detail(tmp_path / "trainval_merged.json", phase="test")
 
 
 def test_context_dataset_items(context_root):

@@ -114,9 +114,12 @@ def load_detail(json_path: str | os.PathLike, phase: str | None = "val"):
     with open(json_path, encoding="utf-8") as handle:
         detail = json.load(handle)
     try:
-        return coco_from_dataset(detail_to_coco(detail, phase))
+        dataset = detail_to_coco(detail, phase)
     except ValueError as exc:
         raise ValueError(f"{json_path}: {exc}") from None
+    if not dataset["images"]:
+        raise ValueError(f"{json_path} has no images with phase {phase!r}")
+    return coco_from_dataset(dataset)
 
 
 def context_label(coco, image_id: int) -> np.ndarray:
