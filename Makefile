@@ -12,9 +12,14 @@ STAMP := $(VENV)/.installed
 COCO_ROOT ?= datasets/coco_stuff27
 CITYSCAPES_ROOT ?= datasets/cityscapes
 CITYSCAPES_ZIPS ?= datasets/downloads
+VOC_ROOT ?= datasets/VOCdevkit/VOC2012
+CONTEXT_ROOT ?= datasets/VOCdevkit/VOC2010
+ADE20K_ROOT ?= datasets/ADEChallengeData2016
+DATA_DOWNLOADS ?= datasets/downloads
+COCO_OBJECT_OVERLAP ?= smallest_on_top
 RUN_ARGS ?=
 
-.PHONY: venv test lint bench demo data-coco data-cityscapes reproduce-coco reproduce-cityscapes tables clean
+.PHONY: venv test lint bench demo data-coco data-cityscapes data-voc data-context data-coco-object data-ade20k reproduce-coco reproduce-cityscapes tables clean
 
 venv: $(STAMP)
 
@@ -43,6 +48,18 @@ data-coco: $(STAMP)
 
 data-cityscapes: $(STAMP)
 	$(PY) datasets/prepare.py cityscapes --root $(CITYSCAPES_ROOT) --zips $(CITYSCAPES_ZIPS)
+
+data-voc: $(STAMP)
+	$(PY) datasets/prepare.py voc --root $(VOC_ROOT) --downloads $(DATA_DOWNLOADS)
+
+data-context: $(STAMP)
+	$(PY) datasets/prepare.py context --root $(CONTEXT_ROOT) --downloads $(DATA_DOWNLOADS)
+
+data-coco-object: $(STAMP)
+	$(PY) datasets/prepare.py coco-object --root $(COCO_ROOT) --downloads $(DATA_DOWNLOADS) --overlap $(COCO_OBJECT_OVERLAP)
+
+data-ade20k: $(STAMP)
+	$(PY) datasets/prepare.py ade20k --root $(ADE20K_ROOT) --downloads $(DATA_DOWNLOADS)
 
 reproduce-coco: data-coco
 	@run_dir=$$($(PY) -m eval.identity experiment=coco_stuff27 dataset.root=$(COCO_ROOT) $(RUN_ARGS) --prefix outputs/coco_stuff27) && \

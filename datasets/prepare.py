@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
-"""Download, verify and extract the benchmark data (``make data-coco`` / ``make data-cityscapes``).
+"""Download, verify and extract the benchmark data (the ``make data-*`` targets).
+
+Targets: ``data-coco``, ``data-cityscapes``, ``data-voc``, ``data-context``,
+``data-coco-object``, ``data-ade20k``.
 
 Usage::
 
     python datasets/prepare.py coco --root datasets/coco_stuff27 [--downloads datasets/downloads]
     python datasets/prepare.py cityscapes --root datasets/cityscapes --zips datasets/downloads
+    python datasets/prepare.py voc --root datasets/VOCdevkit/VOC2012
+    python datasets/prepare.py context --root datasets/VOCdevkit/VOC2010
+    python datasets/prepare.py coco-object --root datasets/coco_stuff27 [--overlap smallest_on_top]
+    python datasets/prepare.py ade20k --root datasets/ADEChallengeData2016
 
 Exit codes: 0 = the root is ready, 2 = something could not be fetched, verified or
 found (one explanation on stderr, no traceback), 130 = interrupted (run again to resume).
@@ -13,9 +20,11 @@ found (one explanation on stderr, no traceback), 130 = interrupted (run again to
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -23,6 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from eval.atomic import write_json_atomic  # noqa: E402
+from eval.data import ade20k, coco_object, context, voc  # noqa: E402
 from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, read_id_list  # noqa: E402
 from eval.data.download import (  # noqa: E402
     PINNED_FILES,
@@ -30,6 +41,8 @@ from eval.data.download import (  # noqa: E402
     DownloadError,
     UnsafeArchiveError,
     download_pinned,
+    read_tar_member,
+    safe_extract_tar,
     safe_extract_zip,
     verify_file,
 )
@@ -37,6 +50,12 @@ from eval.data.download import (  # noqa: E402
 DEFAULT_DOWNLOADS = REPO_ROOT / "datasets" / "downloads"
 CITYSCAPES_VAL_IMAGES = 500
 CITYSCAPES_DOWNLOAD_PAGE = "https://www.cityscapes-dataset.com/downloads/"
+VOC_VAL_IMAGES = voc.VAL_IMAGES
+CONTEXT_VAL_IMAGES = context.VAL_IMAGES
+ADE20K_VAL_IMAGES = ade20k.VAL_IMAGES
+VOC2012_TAR_PREFIX = "VOCdevkit/VOC2012/"
+VOC2010_TAR_PREFIX = "VOCdevkit/VOC2010/"
+ADE20K_ZIP_PREFIX = "ADEChallengeData2016/"
 
 
 class PrepareError(RuntimeError):
@@ -171,6 +190,190 @@ def prepare_cityscapes(root: Path, zips: Path, verify: bool = True, progress: bo
     print(f"ready: {root} ({images} images)")
 
 
+# --------------------------------------------------------------------------- shared
+
+
+def _missing_files(ids: list[str], paths) -> list[str]:
+    """The ids whose files (``paths(id)`` -> iterable of Paths) are not all present."""
+    return [i for i in ids if not all(p.is_file() for p in paths(i))]
+
+
+# --------------------------------------------------------------------------- VOC-21
+
+
+def _voc_files(root: Path):
+    return lambda i: (root / voc.IMAGE_DIR / f"{i}.jpg", root / voc.LABEL_DIR / f"{i}.png")
+
+
+def voc_ready(root: Path) -> bool:
+    """True when ``root`` has the val list and the image and label of every listed id."""
+    list_path = voc.split_list(root)
+    if not list_path.is_file():
+        return False
+    ids = read_id_list(list_path)
+    return bool(ids) and not _missing_files(ids, _voc_files(root))
+
+
+def prepare_voc(root: Path, downloads: Path, progress: bool = True) -> None:
+    """Extract the 1449 val images and labels (and ``val.txt``) from the official VOC2012 tar."""
+    if voc_ready(root):
+        print(f"ready: {root}")
+        return
+    tar = download_pinned("voc2012_trainval", downloads, progress=progress)
+    list_member = f"{VOC2012_TAR_PREFIX}ImageSets/Segmentation/val.txt"
+    ids = [line.strip() for line in read_tar_member(tar, list_member).decode("utf-8").splitlines() if line.strip()]
+    if len(ids) != VOC_VAL_IMAGES:
+        raise PrepareError(f"{list_member} in {tar} lists {len(ids)} ids, expected {VOC_VAL_IMAGES}")
+    members = [list_member]
+    members += [f"{VOC2012_TAR_PREFIX}{voc.IMAGE_DIR}/{i}.jpg" for i in ids]
+    members += [f"{VOC2012_TAR_PREFIX}{voc.LABEL_DIR}/{i}.png" for i in ids]
+    print(f"extracting {len(ids)} val images and labels from {tar.name}")
+    safe_extract_tar(tar, root, members=members, strip_prefix=VOC2012_TAR_PREFIX, progress=progress)
+    if not voc_ready(root):
+        raise PrepareError(f"{root} is still incomplete after extraction")
+    print(f"ready: {root} ({len(ids)} images)")
+
+
+# --------------------------------------------------------------------------- Context-60
+
+
+def _context_files(root: Path):
+    return lambda i: (root / context.IMAGE_DIR / f"{i}.jpg", root / context.LABEL_DIR / f"{i}.png")
+
+
+def context_ready(root: Path) -> bool:
+    """True when ``root`` has the built val list and the image and label of every listed id."""
+    list_path = context.split_list(root)
+    if not list_path.is_file():
+        return False
+    ids = read_id_list(list_path)
+    return bool(ids) and not _missing_files(ids, _context_files(root))
+
+
+def _context_annotations(root: Path, downloads: Path, verify: bool, progress: bool) -> Path:
+    """``<root>/trainval_merged.json`` when present (checked), else the pinned download."""
+    pinned = PINNED_FILES["context_trainval_merged"]
+    local = root / context.ANNOTATION_FILE
+    if local.is_file():
+        if verify:
+            print(f"verifying {local} (sha1) ...")
+            verify_file(local, sha256=pinned.sha256, md5=pinned.md5, sha1=pinned.sha1)
+        return local
+    try:
+        return download_pinned("context_trainval_merged", downloads, progress=progress)
+    except DownloadError as exc:
+        raise PrepareError(
+            "\n".join([
+                f"PASCAL-Context needs {pinned.name} (the PASCAL in Detail annotations), and it could not be "
+                f"fetched: {exc}",
+                f"Its usual address is {pinned.url}; that host is not a stable archive. Get the file from "
+                "wherever you can (e.g. an archived copy of that URL); any copy with",
+                f"  sha1 {pinned.sha1}",
+                f"works. Put it at {local.resolve()} and run `make data-context` again "
+                "(the checksum is verified before use).",
+            ])
+        ) from None
+
+
+def prepare_context(root: Path, downloads: Path, verify: bool = True, progress: bool = True) -> None:
+    """Build a Context-60 root: VOC2010 val images + labels built from ``trainval_merged.json``."""
+    if context_ready(root):
+        print(f"ready: {root}")
+        return
+    json_path = _context_annotations(root, downloads, verify, progress)
+    print(f"reading {json_path} ...")
+    coco = context.load_detail(json_path, phase="val")
+    names = sorted(context.image_ids_by_name(coco))
+    if len(names) != CONTEXT_VAL_IMAGES:
+        print(f"warning: {json_path} has {len(names)} val images, the benchmark has {CONTEXT_VAL_IMAGES}",
+              file=sys.stderr)
+    missing = [i for i in names if not (root / context.IMAGE_DIR / f"{i}.jpg").is_file()]
+    if missing:
+        print(f"{len(missing)} of {len(names)} images missing: fetching {PINNED_FILES['voc2010_trainval'].name}")
+        tar = download_pinned("voc2010_trainval", downloads, progress=progress)
+        members = [f"{VOC2010_TAR_PREFIX}{context.IMAGE_DIR}/{i}.jpg" for i in missing]
+        safe_extract_tar(tar, root, members=members, strip_prefix=VOC2010_TAR_PREFIX, progress=progress)
+    ids = context.build_context_labels(root, coco, split="val", progress=progress)
+    if not context_ready(root):
+        raise PrepareError(f"{root} is still incomplete after building the labels")
+    print(f"ready: {root} ({len(ids)} images)")
+
+
+# --------------------------------------------------------------------------- COCO-Object-81
+
+
+def _agreement_line(report: dict) -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{value:.2f}%"
+
+    return (
+        f"label agreement (stuffthingmaps vs instances, overlap rule {report.get('overlap_rule')}): "
+        f"{pct(report['agreement'])} of {report['pixels']} valid pixels, {pct(report['object_agreement'])} of "
+        f"{report['object_pixels']} object pixels, on {report['images']} images"
+    )
+
+
+def prepare_coco_object(root: Path, downloads: Path, overlap: str = "smallest_on_top", progress: bool = True) -> None:
+    """Build the instance-derived COCO-Object-81 labels on a COCO-Stuff-27 root and compare the sources.
+
+    Writes ``<root>/annotation_object81_instances/<id>.png`` and the agreement report
+    ``<root>/object81_agreement.json``.
+    """
+    prepare_coco(root, downloads, progress=progress)
+    ids = read_id_list(root / DEFAULT_LIST_FILE)
+    report_path = root / coco_object.AGREEMENT_FILE
+    previous = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
+    built = all((root / coco_object.INSTANCE_LABEL_DIR / f"{i}.png").is_file() for i in ids)
+    if built and previous is not None and previous.get("overlap_rule") == overlap:
+        print(_agreement_line(previous))
+        print(f"ready: {root}")
+        return
+    json_path = root / coco_object.INSTANCES_FILE
+    if not json_path.is_file():
+        archive = download_pinned("coco_annotations_trainval2017", downloads, progress=progress)
+        safe_extract_zip(archive, root, members=[coco_object.INSTANCES_FILE], progress=progress)
+    rebuild = previous is not None and previous.get("overlap_rule") != overlap
+    print(f"building {len(ids)} instance labels from {json_path} (overlap rule {overlap})")
+    coco_object.build_instance_labels(root, ids, json_path, overlap=overlap, overwrite=rebuild, progress=progress)
+    report = {"overlap_rule": overlap, **coco_object.label_agreement(root, ids)}
+    write_json_atomic(report_path, report)
+    print(_agreement_line(report))
+    print(f"ready: {root} ({len(ids)} images, both label sources; report in {report_path})")
+
+
+# --------------------------------------------------------------------------- ADE20K-150
+
+
+def ade20k_ready(root: Path) -> bool:
+    """True when ``root`` has all validation images, each with its annotation PNG."""
+    ids = ade20k.image_ids(root)
+    labelled = [i for i in ids if (root / "annotations" / "validation" / f"{i}.png").is_file()]
+    return len(ids) == ADE20K_VAL_IMAGES and len(labelled) == len(ids)
+
+
+def prepare_ade20k(root: Path, downloads: Path, progress: bool = True) -> None:
+    """Extract the validation split of the official ADEChallengeData2016 zip."""
+    if ade20k_ready(root):
+        print(f"ready: {root}")
+        return
+    archive = download_pinned("ade20k_challenge", downloads, progress=progress)
+    wanted = (f"{ADE20K_ZIP_PREFIX}images/validation/", f"{ADE20K_ZIP_PREFIX}annotations/validation/")
+    safe_extract_zip(
+        archive,
+        root,
+        member_filter=lambda name: name.startswith(wanted),
+        strip_prefix=ADE20K_ZIP_PREFIX,
+        progress=progress,
+    )
+    if not ade20k_ready(root):
+        ids = ade20k.image_ids(root)
+        raise PrepareError(
+            f"{root} has {len(ids)} validation images after extraction, expected {ADE20K_VAL_IMAGES} "
+            "with an annotation each: is the zip the official one?"
+        )
+    print(f"ready: {root} ({ADE20K_VAL_IMAGES} images)")
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -185,6 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     city.add_argument("--root", type=Path, required=True, help="dataset root to build")
     city.add_argument("--zips", type=Path, default=DEFAULT_DOWNLOADS, help="folder holding the zips")
     city.add_argument("--no-verify", action="store_true", help="skip the md5 check of the zips")
+    vocp = sub.add_parser("voc", help="PASCAL VOC 2012 val (downloads the 2 GB trainval tar, keeps 1449 images)")
+    ctx = sub.add_parser("context", help="PASCAL-Context val (VOC2010 trainval tar + trainval_merged.json)")
+    ctx.add_argument("--no-verify", action="store_true", help="skip the sha1 check of a trainval_merged.json in --root")
+    obj = sub.add_parser("coco-object", help="COCO-Object-81 labels from instances_val2017.json on the COCO root")
+    obj.add_argument("--overlap", choices=coco_object.OVERLAP_RULES, default="smallest_on_top",
+                     help="how overlapping instances are resolved (default: smallest on top)")
+    ade = sub.add_parser("ade20k", help="ADE20K SceneParsing validation (official zip, keeps 2000 images)")
+    for extra in (vocp, ctx, obj, ade):
+        extra.add_argument("--root", type=Path, required=True, help="dataset root to build")
+        extra.add_argument("--downloads", type=Path, default=DEFAULT_DOWNLOADS, help="where archives go")
     return parser
 
 
@@ -194,8 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "coco":
             prepare_coco(args.root, args.downloads, progress=progress)
-        else:
+        elif args.command == "cityscapes":
             prepare_cityscapes(args.root, args.zips, verify=not args.no_verify, progress=progress)
+        elif args.command == "voc":
+            prepare_voc(args.root, args.downloads, progress=progress)
+        elif args.command == "context":
+            prepare_context(args.root, args.downloads, verify=not args.no_verify, progress=progress)
+        elif args.command == "coco-object":
+            prepare_coco_object(args.root, args.downloads, overlap=args.overlap, progress=progress)
+        else:
+            prepare_ade20k(args.root, args.downloads, progress=progress)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -208,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         ChecksumError,
         UnsafeArchiveError,
         zipfile.BadZipFile,
+        tarfile.TarError,
+        ValueError,
         OSError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)

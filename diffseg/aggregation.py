@@ -1,4 +1,4 @@
-"""Attention aggregation (DESIGN step 5).
+"""Attention aggregation (diffseg/REFERENCE.md section 1, step 5).
 
 The per-resolution self-attention maps of one UNet pass are combined into one
 4-D tensor ``T`` of shape ``(B, S, S, S, S)`` where ``S`` is the largest side

@@ -1,4 +1,4 @@
-"""K-means in torch, batched, on the tensor's device (DESIGN steps 8 and section 2).
+"""K-means in torch, batched, on the tensor's device (diffseg/REFERENCE.md section 1 step 8, and section 2).
 
 Two uses:
 

@@ -1,4 +1,4 @@
-"""Iterative attention merging with a symmetric KL distance (DESIGN step 6).
+"""Iterative attention merging with a symmetric KL distance (diffseg/REFERENCE.md section 1, step 6).
 
 Distance between two maps ``p`` and ``q`` (each a distribution over ``K`` keys):
 

@@ -1,4 +1,4 @@
-"""Non-maximum suppression of proposal maps into a label mask (DESIGN step 7)."""
+"""Non-maximum suppression of proposal maps into a label mask (diffseg/REFERENCE.md section 1, step 7)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from eval.atomic import write_json_atomic, write_text_atomic
-from eval.data.classes import CITYSCAPES27_CLASSES, COCO_STUFF27_CLASSES
+from eval.data.classes import DATASET_CLASSES, DATASET_TITLES
 from eval.metrics import scores
 from eval.records import load_run_records
 
@@ -66,8 +66,6 @@ __all__ = [
 
 COMPARE_FILE = "compare.json"
 METRICS_FILE = "metrics.json"
-CLASS_NAMES = {"coco_stuff27": COCO_STUFF27_CLASSES, "cityscapes": CITYSCAPES27_CLASSES}
-DATASET_TITLES = {"coco_stuff27": "COCO-Stuff-27", "cityscapes": "Cityscapes"}
 EXTREMES = 6  # worst / best images listed per method
 _EXACT_LIMIT = 2**53  # float64 holds every integer below this exactly
 _CHUNK_ELEMENTS = 1 << 23  # resample rows are drawn in blocks of about this many counts (64 MiB of float64)
@@ -428,7 +426,7 @@ def _check_against_metrics(run: _Run, method: str, stats: ImageStats) -> None:
 
 
 def _class_names(dataset: str, num_classes: int) -> list[str]:
-    names = CLASS_NAMES.get(dataset)
+    names = DATASET_CLASSES.get(dataset)
     if names is not None and len(names) == num_classes:
         return list(names)
     return [f"class {i}" for i in range(num_classes)]

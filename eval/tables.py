@@ -32,14 +32,14 @@ from omegaconf import OmegaConf
 
 from eval.atomic import write_text_atomic
 from eval.compare import load_intervals
+from eval.data.classes import DATASET_TITLES
 from eval.figures import plot_sweep
 from eval.provenance import banner, images_note, method_label
 
 DEFAULT_PAPER_NUMBERS = Path(__file__).resolve().parents[1] / "conf" / "paper" / "numbers.yaml"
-DATASET_TITLES = {"coco_stuff27": "COCO-Stuff-27", "cityscapes": "Cityscapes"}
 MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "paper ACC", "paper mIoU", "notes"]
-PAPER_NOTE = ("Paper columns: numbers reported in the DiffSeg paper (arXiv 2308.12469), quoted, never ours; "
-              "empty where not confirmed.")
+PAPER_NOTE = ("Paper columns: numbers reported in the papers cited below (the DiffSeg paper, arXiv 2308.12469, "
+              "for COCO-Stuff-27 and Cityscapes), quoted, never ours; empty where not confirmed.")
 METRIC_NOTE = ("ACC = pixel accuracy, mIoU = mean IoU, both x100 (per-image Hungarian matching, "
                "dataset-level IoU).")
 

@@ -1,6 +1,6 @@
 """Slow, independent float64 re-implementations of the DiffSeg steps, for tests only.
 
-Written from DESIGN.md's description with plain loops and NumPy, sharing no
+Written from diffseg/REFERENCE.md's description with plain loops and NumPy, sharing no
 code with the ``diffseg`` package.
 """
 

@@ -16,8 +16,8 @@ from hydra_compose import compose_eval
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
-from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.compare import main as compare_main
+from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.identity import RunMismatchError
 from eval.identity import main as identity_main
 from eval.interrupt import RunInterrupted

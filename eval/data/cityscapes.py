@@ -1,4 +1,4 @@
-"""Cityscapes-27 validation set (DESIGN section 3).
+"""Cityscapes-27 validation set (diffseg/REFERENCE.md section 3).
 
 Layout of a root (the official one; ``make data-cityscapes`` builds it from the zips)::
 

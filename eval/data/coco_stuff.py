@@ -1,4 +1,4 @@
-"""COCO-Stuff-27 validation set (DESIGN section 3).
+"""COCO-Stuff-27 validation set (diffseg/REFERENCE.md section 3).
 
 Layout of a root (the official DiffSeg release's; ``make data-coco`` builds it)::
 

@@ -2,8 +2,9 @@
 
 * :func:`download` resumes ``<dest>.part`` with an HTTP Range request, verifies the
   pinned checksum and only then moves the file into place (``os.replace``).
-* :func:`safe_extract_zip` refuses absolute paths, ``..`` components and symlinks,
-  writes each file through a temporary name and skips files already extracted.
+* :func:`safe_extract_zip` / :func:`safe_extract_tar` refuse absolute paths, ``..``
+  components and links (and, for tars, devices and FIFOs), write each file through a
+  temporary name and skip files already extracted.
 * :data:`PINNED_FILES` lists the files ``datasets/prepare.py`` fetches or expects,
   with the published checksums (sources in each entry's ``source``).
 """
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import stat
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +38,10 @@ __all__ = [
     "download",
     "download_pinned",
     "md5_file",
+    "read_tar_member",
+    "safe_extract_tar",
     "safe_extract_zip",
+    "sha1_file",
     "sha256_file",
     "verify_file",
 ]
@@ -61,8 +66,9 @@ class UnsafeArchiveError(ValueError):
 class PinnedFile:
     """A remote file and the digests it must have (None = not published / not found).
 
-    ``source`` says where each digest comes from. A file with neither digest is
-    checked by size (when known) and, for zips, by ``zipfile.testzip`` CRCs only.
+    ``source`` says where each digest comes from. A file with no digest is checked by
+    size (when known) and, for zips, by ``zipfile.testzip`` CRCs only. ``sha1`` is
+    there because some archives are only published with a SHA-1.
     """
 
     name: str
@@ -71,6 +77,13 @@ class PinnedFile:
     md5: str | None = None
     size: int | None = None
     source: str = ""
+    sha1: str | None = None
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """The pinned digests as ``{algorithm: hex}`` (empty when none is published)."""
+        found = (("sha256", self.sha256), ("sha1", self.sha1), ("md5", self.md5))
+        return {name: value for name, value in found if value}
 
 
 PINNED_FILES: dict[str, PinnedFile] = {
@@ -116,6 +129,59 @@ PINNED_FILES: dict[str, PinnedFile] = {
         md5="0a6e97e94b616a514066c9e2adb0c97f",
         source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=3, 11GB)",
     ),
+    "voc2012_trainval": PinnedFile(
+        name="VOCtrainval_11-May-2012.tar",
+        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        md5="6cd6e144f989b92b3379bac3b3de84fd",
+        sha1="4e443f8a2eca6b1dac8a6c57641b67dd40621a49",
+        size=1999639040,
+        source=(
+            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2012']); "
+            "sha1: dmlc/gluon-cv scripts/datasets/pascal_voc.py; size: the Content-Length the server sends "
+            "(quoted in public download logs)"
+        ),
+    ),
+    "voc2010_trainval": PinnedFile(
+        name="VOCtrainval_03-May-2010.tar",
+        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
+        md5="da459979d0c395079b5c75ee67908abb",
+        sha1="bf9985e9f2b064752bf6bd654d89f017c76c395a",
+        source=(
+            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2010']); "
+            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py"
+        ),
+    ),
+    "context_trainval_merged": PinnedFile(
+        name="trainval_merged.json",
+        url="https://codalabuser.blob.core.windows.net/public/trainval_merged.json",
+        sha1="169325d9f7e9047537fedca7b04de4dddf10b881",
+        source=(
+            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py (same value in "
+            "zhanghang1989/PyTorch-Encoding's prepare_pcontext.py); the CodaLab URL is the one the "
+            "PASCAL-Context conversion scripts (mmsegmentation, FC-CLIP, DiffCut) point to"
+        ),
+    ),
+    "coco_annotations_trainval2017": PinnedFile(
+        name="annotations_trainval2017.zip",
+        url="http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+        sha256="113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268",
+        md5="f4bbac642086de4f52a3fdda2de5fa2c",
+        size=252907541,
+        source=(
+            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
+            "_META_CHECKSUMS['2017']); md5 and size: the COCO-published values quoted by many "
+            "download scripts (e.g. mlcommons/ck)"
+        ),
+    ),
+    "ade20k_challenge": PinnedFile(
+        name="ADEChallengeData2016.zip",
+        url="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+        sha1="219e1696abb36c8ba3a3afe7fb2f4b4606a897c7",
+        source=(
+            "sha1: dmlc/gluon-cv scripts/datasets/ade20k.py (same value in "
+            "zhanghang1989/PyTorch-Encoding); no sha256/md5 is published"
+        ),
+    ),
 }
 
 
@@ -141,7 +207,14 @@ def md5_file(path: str | os.PathLike) -> str:
     return _hash_file(path, ["md5"])["md5"]
 
 
-def verify_file(path: str | os.PathLike, sha256: str | None = None, md5: str | None = None) -> dict[str, str]:
+def sha1_file(path: str | os.PathLike) -> str:
+    """Hex sha1 of a file (streamed)."""
+    return _hash_file(path, ["sha1"])["sha1"]
+
+
+def verify_file(
+    path: str | os.PathLike, sha256: str | None = None, md5: str | None = None, sha1: str | None = None
+) -> dict[str, str]:
     """Check ``path`` against the given digests (one pass over the file).
 
     Returns:
@@ -154,7 +227,8 @@ def verify_file(path: str | os.PathLike, sha256: str | None = None, md5: str | N
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"cannot verify {path}: no such file")
-    expected = {name: value.lower() for name, value in (("sha256", sha256), ("md5", md5)) if value}
+    given = (("sha256", sha256), ("sha1", sha1), ("md5", md5))
+    expected = {name: value.lower() for name, value in given if value}
     if not expected:
         return {}
     actual = _hash_file(path, expected)
@@ -265,6 +339,7 @@ def download(
     md5: str | None = None,
     progress: bool = True,
     *,
+    sha1: str | None = None,
     size: int | None = None,
     timeout: float = 60.0,
     retries: int = 2,
@@ -286,14 +361,14 @@ def download(
 
     Raises:
         DownloadError: the file could not be fetched.
-        ChecksumError: the fetched bytes do not match ``sha256``/``md5``.
+        ChecksumError: the fetched bytes do not match ``sha256``/``sha1``/``md5``.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     if dest.is_file():
         try:
-            verify_file(dest, sha256=sha256, md5=md5)
+            verify_file(dest, sha256=sha256, md5=md5, sha1=sha1)
             if size is None or dest.stat().st_size == size:
                 return dest
         except ChecksumError:
@@ -333,7 +408,7 @@ def download(
             f"run again to resume from {part}"
         )
     try:
-        verify_file(part, sha256=sha256, md5=md5)
+        verify_file(part, sha256=sha256, md5=md5, sha1=sha1)
     except ChecksumError as exc:
         part.unlink(missing_ok=True)
         raise ChecksumError(f"{exc} (downloaded from {url}; the bad file was deleted)") from None
@@ -349,9 +424,10 @@ def download_pinned(key: str, downloads_dir: str | os.PathLike, progress: bool =
     pinned = PINNED_FILES[key]
     dest = Path(downloads_dir) / pinned.name
     path = download(
-        pinned.url, dest, sha256=pinned.sha256, md5=pinned.md5, progress=progress, size=pinned.size, **kwargs
+        pinned.url, dest, sha256=pinned.sha256, md5=pinned.md5, progress=progress, sha1=pinned.sha1,
+        size=pinned.size, **kwargs,
     )
-    if pinned.sha256 is None and pinned.md5 is None and pinned.name.endswith(".zip"):
+    if not pinned.digests and pinned.name.endswith(".zip"):
         check_zip(path)
     return path
 
@@ -449,3 +525,101 @@ def safe_extract_zip(
             finally:
                 tmp.unlink(missing_ok=True)
     return out
+
+
+def _check_tar_entry(info: tarfile.TarInfo) -> None:
+    """Raise :class:`UnsafeArchiveError` for tar entries that could escape or are not plain data."""
+    name = info.name
+    if info.issym() or info.islnk():
+        raise UnsafeArchiveError(f"refusing link entry {name!r} in archive")
+    if not (info.isfile() or info.isdir()):
+        raise UnsafeArchiveError(f"refusing special entry {name!r} (device, FIFO or unknown type) in archive")
+    if "\x00" in name:
+        raise UnsafeArchiveError(f"refusing entry with a NUL byte {name!r} in archive")
+    normalised = name.replace("\\", "/")
+    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
+        raise UnsafeArchiveError(f"refusing absolute path entry {name!r} in archive")
+    if any(component == ".." for component in normalised.split("/")):
+        raise UnsafeArchiveError(f"refusing entry with a '..' component {name!r} in archive")
+
+
+def safe_extract_tar(
+    tar_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    members_prefix: str | None = None,
+    strip_prefix: str | None = None,
+    members: Iterable[str] | None = None,
+    member_filter: Callable[[str], bool] | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Extract (part of) an uncompressed or gzip/bz2/xz tar safely into ``dest``.
+
+    Same arguments, checks and resume behaviour as :func:`safe_extract_zip`: every
+    entry is checked first and the whole extraction is refused
+    (:class:`UnsafeArchiveError`, naming the entry) if any entry is absolute, has a
+    ``..`` component, is a symlink or hard link, or is a device/FIFO. Only regular
+    files are written (bytes only: no modes, owners or times are taken from the archive).
+
+    Returns:
+        The destination paths of the selected entries (extracted or already present).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest_resolved = dest.resolve()
+    out: list[Path] = []
+    with tarfile.open(tar_path, mode="r:*") as tf:
+        infos = tf.getmembers()
+        for info in infos:
+            _check_tar_entry(info)
+        if members is not None:
+            wanted = set(members)
+            missing = sorted(wanted - {info.name for info in infos})
+            if missing:
+                raise KeyError(f"{len(missing)} entries not in {tar_path}, e.g. {missing[:3]}")
+            selected = [info for info in infos if info.name in wanted]
+        else:
+            selected = infos
+        selected = [
+            info
+            for info in selected
+            if info.isfile()
+            and (members_prefix is None or info.name.startswith(members_prefix))
+            and (member_filter is None or member_filter(info.name))
+        ]
+        for info in tqdm(selected, desc=f"extract {Path(tar_path).name}", unit="file", disable=not progress):
+            name = info.name
+            if strip_prefix and name.startswith(strip_prefix):
+                name = name[len(strip_prefix) :]
+            target = dest / name
+            if not target.resolve().is_relative_to(dest_resolved):
+                raise UnsafeArchiveError(f"refusing entry {info.name!r}: resolves outside {dest}")
+            out.append(target)
+            if target.is_file() and target.stat().st_size == info.size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.extracting")
+            try:
+                src = tf.extractfile(info)
+                if src is None:  # not a regular file after all
+                    raise UnsafeArchiveError(f"refusing entry {info.name!r}: no file data")
+                with src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+    return out
+
+
+def read_tar_member(tar_path: str | os.PathLike, name: str) -> bytes:
+    """The bytes of one regular-file entry of a tar (``KeyError`` naming it when absent)."""
+    with tarfile.open(tar_path, mode="r:*") as tf:
+        try:
+            info = tf.getmember(name)
+        except KeyError:
+            raise KeyError(f"{name} is not in {tar_path}") from None
+        _check_tar_entry(info)
+        src = tf.extractfile(info)
+        if src is None:
+            raise KeyError(f"{name} in {tar_path} is not a regular file")
+        with src:
+            return src.read()

@@ -8,17 +8,32 @@ maps with real class values and some ignore pixels.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
+from eval.data.classes import ADE20K150_CLASSES, COCO_THING_IDS, CONTEXT_DETAIL_IDS, VOC21_CLASSES
 from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR
 from eval.identity import SYNTHETIC_MARKER
 
-__all__ = ["mark_synthetic", "write_synthetic_cityscapes", "write_synthetic_coco_stuff"]
+__all__ = [
+    "SyntheticShape",
+    "mark_synthetic",
+    "shape_mask",
+    "write_synthetic_ade20k",
+    "write_synthetic_cityscapes",
+    "write_synthetic_coco_object",
+    "write_synthetic_coco_stuff",
+    "write_synthetic_context",
+    "write_synthetic_voc",
+]
 
 
 def mark_synthetic(root: Path) -> None:
@@ -200,3 +215,364 @@ def write_synthetic_cityscapes(
         label_img.save(label_dir / f"{name}_gtFine_labelIds.png")
     mark_synthetic(root)
     return sorted(names)
+
+
+# --------------------------------------------------------------------------- VOC-21
+
+
+def _voc_palette() -> list[int]:
+    """The 256-entry PASCAL VOC colour map (bit-interleaved class index), flattened RGB."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def write_synthetic_voc(
+    root: str | os.PathLike,
+    num_images: int = 4,
+    seed: int = 0,
+    size_range: tuple[int, int] = (200, 400),
+) -> list[str]:
+    """Write a ``VOC2012`` root: ``JPEGImages/<id>.jpg``, palette ``SegmentationClass/<id>.png``
+    and ``ImageSets/Segmentation/{train,val}.txt``.
+
+    Labels are palette ("P") PNGs with the VOC colour map: background 0, objects of classes
+    1..20 outlined by a 3-pixel band of 255 (as VOC marks object boundaries). One extra
+    image is listed in ``train.txt`` only.
+
+    Returns:
+        The val ids in list-file order (``<year>_<6 digits>``).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    while len(names) < num_images + 1:
+        name = f"{2007 + len(names) % 5}_{int(rng.integers(0, 10000)):06d}"
+        if name not in names:
+            names.append(name)
+    palette = _voc_palette()
+    for name in names:
+        h, w = _random_size(rng, size_range)
+        label_img = Image.new("P", (w, h), color=0)
+        label_img.putpalette(palette)
+        draw = ImageDraw.Draw(label_img)
+        for _ in range(int(rng.integers(1, 4))):
+            value = int(rng.integers(1, len(VOC21_CLASSES)))
+            cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+            rx, ry = rng.uniform(0.1, 0.3) * w, rng.uniform(0.1, 0.3) * h
+            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=value, outline=255, width=3)
+        label = np.asarray(label_img)
+        Image.fromarray(_render(label, rng, seed), mode="RGB").save(
+            root / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95
+        )
+        label_img.save(root / "SegmentationClass" / f"{name}.png", format="PNG")
+    val, train = names[:num_images], names[num_images:]
+    (root / "ImageSets/Segmentation/val.txt").write_text("".join(f"{i}\n" for i in val), encoding="utf-8")
+    (root / "ImageSets/Segmentation/train.txt").write_text("".join(f"{i}\n" for i in train), encoding="utf-8")
+    mark_synthetic(root)
+    return val
+
+
+# --------------------------------------------------------------------------- ADE20K-150
+
+
+def write_synthetic_ade20k(
+    root: str | os.PathLike,
+    num_images: int = 3,
+    seed: int = 0,
+    size_range: tuple[int, int] = (200, 400),
+) -> list[str]:
+    """Write an ``ADEChallengeData2016`` root: ``images/validation/ADE_val_<8 digits>.jpg`` and
+    ``annotations/validation/....png`` (mode "L", values 1..150 and 0 = "other"), plus one
+    training pair that the validation split must not pick up.
+
+    Returns:
+        The validation ids, sorted.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    ids = []
+    for k in range(num_images + 1):
+        split = "validation" if k < num_images else "training"
+        name = f"ADE_{'val' if split == 'validation' else 'train'}_{k + 1:08d}"
+        h, w = _random_size(rng, size_range)
+        label_img = Image.new("L", (w, h), color=int(rng.choice([1, 3, 4, 6])))  # wall sky floor ceiling
+        draw = ImageDraw.Draw(label_img)
+        draw.rectangle([0, int(h * rng.uniform(0.5, 0.7)), w, h], fill=int(rng.choice([4, 7, 10, 14])))
+        for _ in range(int(rng.integers(2, 5))):
+            _random_shape(draw, rng, h, w, int(rng.integers(1, len(ADE20K150_CLASSES) + 1)))
+        draw.ellipse([w * 0.05, h * 0.05, w * 0.05 + 12, h * 0.05 + 8], fill=0)  # "other"
+        label = np.asarray(label_img)
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_render(label, rng, seed), mode="RGB").save(
+            root / "images" / split / f"{name}.jpg", format="JPEG", quality=95
+        )
+        label_img.save(root / "annotations" / split / f"{name}.png", format="PNG")
+        if split == "validation":
+            ids.append(name)
+    mark_synthetic(root)
+    return sorted(ids)
+
+
+# --------------------------------------------------------------------------- COCO-format shapes
+
+
+@dataclass(frozen=True)
+class SyntheticShape:
+    """One annotation of a synthetic COCO-format file, as written.
+
+    ``kind`` is ``rectangle`` (``params`` = integer ``(x0, y0, x1, y1)``, covering
+    columns x0..x1-1 and rows y0..y1-1, stored as a polygon) or ``ellipse``
+    (``params`` = ``(cx, cy, rx, ry)``, the pixels (x, y) with
+    ((x - cx)/rx)^2 + ((y - cy)/ry)^2 <= 1, stored as RLE). ``encoding`` is the stored
+    form: ``polygon``, ``rle`` (compressed) or ``rle_counts`` (uncompressed).
+    """
+
+    kind: str
+    params: tuple[float, ...]
+    category_id: int
+    encoding: str
+    iscrowd: int = 0
+
+
+def shape_mask(shape: SyntheticShape, height: int, width: int) -> np.ndarray:
+    """Bool mask (H, W) of a :class:`SyntheticShape`."""
+    if shape.kind == "rectangle":
+        x0, y0, x1, y1 = (int(v) for v in shape.params)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[y0:y1, x0:x1] = True
+        return mask
+    cx, cy, rx, ry = shape.params
+    yy, xx = np.mgrid[0:height, 0:width]
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO uncompressed RLE of a bool mask: run lengths over the column-major pixels, zeros first."""
+    flat = mask.astype(np.uint8).flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def _segmentation(shape: SyntheticShape, height: int, width: int) -> Any:
+    """The stored ``segmentation`` of a shape (polygon list, compressed or uncompressed RLE)."""
+    if shape.encoding == "polygon":
+        if shape.kind != "rectangle":
+            raise ValueError("only rectangles are stored as polygons (exact rasterisation)")
+        x0, y0, x1, y1 = (int(v) for v in shape.params)
+        return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+    mask = shape_mask(shape, height, width)
+    if shape.encoding == "rle_counts":
+        return _uncompressed_rle(mask)
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _random_rectangle(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int, int]:
+    x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+    return x0, y0, int(rng.integers(x0 + 4, w + 1)), int(rng.integers(y0 + 4, h + 1))
+
+
+def _random_ellipse(rng: np.random.Generator, h: int, w: int) -> tuple[float, float, float, float]:
+    return (
+        float(rng.uniform(0.2, 0.8) * w),
+        float(rng.uniform(0.2, 0.8) * h),
+        float(rng.uniform(0.08, 0.3) * w),
+        float(rng.uniform(0.08, 0.3) * h),
+    )
+
+
+# --------------------------------------------------------------------------- Context-60
+
+
+def write_synthetic_context(
+    root: str | os.PathLike,
+    num_images: int = 4,
+    seed: int = 0,
+    size_range: tuple[int, int] = (160, 320),
+) -> dict[str, list[SyntheticShape]]:
+    """Write a ``VOC2010`` root before label building: ``JPEGImages/<id>.jpg`` and a PASCAL in
+    Detail ``trainval_merged.json`` (``images`` with ``phase``, ``annos_segmentation``,
+    ``categories``, and empty ``parts``/``annos_occlusion``/``annos_boundary``).
+
+    Each image gets overlapping annotations stored as polygons (rectangles), compressed
+    RLE and uncompressed RLE, with Detail category ids of the 59 classes; some pixels keep
+    no annotation (background). The annotations of all images are interleaved in the
+    file, each image's keeping its own order. One extra image has ``phase`` ``train``.
+
+    Returns:
+        ``{id: shapes in file order}`` for the val images (ids sorted), so a test can paint
+        the expected labels itself with :func:`shape_mask`.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    images, per_image, expected = [], [], {}
+    encodings = ("polygon", "rle", "rle_counts")
+    for k in range(num_images + 1):
+        name = f"{2008 + k % 3}_{int(rng.integers(0, 10000)):06d}"
+        while name in expected or any(img["file_name"] == f"{name}.jpg" for img in images):
+            name = f"{2008 + k % 3}_{int(rng.integers(0, 10000)):06d}"
+        h, w = _random_size(rng, size_range)
+        shapes = []
+        for j in range(int(rng.integers(3, 6))):
+            encoding = encodings[j % 3]
+            kind = "rectangle" if encoding == "polygon" else ("ellipse" if rng.random() < 0.7 else "rectangle")
+            params = _random_rectangle(rng, h, w) if kind == "rectangle" else _random_ellipse(rng, h, w)
+            shapes.append(SyntheticShape(kind, params, int(rng.choice(CONTEXT_DETAIL_IDS)), encoding))
+        detail = np.zeros((h, w), dtype=np.int64)
+        for shape in shapes:
+            detail[shape_mask(shape, h, w)] = shape.category_id
+        Image.fromarray(_render(detail, rng, seed), mode="RGB").save(
+            root / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95
+        )
+        image_id = int(name[:4] + name[5:])
+        phase = "val" if k < num_images else "train"
+        images.append({"image_id": image_id, "file_name": f"{name}.jpg", "height": h, "width": w, "phase": phase})
+        anns = [
+            {
+                "image_id": image_id,
+                "category_id": shape.category_id,
+                "segmentation": _segmentation(shape, h, w),
+                "iscrowd": 0,
+                "parts": [],
+            }
+            for shape in shapes
+        ]
+        per_image.append(anns)
+        if phase == "val":
+            expected[name] = shapes
+    # interleave the images' annotations, keeping each image's order
+    order = [i for i, anns in enumerate(per_image) for _ in anns]
+    rng.shuffle(order)
+    cursors = [0] * len(per_image)
+    annos = []
+    for i in order:
+        ann = dict(per_image[i][cursors[i]], id=len(annos) + 1)
+        cursors[i] += 1
+        annos.append(ann)
+    categories = [
+        {"category_id": cat, "name": f"class{cat}", "supercategory": "object", "onlysemantic": 0, "parts": []}
+        for cat in (*CONTEXT_DETAIL_IDS, 1, 3)  # plus two ids of the full set that no pixel uses
+    ]
+    detail_json = {
+        "info": {"description": "synthetic PASCAL in Detail"},
+        "images": images,
+        "annos_segmentation": annos,
+        "categories": categories,
+        "parts": [],
+        "annos_occlusion": [],
+        "annos_boundary": [],
+    }
+    (root / "trainval_merged.json").write_text(json.dumps(detail_json), encoding="utf-8")
+    mark_synthetic(root)
+    return dict(sorted(expected.items()))
+
+
+# --------------------------------------------------------------------------- COCO-Object-81
+
+
+def write_synthetic_coco_object(
+    root: str | os.PathLike,
+    num_images: int = 4,
+    seed: int = 0,
+    size_range: tuple[int, int] = (160, 320),
+) -> tuple[list[str], dict[str, list[SyntheticShape]]]:
+    """Write a COCO-Stuff-27 root whose things also exist as COCO instances.
+
+    Files: ``val2017/<id>.jpg``, ``annotation_val2017/<id>.png`` (stuffthingmaps values:
+    a stuff background, the instances painted from the largest to the smallest, a band
+    and a central patch of 255), the list file, and ``annotations/instances_val2017.json`` holding every
+    instance in full (overlaps included) in a shuffled order, as polygons (rectangles),
+    compressed RLE, and one crowd region (``iscrowd=1``) as uncompressed RLE per image.
+    One extra, unlisted image is in the JSON only (no files, like a root ``make data-coco`` built).
+
+    So the instances source built with the ``smallest_on_top`` rule equals the PNG
+    source on every labelled pixel, while ``file_order`` differs where instances overlap.
+
+    Returns:
+        (listed ids, ``{id: instances in file order}``).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    (root / LABEL_DIR).mkdir(parents=True, exist_ok=True)
+    images, annotations, expected, listed = [], [], {}, []
+    number = 139
+    for k in range(num_images + 1):
+        number += int(rng.integers(1, 400))
+        name = f"{number:012d}"
+        h, w = _random_size(rng, size_range)
+        top, bottom = _COCO_BACKGROUNDS[k % len(_COCO_BACKGROUNDS)]
+        stuff = np.full((h, w), top, dtype=np.uint8)
+        stuff[int(h * rng.uniform(0.4, 0.6)) :] = bottom
+        shapes = []
+        for j in range(int(rng.integers(2, 5))):
+            category = int(rng.choice(COCO_THING_IDS))
+            if j % 2 == 0:
+                shapes.append(SyntheticShape("rectangle", _random_rectangle(rng, h, w), category, "polygon"))
+            else:
+                shapes.append(SyntheticShape("ellipse", _random_ellipse(rng, h, w), category, "rle"))
+        crowd = SyntheticShape("ellipse", _random_ellipse(rng, h, w), int(rng.choice(COCO_THING_IDS)),
+                               "rle_counts", iscrowd=1)  # fmt: skip
+        shapes.append(crowd)
+        masks = [shape_mask(shape, h, w) for shape in shapes]
+        # distinct areas, so "smallest on top" has no ties to break
+        areas = [int(m.sum()) for m in masks]
+        keep = [i for i in range(len(shapes)) if areas[i] > 0 and areas.count(areas[i]) == 1]
+        shapes = [shapes[i] for i in keep]
+        masks = [masks[i] for i in keep]
+        label = stuff.copy()
+        for i in sorted(range(len(shapes)), key=lambda i: -int(masks[i].sum())):
+            label[masks[i]] = shapes[i].category_id - 1
+        band = max(2, h // 40)
+        label[h - band :] = _COCO_UNLABELLED
+        label[h // 2 - 3 : h // 2 + 3, w // 2 - 4 : w // 2 + 4] = _COCO_UNLABELLED  # survives a centre crop
+        if k < num_images:  # the extra image is only in the JSON, as in a root made by `make data-coco`
+            Image.fromarray(_render(label, rng, seed), mode="RGB").save(
+                root / IMAGE_DIR / f"{name}.jpg", format="JPEG", quality=95
+            )
+            Image.fromarray(label).save(root / LABEL_DIR / f"{name}.png", format="PNG")
+        image_id = int(number)
+        images.append({"id": image_id, "file_name": f"{name}.jpg", "height": h, "width": w})
+        order = rng.permutation(len(shapes))
+        shapes = [shapes[i] for i in order]
+        for shape in shapes:
+            mask = shape_mask(shape, h, w)
+            ys, xs = np.nonzero(mask)
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": shape.category_id,
+                "segmentation": _segmentation(shape, h, w),
+                "area": float(mask.sum()),
+                "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                         float(ys.max() - ys.min() + 1)],
+                "iscrowd": shape.iscrowd,
+            })  # fmt: skip
+        if k < num_images:
+            listed.append(name)
+            expected[name] = shapes
+    categories = [{"id": cat, "name": f"thing{cat}", "supercategory": "thing"} for cat in COCO_THING_IDS]
+    instances = {"info": {"description": "synthetic COCO instances"}, "licenses": [], "images": images,
+                 "annotations": annotations, "categories": categories}  # fmt: skip
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(instances), encoding="utf-8")
+    (root / DEFAULT_LIST_FILE).write_text("".join(f"{i}\n" for i in listed), encoding="utf-8")
+    mark_synthetic(root)
+    return listed, expected

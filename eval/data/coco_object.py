@@ -1,0 +1,254 @@
+"""COCO-Object-81: the COCO-Stuff-27 images with background + the 80 COCO thing classes.
+
+The root is the COCO-Stuff-27 root (``make data-coco``), with two label sources:
+
+* ``stuffthingmaps`` (default): ``<root>/annotation_val2017/<id>.png`` mapped by
+  :func:`~eval.data.classes.coco_stuffthing_to_object_lut`: thing ids kept (as 1..80),
+  every stuff id -> background (0), 255 (unlabelled) -> ignore, as DiffCut's release
+  maps them (except that DiffCut also turns the unlabelled pixels into background).
+* ``instances``: ``<root>/annotation_object81_instances/<id>.png`` (0 = background,
+  1..80), built once by ``make data-coco-object`` from
+  ``<root>/annotations/instances_val2017.json`` with pycocotools (:func:`instances_label`).
+
+Overlap rule of the instances source (:data:`OVERLAP_RULES`): ``smallest_on_top``
+(default) paints the annotations of an image from the largest mask to the smallest, so a
+pixel covered by several instances gets the class of the smallest one (a person in front
+of a couch stays a person); ties keep file order. ``file_order`` paints them in file
+order (a later annotation wins). Crowd annotations (``iscrowd=1``) are painted like the
+others: their pixels do show that class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diffseg.preprocess import load_label
+from eval.data.base import LabelledImages
+from eval.data.classes import (
+    COCO_OBJECT81_CLASSES,
+    COCO_THING_IDS,
+    coco_object_lut,
+    coco_stuffthing_to_object_lut,
+)
+from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
+from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, read_id_list
+from eval.data.loader import DatasetNotFoundError, select_ids
+
+__all__ = [
+    "AGREEMENT_FILE",
+    "CocoObject81",
+    "INSTANCES_FILE",
+    "INSTANCE_LABEL_DIR",
+    "LABEL_SOURCES",
+    "OVERLAP_RULES",
+    "build_instance_labels",
+    "instances_label",
+    "label_agreement",
+    "load_instances",
+]
+
+INSTANCES_FILE = "annotations/instances_val2017.json"
+INSTANCE_LABEL_DIR = "annotation_object81_instances"
+AGREEMENT_FILE = "object81_agreement.json"
+LABEL_SOURCES = ("stuffthingmaps", "instances")
+OVERLAP_RULES = ("smallest_on_top", "file_order")
+
+# COCO category id -> COCO-Object-81 class (1..80).
+_THING_TO_CLASS = {cat: k for k, cat in enumerate(COCO_THING_IDS, start=1)}
+
+
+def _make_hint(root: Path, source: str) -> str:
+    if source == "instances":
+        return f"run `make data-coco-object` (or `make data-coco-object COCO_ROOT={root}`) to build it"
+    return f"run `make data-coco` (or `make data-coco COCO_ROOT={root}`) to download and prepare it"
+
+
+# --------------------------------------------------------------------------- labels from the instances
+
+
+def load_instances(json_path: str | os.PathLike):
+    """A pycocotools index over a COCO instances JSON (e.g. ``instances_val2017.json``)."""
+    with open(json_path, encoding="utf-8") as handle:
+        dataset = json.load(handle)
+    for key in ("images", "annotations", "categories"):
+        if key not in dataset:
+            raise ValueError(f"{json_path} is not a COCO instances file: no {key!r} key")
+    return coco_from_dataset(dataset)
+
+
+def instances_label(coco, image_id: int, overlap: str = "smallest_on_top") -> np.ndarray:
+    """The COCO-Object-81 label (uint8 (H, W), 0 = background, 1..80) of one image.
+
+    Args:
+        coco: a pycocotools index (:func:`load_instances`).
+        image_id: the COCO image id (an int).
+        overlap: one of :data:`OVERLAP_RULES` (module docstring).
+
+    Raises:
+        ValueError: unknown ``overlap`` or a category that is not one of the 80 things.
+    """
+    if overlap not in OVERLAP_RULES:
+        raise ValueError(f"overlap must be one of {OVERLAP_RULES}, got {overlap!r}")
+    info = coco.imgs[image_id]
+    label = np.zeros((int(info["height"]), int(info["width"])), dtype=np.uint8)
+    pairs = annotation_masks(coco, image_id)
+    if overlap == "smallest_on_top":
+        # stable sort: equal areas keep file order
+        pairs = sorted(pairs, key=lambda pair: -int(pair[1].sum()))
+    for ann, mask in pairs:
+        category = int(ann["category_id"])
+        if category not in _THING_TO_CLASS:
+            raise ValueError(f"annotation {ann.get('id')} of image {image_id} has category {category}, not a thing")
+        label[mask] = _THING_TO_CLASS[category]
+    return label
+
+
+def build_instance_labels(
+    root: str | os.PathLike,
+    ids: Sequence[str],
+    json_path: str | os.PathLike | None = None,
+    overlap: str = "smallest_on_top",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Write ``<root>/annotation_object81_instances/<id>.png`` for the listed ids.
+
+    ``ids`` are COCO file stems (``000000000139``); an id absent from the JSON raises
+    ``KeyError`` naming it. Existing PNGs are kept unless ``overwrite``.
+
+    Returns:
+        The number of PNGs written.
+    """
+    root = Path(root)
+    json_path = Path(json_path) if json_path is not None else root / INSTANCES_FILE
+    coco = load_instances(json_path)
+    by_stem = {Path(info["file_name"]).stem: image_id for image_id, info in coco.imgs.items()}
+    missing = [i for i in ids if i not in by_stem]
+    if missing:
+        raise KeyError(f"{len(missing)} listed ids are not images of {json_path}, e.g. {missing[:3]}")
+    written = 0
+    for name in tqdm(ids, desc="COCO-Object instance labels", unit="img", disable=not progress):
+        out = root / INSTANCE_LABEL_DIR / f"{name}.png"
+        if out.is_file() and not overwrite:
+            continue
+        write_label_png(out, instances_label(coco, by_stem[name], overlap))
+        written += 1
+    return written
+
+
+def label_agreement(root: str | os.PathLike, ids: Sequence[str]) -> dict[str, Any]:
+    """Pixel agreement of the two label sources on the ids where both PNGs exist.
+
+    Compared at full resolution on the pixels valid in both (the stuffthingmaps'
+    unlabelled pixels are excluded). Percentages are x100.
+
+    Returns:
+        ``{"images", "pixels", "agreement", "object_pixels", "object_agreement",
+        "ignored_pixels", "lowest"}``: ``object_*`` restricts to pixels either source calls
+        an object (so background does not dominate); ``lowest`` lists up to 5
+        ``[id, object_agreement]`` of the least agreeing images.
+    """
+    root = Path(root)
+    stuff_lut = coco_stuffthing_to_object_lut()
+    inst_lut = coco_object_lut()
+    images = pixels = same = obj = obj_same = ignored = 0
+    per_image = []
+    for name in ids:
+        a_path = root / LABEL_DIR / f"{name}.png"
+        b_path = root / INSTANCE_LABEL_DIR / f"{name}.png"
+        if not (a_path.is_file() and b_path.is_file()):
+            continue
+        a = stuff_lut[load_label(a_path).numpy()]
+        b = inst_lut[load_label(b_path).numpy()]
+        if a.shape != b.shape:
+            raise ValueError(f"{a_path} is {a.shape} but {b_path} is {b.shape}")
+        valid = (a >= 0) & (b >= 0)
+        equal = valid & (a == b)
+        objects = valid & ((a > 0) | (b > 0))
+        images += 1
+        pixels += int(valid.sum())
+        same += int(equal.sum())
+        obj += int(objects.sum())
+        obj_same += int((equal & objects).sum())
+        ignored += int((~valid).sum())
+        if objects.any():
+            per_image.append([name, 100.0 * float((equal & objects).sum()) / float(objects.sum())])
+    per_image.sort(key=lambda item: item[1])
+    return {
+        "images": images,
+        "pixels": pixels,
+        "agreement": 100.0 * same / pixels if pixels else None,
+        "object_pixels": obj,
+        "object_agreement": 100.0 * obj_same / obj if obj else None,
+        "ignored_pixels": ignored,
+        "lowest": per_image[:5],
+    }
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class CocoObject81(LabelledImages):
+    """COCO-Object-81 on the COCO-Stuff-27 images: items ``(image, label, image_id)``.
+
+    * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
+    * label: int64 (size, size), 0 = background, 1..80 the thing classes, -1 = ignore;
+    * image_id: the 12-digit id string from the list file.
+
+    Args:
+        root: the COCO-Stuff-27 root (``eval.data.coco_stuff`` layout).
+        label_source: ``stuffthingmaps`` or ``instances`` (module docstring).
+        size, limit, shard, list_file: as in :class:`eval.data.coco_stuff.CocoStuff27`.
+    """
+
+    classes = COCO_OBJECT81_CLASSES
+    num_classes = len(COCO_OBJECT81_CLASSES)
+    background = 0
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        size: int = 512,
+        limit: int | None = None,
+        shard: str | tuple[int, int] | None = None,
+        list_file: str = DEFAULT_LIST_FILE,
+        label_source: str = "stuffthingmaps",
+    ):
+        if label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
+        self.root = Path(root)
+        self.size = int(size)
+        self.label_source = label_source
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(
+                f"COCO-Object root (the COCO-Stuff-27 root) not found: {self.root}; {_make_hint(self.root, 'coco')}"
+            )
+        self.list_path = self.root / list_file
+        if not self.list_path.is_file():
+            raise DatasetNotFoundError(f"COCO list file not found: {self.list_path}; {_make_hint(self.root, 'coco')}")
+        if label_source == "instances" and not (self.root / INSTANCE_LABEL_DIR).is_dir():
+            raise DatasetNotFoundError(
+                f"COCO-Object instance labels not found: {self.root / INSTANCE_LABEL_DIR}; "
+                f"{_make_hint(self.root, 'instances')}"
+            )
+        self.all_ids = read_id_list(self.list_path)
+        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
+        lut = coco_object_lut() if label_source == "instances" else coco_stuffthing_to_object_lut()
+        self._lut = torch.from_numpy(lut)
+
+    def image_path(self, image_id: str) -> Path:
+        """``<root>/val2017/<id>.jpg``."""
+        return self.root / IMAGE_DIR / f"{image_id}.jpg"
+
+    def label_path(self, image_id: str) -> Path:
+        """``<root>/annotation_val2017/<id>.png`` or ``<root>/annotation_object81_instances/<id>.png``."""
+        folder = INSTANCE_LABEL_DIR if self.label_source == "instances" else LABEL_DIR
+        return self.root / folder / f"{image_id}.png"

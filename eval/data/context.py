@@ -1,0 +1,224 @@
+"""PASCAL-Context on VOC2010 val with background + the 59 most frequent classes (Context-60).
+
+Layout of a root (``VOC2010/`` as the official VOC tar extracts it, plus the PASCAL in
+Detail annotation file; ``make data-context`` builds it)::
+
+    <root>/JPEGImages/<id>.jpg
+    <root>/trainval_merged.json                       PASCAL in Detail annotations (input)
+    <root>/SegmentationClassContext/<id>.png          built: 0 = background, 1..59 (output)
+    <root>/ImageSets/SegmentationContext/val.txt      built: the 5105 val ids, sorted (output)
+
+The two built parts are the same files mmsegmentation's PASCAL-Context converter writes,
+so a root prepared by it works as it is.
+
+Label construction (:func:`context_label`), the standard 59-class conversion: paint every
+segmentation annotation of the image in file order (a later annotation overwrites an
+earlier one, as the Detail API's ``getMask``), with its Detail category id; pixels of no
+annotation get 0. Then id 0 -> class 0 (background) and the k-th id of
+:data:`~eval.data.classes.CONTEXT_DETAIL_IDS` -> class k; any other id is an error (the
+reference conversion asserts the same). The masks are RLE in COCO's encoding (or
+polygons) and are decoded with pycocotools, not with the Detail API fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eval.atomic import write_text_atomic
+from eval.data.base import LabelledImages
+from eval.data.classes import CONTEXT60_CLASSES, CONTEXT_DETAIL_IDS, context_lut
+from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
+from eval.data.coco_stuff import read_id_list
+from eval.data.loader import DatasetNotFoundError, select_ids
+
+__all__ = [
+    "ANNOTATION_FILE",
+    "Context60",
+    "DETAIL_TO_CLASS",
+    "IMAGE_DIR",
+    "LABEL_DIR",
+    "VAL_IMAGES",
+    "build_context_labels",
+    "context_label",
+    "detail_to_coco",
+    "image_ids_by_name",
+    "load_detail",
+    "split_list",
+]
+
+IMAGE_DIR = "JPEGImages"
+LABEL_DIR = "SegmentationClassContext"
+ANNOTATION_FILE = "trainval_merged.json"
+VAL_IMAGES = 5105
+
+# Detail category id -> Context-60 class (0 = background, also for unannotated pixels).
+DETAIL_TO_CLASS: dict[int, int] = {0: 0, **{cat: k for k, cat in enumerate(CONTEXT_DETAIL_IDS, start=1)}}
+
+
+def split_list(root: str | os.PathLike, split: str = "val") -> Path:
+    """``<root>/ImageSets/SegmentationContext/<split>.txt``."""
+    return Path(root) / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+
+
+def _make_hint(root: Path) -> str:
+    return f"run `make data-context` (or `make data-context CONTEXT_ROOT={root}`) to prepare it"
+
+
+# --------------------------------------------------------------------------- building the labels
+
+
+def detail_to_coco(detail: dict[str, Any], phase: str | None = "val") -> dict[str, Any]:
+    """The COCO-format view of a PASCAL in Detail JSON (only what label building needs).
+
+    Detail keeps images under ``images`` (``image_id``, ``file_name``, ``height``,
+    ``width``, ``phase``), masks under ``annos_segmentation`` and classes under
+    ``categories`` (``category_id``, ``name``). ``phase`` keeps the images of one split
+    (None = all) and their annotations, in file order.
+
+    Raises:
+        ValueError: a required key is missing (the message names it).
+    """
+    for key in ("images", "annos_segmentation", "categories"):
+        if key not in detail:
+            raise ValueError(f"not a PASCAL in Detail annotation file: no {key!r} key")
+    images = [
+        {"id": img["image_id"], "height": img["height"], "width": img["width"], "file_name": img["file_name"]}
+        for img in detail["images"]
+        if phase is None or img.get("phase") == phase
+    ]
+    keep = {img["id"] for img in images}
+    annotations = [
+        {
+            "id": ann["id"],
+            "image_id": ann["image_id"],
+            "category_id": ann["category_id"],
+            "segmentation": ann["segmentation"],
+            "iscrowd": int(ann.get("iscrowd", 0)),
+        }
+        for ann in detail["annos_segmentation"]
+        if ann["image_id"] in keep
+    ]
+    categories = [{"id": c["category_id"], "name": c.get("name", "")} for c in detail["categories"]]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def load_detail(json_path: str | os.PathLike, phase: str | None = "val"):
+    """A pycocotools index over the ``phase`` images of a Detail JSON (see :func:`detail_to_coco`)."""
+    with open(json_path, encoding="utf-8") as handle:
+        detail = json.load(handle)
+    try:
+        dataset = detail_to_coco(detail, phase)
+    except ValueError as exc:
+        raise ValueError(f"{json_path}: {exc}") from None
+    if not dataset["images"]:
+        raise ValueError(f"{json_path} has no images with phase {phase!r}")
+    return coco_from_dataset(dataset)
+
+
+def context_label(coco, image_id: int) -> np.ndarray:
+    """The Context-60 label (uint8 (H, W), 0 = background, 1..59) of one image.
+
+    Raises:
+        ValueError: an annotation has a category outside the 59 classes (names image and id).
+    """
+    info = coco.imgs[image_id]
+    detail = np.zeros((int(info["height"]), int(info["width"])), dtype=np.int64)
+    for ann, mask in annotation_masks(coco, image_id):
+        detail[mask] = int(ann["category_id"])
+    unknown = sorted(set(np.unique(detail).tolist()) - DETAIL_TO_CLASS.keys())
+    if unknown:
+        raise ValueError(
+            f"image {info.get('file_name', image_id)} has Detail category ids {unknown} outside the "
+            "59-class set: is this the trainval_merged.json of PASCAL in Detail?"
+        )
+    lut = np.zeros(int(detail.max()) + 1, dtype=np.uint8)
+    for cat, cls in DETAIL_TO_CLASS.items():
+        if cat < lut.size:
+            lut[cat] = cls
+    return lut[detail]
+
+
+def build_context_labels(root: str | os.PathLike, coco, split: str = "val", progress: bool = True) -> list[str]:
+    """Write ``SegmentationClassContext/<id>.png`` and the sorted ``<split>.txt`` list.
+
+    Args:
+        root: the ``VOC2010`` folder.
+        coco: the index of the split's images (:func:`load_detail` with ``phase=split``).
+        split: name of the list file written under ``ImageSets/SegmentationContext/``.
+        progress: show a tqdm bar.
+
+    PNGs already present are kept (a build resumes); the list is written last.
+
+    Returns:
+        The ids of the split, sorted.
+    """
+    root = Path(root)
+    by_id = image_ids_by_name(coco)
+    ids = sorted(by_id)
+    for name in tqdm(ids, desc=f"Context-60 {split} labels", unit="img", disable=not progress):
+        out = root / LABEL_DIR / f"{name}.png"
+        if not out.is_file():
+            write_label_png(out, context_label(coco, by_id[name]))
+    write_text_atomic(split_list(root, split), "".join(f"{i}\n" for i in ids))
+    return ids
+
+
+def image_ids_by_name(coco) -> dict[str, int]:
+    """``{file stem: Detail image id}`` of the images of an index (e.g. ``2008_000002``)."""
+    return {Path(info["file_name"]).stem: image_id for image_id, info in coco.imgs.items()}
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class Context60(LabelledImages):
+    """PASCAL-Context val, 59 classes + background: items ``(image, label, image_id)``.
+
+    * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
+    * label: int64 (size, size), 0 = background, 1..59 the classes (-1 only for values
+      a built PNG never holds);
+    * image_id: the VOC2010 id (e.g. ``2008_000002``), in list-file order.
+
+    ``limit``/``shard`` as in :class:`eval.data.coco_stuff.CocoStuff27`.
+    """
+
+    classes = CONTEXT60_CLASSES
+    num_classes = len(CONTEXT60_CLASSES)
+    background = 0
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        size: int = 512,
+        limit: int | None = None,
+        shard: str | tuple[int, int] | None = None,
+        split: str = "val",
+    ):
+        self.root = Path(root)
+        self.size = int(size)
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(f"PASCAL-Context (VOC2010) root not found: {self.root}; {_make_hint(self.root)}")
+        self.list_path = split_list(self.root, split)
+        if not self.list_path.is_file():
+            raise DatasetNotFoundError(
+                f"PASCAL-Context list file not found: {self.list_path} (the labels are built from "
+                f"{ANNOTATION_FILE}); {_make_hint(self.root)}"
+            )
+        self.all_ids = read_id_list(self.list_path)
+        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
+        self._lut = torch.from_numpy(context_lut())
+
+    def image_path(self, image_id: str) -> Path:
+        """``<root>/JPEGImages/<id>.jpg``."""
+        return self.root / IMAGE_DIR / f"{image_id}.jpg"
+
+    def label_path(self, image_id: str) -> Path:
+        """``<root>/SegmentationClassContext/<id>.png``."""
+        return self.root / LABEL_DIR / f"{image_id}.png"
