@@ -131,10 +131,12 @@ def lloyd(
 
 
 def _uniform(generators: list[torch.Generator], count: int, like: torch.Tensor) -> torch.Tensor:
-    """``(B, count)`` uniform draws, row ``b`` from ``generators[b]``."""
-    return torch.stack(
-        [torch.rand(count, generator=g, device=like.device, dtype=like.dtype) for g in generators]
-    )
+    """``(B, count)`` uniform draws on ``like``'s device, row ``b`` from ``generators[b]``.
+
+    The generators live on the CPU and the draws are moved afterwards, so the seeds
+    (and the clusterings) do not depend on the device the points are on.
+    """
+    return torch.stack([torch.rand(count, generator=g, dtype=like.dtype) for g in generators]).to(like.device)
 
 
 def kmeans_plusplus(x: torch.Tensor, k: int, generators: list[torch.Generator]) -> torch.Tensor:
@@ -146,8 +148,8 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generators: list[torch.Generator]) 
 
     Args:
         x: ``(B, N, D)`` points.
-        generators: one seeded ``torch.Generator`` per problem, on ``x``'s
-            device, so a problem's draws do not depend on the rest of the batch.
+        generators: one seeded CPU ``torch.Generator`` per problem, so a problem's
+            draws depend neither on the rest of the batch nor on the device.
 
     Returns:
         ``(B, K, D)`` initial centers.
@@ -197,9 +199,9 @@ def kmeans(
         raise ValueError(f"num_clusters: expected 1 <= K <= {n} (number of points), got {k}")
     if n_init < 1:
         raise ValueError(f"n_init: expected >= 1, got {n_init}")
-    # One generator per problem, all seeded alike: an image gets the same inits
-    # whatever batch it is clustered in.
-    generators = [torch.Generator(device=x.device).manual_seed(seed) for _ in range(batch)]
+    # One CPU generator per problem, all seeded alike: an image gets the same inits
+    # whatever batch it is clustered in and whatever device it is on.
+    generators = [torch.Generator().manual_seed(seed) for _ in range(batch)]
     best: KMeansResult | None = None
     for _ in range(n_init):
         result = lloyd(x, kmeans_plusplus(x, k, generators), max_iter=max_iter, tol=tol)

@@ -6,6 +6,10 @@ job whose tasks set the same variables) starts N processes with ``RANK``,
 joins the process group (NCCL on CUDA, gloo on CPU); a plain ``python -m
 eval.run`` is rank 0 of 1 and never touches ``torch.distributed``.
 
+A SLURM job of several tasks started by submitit (``hydra/launcher=slurm_multigpu``)
+gets the same variables from :func:`export_slurm_env`, so the same code runs one
+process per GPU there.
+
 The split is deterministic: the images still to do, in dataset order, go
 round-robin to the ranks (:func:`split`). There are no collectives inside the
 image loop, so ranks with unequal work never wait on each other; the metric
@@ -22,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "init_from_env", "split"]
+__all__ = ["Dist", "export_slurm_env", "init_from_env", "split"]
 
 T = TypeVar("T")
 
@@ -56,6 +60,24 @@ class Dist:
         box: list[Any] = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def export_slurm_env() -> None:
+    """In a submitit SLURM job of several tasks, export torch.distributed's variables (RANK, WORLD_SIZE, ...).
+
+    Nothing happens outside such a job, with one task, or when ``WORLD_SIZE`` is already
+    set (torchrun inside a SLURM job keeps its own values). Needs submitit (the ``cluster`` extra).
+    """
+    in_submitit_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+    if "WORLD_SIZE" in os.environ or not in_submitit_job or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError as exc:
+        raise RuntimeError("a SLURM job with several tasks runs data-parallel and needs submitit: "
+                           "pip install -e '.[cluster]'") from exc
+    # Every task sees all of the node's GPUs and picks cuda:LOCAL_RANK (diffseg.devices).
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def init_from_env(device: torch.device) -> Dist:

@@ -40,7 +40,7 @@ from diffseg.masks import write_mask_png
 from eval.build import build
 from eval.cache import AttentionCache
 from eval.data.loader import build_loader
-from eval.distributed import Dist, init_from_env, split
+from eval.distributed import Dist, export_slurm_env, init_from_env, split
 from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, identity_of, versions
 from eval.interrupt import GracefulStop, RunInterrupted
 from eval.methods import Method, build_methods, weights_key
@@ -226,6 +226,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The ``metrics.json`` content (on every rank).
     """
+    export_slurm_env()
     device = resolve_device(str(cfg.device))
     ctx = init_from_env(device)
     out_dir = Path(ctx.broadcast(str(cfg.paths.output_dir)))  # rank 0's folder for every rank
@@ -430,6 +431,7 @@ def main(cfg: DictConfig) -> None:
     with the folder and the command that resumes.
     """
     out_dir = Path(cfg.paths.output_dir)
+    export_slurm_env()
     if int(os.environ.get("RANK", "0")) > 0:
         _quiet_rank()
     try:

@@ -11,8 +11,7 @@ import pytest
 from eval.compare import ImageStats, analyse, compare_runs, load_intervals, main
 from eval.data.classes import COCO_STUFF27_CLASSES
 from eval.metrics import scores
-from eval.records import RunRecords
-from eval.run import write_metrics
+from eval.records import RunRecords, accumulate, method_scores, write_metrics
 
 C = 5  # classes of the synthetic runs
 
@@ -38,11 +37,11 @@ def _write_run(folder: Path, methods: dict[str, ImageStats], ids: list[str], pro
                    "valid": int(s.valid[i]), "segments": 5} for name, s in methods.items()}})
     records += [{"id": image_id, "skipped": "OSError: broken file"} for image_id in skipped]
     RunRecords(folder).append(records)
-    extra = {"provenance": provenance} if provenance is not None else None
+    extra = {"provenance": provenance} if provenance is not None else {}
     run = {"name": folder.name, "dataset": dataset, "model": "sd14", "demo": demo}
     num_classes = next(iter(methods.values())).num_classes
-    write_metrics(folder, {r["id"]: r for r in records}, dict.fromkeys(methods), {"dataset": {"num_classes": C}},
-                  run, num_classes, extra)
+    scores = method_scores(accumulate(records, num_classes), dict.fromkeys(methods))
+    write_metrics(folder, scores, records, run=run, config={"dataset": {"num_classes": C}}, **extra)
     return folder
 
 

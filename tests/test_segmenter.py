@@ -294,3 +294,20 @@ def test_decisions_right_at_the_threshold_follow_float64(precision):
         members = [j for j in range(256) if ref.sym_kl(cast[a], cast[j]) < threshold]
         assert (m in members) == member
         np.testing.assert_allclose(got[0].numpy(), flat.double().numpy()[members].mean(0), rtol=1e-6)
+
+
+def test_kmeans_draws_come_from_cpu_generators(monkeypatch):
+    """Seeds live on the CPU, so K-means gives the same clusters on any device."""
+    seen = []
+    original = torch.rand
+
+    def spy(*args, generator=None, **kwargs):
+        seen.append((generator.device.type if generator is not None else None, kwargs.get("device")))
+        return original(*args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", spy)
+    x = torch.randn(2, 40, 3, generator=torch.Generator().manual_seed(0))
+    first = kmeans(x, 3, n_init=2, seed=7)
+    assert seen and all(dev == "cpu" and where is None for dev, where in seen)
+    again = kmeans(x, 3, n_init=2, seed=7)
+    assert torch.equal(first.labels, again.labels)

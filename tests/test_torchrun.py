@@ -89,3 +89,23 @@ def test_killed_two_rank_run_resumes_with_one_process_to_the_same_totals(root, s
     resumed = evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={tmp_path}"]))
     assert resumed["timing"]["images_this_invocation"] == 7 - done
     assert totals(resumed) == totals(single)
+
+
+def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
+    from eval.distributed import export_slurm_env
+
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_PROCID": "5",
+             "SLURM_LOCALID": "1",
+             "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",
+             "SLURM_STEP_NODELIST": "gpu[07-08]"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    export_slurm_env()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("5", "8", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["LOCAL_WORLD_SIZE"] == "4"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun inside a SLURM job keeps its own values
+    export_slurm_env()
+    assert os.environ["RANK"] == "0"
