@@ -238,10 +238,11 @@ class SelfAttentionCaptureProcessor:
     """
 
     def __init__(self, store: AttentionStore, head_chunk: int | None = None, memory_budget: int | None = None) -> None:
-        if head_chunk is not None and (isinstance(head_chunk, bool) or int(head_chunk) != head_chunk or head_chunk < 1):
-            raise ValueError(f"head_chunk must be a positive int or None, got {head_chunk!r}")
+        positive_int = isinstance(head_chunk, int) and not isinstance(head_chunk, bool) and head_chunk >= 1
+        if head_chunk is not None and not positive_int:
+            raise ValueError(f"head_chunk must be a positive int or None (chosen from free memory), got {head_chunk!r}")
         self.store = store
-        self.head_chunk = None if head_chunk is None else int(head_chunk)
+        self.head_chunk = head_chunk
         self.memory_budget = memory_budget
         self._warned = False
 
