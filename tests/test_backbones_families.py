@@ -256,7 +256,7 @@ def test_single_file_loads_and_gives_the_folders_maps(folders, single_file):
     for module in ("unet", "vae", "text_encoder"):
         mine, theirs = getattr(loaded, module).state_dict(), getattr(folder, module).state_dict()
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    images = _images(2, 64, seed=7)
+    images = _images(1, 64, seed=7)
     maps, expected = loaded.attention_maps(images), folder.attention_maps(images)
     assert tuple(maps) == (8, 4, 2, 1)
     for side in maps:
@@ -332,7 +332,7 @@ def test_available_memory_from_mocked_cuda(monkeypatch):
     assert available_memory("cpu") is None
 
 
-def test_backbone_chooses_head_chunks_from_free_memory(sdxl, monkeypatch):
+def test_backbone_chooses_head_chunks_from_free_memory(folders, monkeypatch):
     """head_chunk=None asks available_memory(device); a small budget computes one head at a time."""
     chunks: list[int] = []
     original = AttentionStore.add_heads
@@ -342,12 +342,13 @@ def test_backbone_chooses_head_chunks_from_free_memory(sdxl, monkeypatch):
         return original(self, side, probs, num_heads)
 
     monkeypatch.setattr(AttentionStore, "add_heads", spy)
+    backbone = StableDiffusionBackbone.from_pretrained(folders["sd2-v"])
     images = _images(1, 64, seed=1)
-    full = sdxl.attention_maps(images)  # CPU: no budget, all heads at once
+    full = backbone.attention_maps(images)  # CPU: no budget, all heads at once
     assert max(chunks) == 4
     chunks.clear()
     monkeypatch.setattr("diffseg.backbone.available_memory", lambda device: 100)  # bytes: not even one head fits
-    small = sdxl.attention_maps(images)
+    small = backbone.attention_maps(images)
     assert set(chunks) == {1}
     for side in full:
         torch.testing.assert_close(small[side], full[side], rtol=1e-5, atol=1e-8)
@@ -424,7 +425,7 @@ def test_ablation_backbone_sweeps_every_backbone(tmp_path):
 def test_runner_end_to_end_on_a_tiny_sdxl_folder(folders, tmp_path):
     """`eval.run` with model.name=<tiny SDXL folder>: images at model.size, masks/labels at dataset.size."""
     root = tmp_path / "coco"
-    write_synthetic_coco_stuff(root, num_images=3, seed=2)
+    write_synthetic_coco_stuff(root, num_images=2, seed=2)
     cfg = compose_eval([
         "experiment=ablation_backbone", "model=sdxl", f"model.name={folders['sdxl']}", "model.size=256",
         "dataset.size=64", f"dataset.root={root}", "batch_size=2", "num_workers=0", "progress=false",
@@ -438,9 +439,9 @@ def test_runner_end_to_end_on_a_tiny_sdxl_folder(folders, tmp_path):
     data = CocoStuff27(root, size=64)
     valid = sum(int((data[i][1] >= 0).sum()) for i in range(len(data)))
     for name, metrics in result["methods"].items():
-        assert metrics["images"] == 3 and metrics["valid"] == valid and 0.0 <= metrics["acc"] <= 100.0
+        assert metrics["images"] == 2 and metrics["valid"] == valid and 0.0 <= metrics["acc"] <= 100.0
         masks = sorted((tmp_path / "out" / "masks" / name).glob("*.png"))
-        assert len(masks) == 3
+        assert len(masks) == 2
         assert all(np.array(Image.open(m)).shape == (64, 64) for m in masks)
     assert result["config"]["dataset"]["dataset"]["image_size"] == 256
     assert result["config"]["model"]["backbone"]["input_size"] == 256
