@@ -15,7 +15,13 @@ For each resolution ``s``:
 * the resolutions are summed with weights ``w_s`` (default proportional to
   ``s``).
 
-The tiling is done coarse to fine, so the full-size tensor is written once.
+Any set of square sides works: SD 1.x at 512 px gives 64, 32, 16, 8, SD 2.x at
+768 px 96, 48, 24, 12 (S = 96), SDXL at 1024 px only 64 and 32. When the sides
+are nested (each divides the next larger one) the tiling is done coarse to
+fine, so the full-size tensor is written once. Otherwise (e.g. 75, 38, 19, 10
+from a latent side that is no multiple of 8) query ``i`` of the output takes
+query ``floor((i + 0.5) * s / S)`` of side ``s`` (half-pixel nearest, which is
+the repeat above whenever ``s`` divides ``S``).
 """
 
 from __future__ import annotations
@@ -88,9 +94,8 @@ def aggregate_attention(
 
     Args:
         maps: ``{s: Tensor(B, s*s, s*s)}``, rows are distributions over keys
-            (as returned by the capture store). Every ``s`` must divide the
-            largest side ``S``, and the sides must be nested (each divides
-            the next larger one, as 8, 16, 32, 64).
+            (as returned by the capture store), any square sides; ``S`` is
+            the largest.
         weights: ``None`` for weights proportional to resolution, or
             ``{s: w}`` (e.g. one-hot ``{64: 1.0}`` for the ablations).
 
@@ -109,15 +114,13 @@ def aggregate_attention(
     ordered = sorted(sides)  # coarse to fine
     out_side = ordered[-1]
     batch = sides[out_side].shape[0]
-    for smaller, larger in zip(ordered[:-1], ordered[1:], strict=True):
-        if larger % smaller:
-            raise ValueError(
-                f"maps[{smaller}]: each side must divide the next larger one, got sides {ordered}"
-            )
     for side in ordered:
         if sides[side].shape[0] != batch:
             raise ValueError(f"maps[{side}]: batch {sides[side].shape[0]} differs from {batch}")
     w = resolution_weights(ordered, weights)
+    nested = all(larger % smaller == 0 for smaller, larger in zip(ordered[:-1], ordered[1:], strict=True))
+    if not nested:
+        return _aggregate_any_sides(sides, w, out_side, batch)
 
     # acc holds the weighted sum of the resolutions seen so far at query side `acc_side`.
     acc: torch.Tensor | None = None
@@ -141,3 +144,30 @@ def aggregate_attention(
         r = out_side // acc_side
         acc = acc[:, :, None, :, None, :].expand(batch, acc_side, r, acc_side, r, acc.shape[-1])
     return acc.reshape(batch, out_side, out_side, out_side, out_side)
+
+
+def _query_index(side: int, out_side: int, device: torch.device) -> torch.Tensor:
+    """``LongTensor(S)``: the query row of side ``s`` each output row takes, ``floor((i + 0.5) * s / S)``."""
+    return ((torch.arange(out_side, device=device, dtype=torch.float64) + 0.5) * side / out_side).floor().long()
+
+
+def _aggregate_any_sides(
+    sides: Mapping[int, torch.Tensor], w: Mapping[int, float], out_side: int, batch: int
+) -> torch.Tensor:
+    """Aggregation for sides that are not nested: each resolution expanded to ``S`` by index, then summed.
+
+    Holds the output and one expanded term at a time, ``2 * B * S**4`` floats.
+    """
+    out: torch.Tensor | None = None
+    for side in sorted(sides):
+        if w[side] == 0.0 and side != out_side:
+            continue
+        term, total = _keys_upsampled(sides[side], side, out_side)  # (B, s, s, S*S), (B, s, s, 1)
+        term = term * (w[side] / total)
+        if side != out_side:
+            index = _query_index(side, out_side, term.device)
+            term = term.index_select(1, index).index_select(2, index)
+        out = term if out is None else out.add_(term)
+        del term
+    assert out is not None
+    return out.reshape(batch, out_side, out_side, out_side, out_side)

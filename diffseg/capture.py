@@ -9,12 +9,17 @@ Two implementations:
 
 - :func:`capture_self_attention` (fast): a processor on the ``attn1`` layers only that computes the
   probabilities once, adds their head mean to one running float32 sum per resolution and reuses
-  them for the layer output. Optional head chunking bounds memory. Every other layer keeps its
-  processor (fused SDPA).
+  them for the layer output. Head chunking bounds memory: a fixed number of heads per chunk, or
+  (with a ``memory_budget``) the most heads whose probabilities fit the budget, chosen per layer by
+  :func:`choose_head_chunk`. Every other layer keeps its processor (fused SDPA).
 - :func:`capture_self_attention_reference` (slow, for tests and as the benchmark baseline):
   diffusers' eager ``AttnProcessor`` on every layer; the self-attention probabilities returned by
   ``Attention.get_attention_scores`` (computed in float32) are all kept per layer and per head and
   only averaged in :meth:`ReferenceAttentionStore.maps`.
+
+Any number of transformer layers per block and any set of square resolutions is handled: the
+store keys its running sums by the side of each layer's token grid (SD 1.x at 512 px: 64, 32, 16,
+8; SD 2.x at 768 px: 96, 48, 24, 12; SDXL at 1024 px: 64 and 32 only).
 
 Both stores hold whatever batch the UNet receives: with classifier-free guidance the UNet sees the
 doubled batch [uncond, cond] and the maps have that doubled batch dimension (slice it yourself).
@@ -23,6 +28,7 @@ Both context managers restore the previous processors on exit, also when an exce
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,13 +40,19 @@ __all__ = [
     "AttentionStore",
     "ReferenceAttentionStore",
     "SelfAttentionCaptureProcessor",
+    "attention_peak_bytes",
+    "available_memory",
     "capture_self_attention",
     "capture_self_attention_reference",
+    "choose_head_chunk",
     "self_attention_layer_names",
     "spatial_side",
 ]
 
+logger = logging.getLogger(__name__)
+
 _SELF_ATTENTION_SUFFIX = "attn1.processor"
+MEMORY_HEADROOM = 0.9  # share of the free memory the automatic head chunk may plan to use
 
 
 def spatial_side(sequence_length: int) -> int:
@@ -57,6 +69,65 @@ def spatial_side(sequence_length: int) -> int:
 def self_attention_layer_names(unet: torch.nn.Module) -> list[str]:
     """Keys of ``unet.attn_processors`` that belong to self-attention layers (ending in ``attn1.processor``)."""
     return [name for name in unet.attn_processors if name.endswith(_SELF_ATTENTION_SUFFIX)]
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def attention_peak_bytes(batch: int, tokens: int, chunk: int, score_bytes: int = 4, value_bytes: int = 4) -> int:
+    """Peak extra memory (bytes) of one capture layer that computes ``chunk`` heads at once.
+
+    Per head, B * N^2 elements are alive at the worst moment: during the softmax the scores
+    (``score_bytes``: the model dtype, or 4 with ``upcast_attention``), a float32 copy of them when
+    they are not float32 already, and the float32 probabilities; later the probabilities and their
+    cast to the value dtype (none for float32). On top of the chunk, two float32 (B, N, N) tensors:
+    the head sum of the chunk and the running sum of this resolution in the store.
+
+        peak = B * N^2 * (chunk * max(s + u + 4, 4 + c) + 8),
+        u = 4 if s != 4 else 0,  c = value_bytes if value_bytes != 4 else 0.
+
+    float32 (s = 4, c = 0): 8 bytes per head element; float16/bfloat16: 10.
+    """
+    upcast_copy = 4 if score_bytes != 4 else 0
+    cast = value_bytes if value_bytes != 4 else 0
+    per_head = max(score_bytes + upcast_copy + 4, 4 + cast)
+    return batch * tokens * tokens * (chunk * per_head + 8)
+
+
+def choose_head_chunk(
+    batch: int,
+    tokens: int,
+    heads: int,
+    free_bytes: int,
+    score_bytes: int = 4,
+    value_bytes: int = 4,
+    headroom: float = MEMORY_HEADROOM,
+) -> int:
+    """The most heads per chunk (1..heads) whose :func:`attention_peak_bytes` fits ``headroom * free_bytes``.
+
+    Returns 1 when not even one head fits (the pass may then run out of memory: lower the batch
+    size). Example: SD 2.x at 768 px has 5 heads over 96x96 = 9216 tokens; at batch 1 in float32 one
+    head costs 9216^2 * 8 bytes = 0.68 GB (+ 0.68 GB fixed), so all 5 heads need 4.1 GB, which fits
+    in the ~17 GB a 24 GB card has left after the weights (about 5.2 GB in float32) and the CUDA context.
+    """
+    if heads < 1:
+        raise ValueError(f"heads must be >= 1, got {heads}")
+    usable = headroom * free_bytes
+    fixed = attention_peak_bytes(batch, tokens, 0, score_bytes, value_bytes)
+    per_head = attention_peak_bytes(batch, tokens, 1, score_bytes, value_bytes) - fixed
+    return max(1, min(heads, int((usable - fixed) // per_head)))
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes a new allocation on ``device`` can use, or None where no limit is applied (CPU, MPS).
+
+    CUDA: the driver's free memory (``torch.cuda.mem_get_info``) plus what PyTorch's caching
+    allocator holds reserved but unallocated (reusable without asking the driver).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free) + max(0, int(cached))
 
 
 # ---------------------------------------------------------------------------------------------- stores
@@ -96,6 +167,11 @@ class AttentionStore:
                 "call store.reset() between UNet passes with different batch sizes"
             )
         total.add_(head_sum, alpha=1.0 / num_heads)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the running sums."""
+        return sum(t.numel() * t.element_size() for t in self._sums.values())
 
     def end_layer(self, side: int) -> None:
         """Count one finished layer of resolution ``side``."""
@@ -155,15 +231,35 @@ class SelfAttentionCaptureProcessor:
     store, and the output is probs.to(V.dtype) @ V. Scaling Q before the matmul is the same product
     as scaling the scores (up to one rounding) and cannot overflow float16 where Q K^T would.
 
-    head_chunk: number of heads per chunk (None = all heads at once). Peak extra memory per layer is
-    about B * head_chunk * N^2 * (4 + 2 * itemsize) bytes (scores, float32 probs, cast probs).
+    head_chunk: number of heads per chunk; None = all heads at once, or, with ``memory_budget``
+    (bytes free when the pass started), per layer the most heads that fit the budget minus what
+    the store already holds (:func:`choose_head_chunk`). Peak extra memory per layer:
+    :func:`attention_peak_bytes`. Chunking changes float32 rounding of the head sum only.
     """
 
-    def __init__(self, store: AttentionStore, head_chunk: int | None = None) -> None:
-        if head_chunk is not None and head_chunk < 1:
-            raise ValueError(f"head_chunk must be a positive int or None, got {head_chunk}")
+    def __init__(self, store: AttentionStore, head_chunk: int | None = None, memory_budget: int | None = None) -> None:
+        positive_int = isinstance(head_chunk, int) and not isinstance(head_chunk, bool) and head_chunk >= 1
+        if head_chunk is not None and not positive_int:
+            raise ValueError(f"head_chunk must be a positive int or None (chosen from free memory), got {head_chunk!r}")
         self.store = store
         self.head_chunk = head_chunk
+        self.memory_budget = memory_budget
+        self._warned = False
+
+    def _chunk(self, batch: int, tokens: int, heads: int, score_bytes: int, value_bytes: int) -> int:
+        """Heads per chunk for one layer."""
+        if self.head_chunk is not None:
+            return min(self.head_chunk, heads)
+        if self.memory_budget is None:
+            return heads
+        free = self.memory_budget - self.store.nbytes
+        chunk = choose_head_chunk(batch, tokens, heads, free, score_bytes, value_bytes)
+        if chunk == 1 and attention_peak_bytes(batch, tokens, 1, score_bytes, value_bytes) > free and not self._warned:
+            self._warned = True
+            need = attention_peak_bytes(batch, tokens, 1, score_bytes, value_bytes) / 2**30
+            logger.warning("self-attention over %d tokens at batch %d needs %.1f GiB per head but %.1f GiB are free: "
+                           "the pass may run out of memory (lower the batch size)", tokens, batch, need, free / 2**30)
+        return chunk
 
     def __call__(
         self,
@@ -218,7 +314,7 @@ class SelfAttentionCaptureProcessor:
         if attn.upcast_attention:
             query, key = query.float(), key.float()
 
-        chunk = heads if self.head_chunk is None else min(self.head_chunk, heads)
+        chunk = self._chunk(batch_size, sequence_length, heads, query.element_size(), value.element_size())
         out = torch.empty_like(value)
         for h0 in range(0, heads, chunk):
             h1 = min(h0 + chunk, heads)
@@ -297,7 +393,9 @@ def _processors_installed(unet: torch.nn.Module, replace: dict[str, object]) -> 
 
 
 @contextmanager
-def capture_self_attention(unet: torch.nn.Module, head_chunk: int | None = None) -> Iterator[AttentionStore]:
+def capture_self_attention(
+    unet: torch.nn.Module, head_chunk: int | None = None, memory_budget: int | None = None
+) -> Iterator[AttentionStore]:
     """Record self-attention maps of every UNet pass run inside the ``with`` block.
 
     Installs one :class:`SelfAttentionCaptureProcessor` on each ``attn1`` layer (by name, via
@@ -305,13 +403,14 @@ def capture_self_attention(unet: torch.nn.Module, head_chunk: int | None = None)
     previous processors on exit (also on exceptions). The UNet output is unchanged (up to float
     rounding). Yields the :class:`AttentionStore`; ``store.maps()`` gives {s: (B, s*s, s*s) float32},
     for SD 1.x at 64x64 latents s in (64, 32, 16, 8). Several passes in one block accumulate (mean over
-    all of them) unless ``store.reset()`` is called in between.
+    all of them) unless ``store.reset()`` is called in between. ``head_chunk`` / ``memory_budget``: see
+    :class:`SelfAttentionCaptureProcessor`.
     """
     names = self_attention_layer_names(unet)
     if not names:
         raise ValueError(f"{type(unet).__name__} has no self-attention layers (*.{_SELF_ATTENTION_SUFFIX})")
     store = AttentionStore()
-    processor = SelfAttentionCaptureProcessor(store, head_chunk)
+    processor = SelfAttentionCaptureProcessor(store, head_chunk, memory_budget)
     with _processors_installed(unet, dict.fromkeys(names, processor)):
         yield store
 

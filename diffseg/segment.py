@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, BackboneLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    written = segment_images(args.images, args.out, backbone, segmenter, timestep=args.timestep,
-                             exif_transpose=not args.ignore_exif)
+    written = segment_images(args.images, args.out, backbone, segmenter, size=backbone.input_size,
+                             timestep=args.timestep, exif_transpose=not args.ignore_exif)
     return 0 if written else 1
 
 

@@ -54,9 +54,11 @@ class Ade20k150(LabelledImages):
         limit: int | None = None,
         shard: str | tuple[int, int] | None = None,
         split: str = "validation",
+        image_size: int | None = None,
     ):
         self.root = Path(root)
         self.size = int(size)
+        self.image_size = int(image_size) if image_size else None
         self.split = split
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"ADE20K root not found: {self.root}; {_make_hint(self.root)}")

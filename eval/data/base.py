@@ -16,17 +16,25 @@ class LabelledImages(Dataset):
     """Items ``(image, label, image_id)`` of a folder of images with per-pixel label files.
 
     Subclasses set ``root``, ``size``, ``ids`` (the ids to evaluate, in order), ``_lut``
-    (an int64 tensor mapping raw label values 0..255 to class ids, -1 = ignore) and
-    implement ``image_path(id)`` / ``label_path(id)``.
+    (an int64 tensor mapping raw label values 0..255 to class ids, -1 = ignore), optionally
+    ``image_size``, and implement ``image_path(id)`` / ``label_path(id)``.
 
-    * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
-    * label: int64 (size, size), class ids, -1 = ignore (centre crop + nearest-exact).
+    * image: float32 (3, image_size, image_size) in [-1, 1] (centre crop + half-pixel bilinear),
+      the backbone's input size (``image_size``; None = ``size``);
+    * label: int64 (size, size), class ids, -1 = ignore (centre crop + nearest-exact), at the
+      evaluation resolution ``size`` whatever the backbone's input size.
     """
 
     root: Path
     size: int
     ids: list[str]
     _lut: torch.Tensor
+    image_size: int | None = None
+
+    @property
+    def input_size(self) -> int:
+        """Side of the pre-processed images: ``image_size``, or ``size`` when that is not set."""
+        return int(self.image_size) if self.image_size else int(self.size)
 
     def image_path(self, image_id: str) -> Path:
         raise NotImplementedError
@@ -47,4 +55,4 @@ class LabelledImages(Dataset):
                 f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
             )
         label = self._lut[preprocess_label(raw, self.size)]
-        return preprocess_image(image, self.size), label, image_id
+        return preprocess_image(image, self.input_size), label, image_id

@@ -33,12 +33,12 @@ def _make_hint(root: Path) -> str:
 class Cityscapes27(LabelledImages):
     """Cityscapes val with the 27 classes of labelIds 7..33: items ``(image, label, image_id)``.
 
-    * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
+    * image: float32 (3, image_size, image_size) in [-1, 1] (centre crop + half-pixel bilinear);
     * label: int64 (size, size), class 0..26, -1 = ignore (every other labelId);
     * image_id: ``<city>_<seq>_<frame>`` (e.g. ``frankfurt_000000_000294``).
 
-    Items are sorted by (city, name). ``limit``/``shard`` as in
-    :class:`eval.data.coco_stuff.CocoStuff27`.
+    Items are sorted by (city, name). ``size`` / ``image_size`` (labels / images), ``limit`` and
+    ``shard`` as in :class:`eval.data.coco_stuff.CocoStuff27`.
     """
 
     classes = CITYSCAPES27_CLASSES
@@ -51,9 +51,11 @@ class Cityscapes27(LabelledImages):
         limit: int | None = None,
         shard: str | tuple[int, int] | None = None,
         split: str = "val",
+        image_size: int | None = None,
     ):
         self.root = Path(root)
         self.size = int(size)
+        self.image_size = int(image_size) if image_size else None
         self.split = split
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"Cityscapes root not found: {self.root}; {_make_hint(self.root)}")

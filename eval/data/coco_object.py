@@ -221,11 +221,13 @@ class CocoObject81(LabelledImages):
         shard: str | tuple[int, int] | None = None,
         list_file: str = DEFAULT_LIST_FILE,
         label_source: str = "stuffthingmaps",
+        image_size: int | None = None,
     ):
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
         self.root = Path(root)
         self.size = int(size)
+        self.image_size = int(image_size) if image_size else None
         self.label_source = label_source
         if not self.root.is_dir():
             raise DatasetNotFoundError(

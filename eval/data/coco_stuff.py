@@ -38,13 +38,14 @@ def _make_hint(root: Path) -> str:
 class CocoStuff27(LabelledImages):
     """COCO-Stuff-27 val: items ``(image, label, image_id)``.
 
-    * image: float32 (3, size, size) in [-1, 1] (centre crop + half-pixel bilinear);
+    * image: float32 (3, image_size, image_size) in [-1, 1] (centre crop + half-pixel bilinear);
     * label: int64 (size, size), coarse class 0..26, -1 = ignore (fine 255/unused);
     * image_id: the 12-digit id string from the list file.
 
     Args:
         root: dataset root (layout in the module docstring).
-        size: output side length.
+        size: side of the labels (the evaluation resolution), and of the images unless ``image_size``.
+        image_size: side of the images given to the backbone (its input size); None = ``size``.
         limit: keep only the first ``limit`` ids of the list (applied before sharding).
         shard: ``"i/n"`` or ``(i, n)``: keep list positions k with ``k % n == i``.
         list_file: list file name inside ``root`` (or an absolute path).
@@ -60,9 +61,11 @@ class CocoStuff27(LabelledImages):
         limit: int | None = None,
         shard: str | tuple[int, int] | None = None,
         list_file: str = DEFAULT_LIST_FILE,
+        image_size: int | None = None,
     ):
         self.root = Path(root)
         self.size = int(size)
+        self.image_size = int(image_size) if image_size else None
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"COCO-Stuff-27 root not found: {self.root}; {_make_hint(self.root)}")
         self.list_path = self.root / list_file

@@ -200,9 +200,11 @@ class Context60(LabelledImages):
         limit: int | None = None,
         shard: str | tuple[int, int] | None = None,
         split: str = "val",
+        image_size: int | None = None,
     ):
         self.root = Path(root)
         self.size = int(size)
+        self.image_size = int(image_size) if image_size else None
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"PASCAL-Context (VOC2010) root not found: {self.root}; {_make_hint(self.root)}")
         self.list_path = split_list(self.root, split)

@@ -60,9 +60,11 @@ class Voc21(LabelledImages):
         limit: int | None = None,
         shard: str | tuple[int, int] | None = None,
         split: str = "val",
+        image_size: int | None = None,
     ):
         self.root = Path(root)
         self.size = int(size)
+        self.image_size = int(image_size) if image_size else None
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"VOC2012 root not found: {self.root}; {_make_hint(self.root)}")
         self.list_path = split_list(self.root, split)
