@@ -32,11 +32,14 @@ Clustering (:class:`DiffCut`), per image, for features f_i (N = h*w locations):
 
 Speed. The release thresholds in a Python loop (a matrix product per threshold), copies the full
 N x N affinity at every node and runs a full eigendecomposition per node. Here every node works
-on its own principal submatrix, all 100 thresholds are scored by one (n x n) @ (n x 100) product,
-and the Fiedler vector comes from a float64 Lanczos iteration with full reorthogonalisation on
-D^-1/2 A D^-1/2 with its known top eigenvector D^1/2 1 deflated, stopped at residual 1e-10
-(``eigensolver="dense"``: ``torch.linalg.eigh`` in float64). Everything stays on the features'
-device; only the accept/stop decisions are read on the host.
+on its own principal submatrix (float64), the distinct threshold cuts are scored by one
+(n x n) @ (n x m) product, m <= 100, and the Fiedler vector comes from a float64 Lanczos iteration
+with full reorthogonalisation on D^-1/2 A D^-1/2 with its known top eigenvector D^1/2 1 deflated,
+stopped at Ritz residual 1e-10 (nodes under 96 locations, or no convergence in 320 steps: dense
+float64 ``torch.linalg.eigh``; ``eigensolver="dense"`` uses it everywhere). Nodes whose Ncut
+cannot go below tau (every cut has Ncut >= lambda_2, bounded from the Frobenius norm or the
+eigensolver) are rejected without thresholding, which is exact. Matrices stay on the features'
+device; the accept/stop decisions and the small Lanczos tridiagonal problems go to the host.
 
 Guard. On noise-like features every cut has a tiny Ncut and the recursion goes down to single
 locations. ``max_segments`` and ``max_depth`` stop it: a cut that would be accepted beyond them is
@@ -79,8 +82,8 @@ _LANCZOS_TOL = 1e-10
 _LANCZOS_CHECK_EVERY = 8
 _LANCZOS_MAX_STEPS = 320
 _DENSE_BELOW = 96  # nodes smaller than this use the dense eigensolver (cheaper than Lanczos there)
-_FLAT_RANGE = 1e-6
-_NCUT_MARGIN = 1e-6  # a cosine range this small is float32 rounding of identical features
+_FLAT_RANGE = 1e-6  # a cosine range this small is float32 rounding of identical features
+_NCUT_MARGIN = 1e-6  # exact rejections keep this margin above tau (the release's Ncut values are float32)
 
 
 # ------------------------------------------------------------------------------------------- affinity
@@ -146,14 +149,16 @@ def _lanczos_fiedler(normalized: torch.Tensor, top: torch.Tensor) -> tuple[torch
         beta = w.norm()
         coefficients[1, j] = beta
         size = j + 1
-        if size % _LANCZOS_CHECK_EVERY == 0 or size == steps or float(beta) < _LANCZOS_TOL:
+        if size % _LANCZOS_CHECK_EVERY == 0 or size == steps:
             diagonal, offdiagonal = coefficients[:, :size].cpu().numpy()
             theta, s = eigh_tridiagonal(diagonal, offdiagonal[:-1], select="i", select_range=(size - 1, size - 1))
             residual = abs(float(offdiagonal[-1]) * float(s[-1, 0]))
             if residual <= _LANCZOS_TOL:
                 ritz = torch.from_numpy(s[:, 0]).to(device=device, dtype=dtype)
                 return basis[:size].T @ ritz, 1.0 - float(theta[0]) - residual
-        q = w / beta
+        # On breakdown (beta = 0: an invariant subspace) q becomes 0 and T decouples; the top Ritz pair of
+        # the first block then has residual 0 at the next check. No host sync per step.
+        q = w / beta.clamp_min(torch.finfo(dtype).tiny)
     return None
 
 

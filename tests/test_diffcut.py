@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from diffseg import DiffCut
 from diffseg.backbone import SD_SCHEDULER_CONFIG
+from diffseg.capture import capture_self_attention
 from diffseg.diffcut import (
     assemble_clusters,
     best_bipartition,
@@ -333,6 +334,11 @@ def test_capture_hooks_the_last_self_attention_of_the_encoder(family):
     assert store.layer == name and store.features.shape == (2, tokens, channels)
     assert torch.allclose(store.features, recomputed, atol=1e-6, rtol=0)
     assert not expected._forward_hooks
+
+    # shares a pass with DiffSeg's self-attention capture (processors swapped, hook on the module)
+    with torch.no_grad(), capture_self_attention(unet) as maps, capture_diffcut_features(unet) as shared:
+        unet(latents, 50, encoder_hidden_states=context, **kwargs)
+    assert maps.layer_counts and torch.allclose(shared.features, store.features, atol=1e-5)
 
     with pytest.raises(KeyError), capture_diffcut_features(unet) as store:
         raise KeyError("boom")
