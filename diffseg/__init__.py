@@ -6,11 +6,13 @@ by :func:`capture_self_attention`) -> :func:`aggregate_attention` -> :class:`Dif
 """
 
 from diffseg.aggregation import aggregate_attention, resolution_weights
+from diffseg.diffcut import DiffCut
 from diffseg.merging import anchor_grid, merge_proposals
 from diffseg.nms import nms_mask
 from diffseg.segmenter import DiffSeg, KMeansSegmenter
 
 __all__ = [
+    "DiffCut",
     "DiffSeg",
     "KMeansSegmenter",
     "aggregate_attention",

@@ -1,0 +1,162 @@
+"""Speed of DiffCut's clustering against the release-style port: ``python -m eval.bench_diffcut``.
+
+Both sides get the same features: synthetic, well-separated clustered maps shaped like SSD-1B's
+DiffCut features (32 x 32 locations, 1280 channels; :func:`clustered_features`). Timed per image:
+
+* fast: :class:`diffseg.DiffCut` (tau 0.5, alpha 10, mask 128; Lanczos Fiedler vectors, one matrix
+  product for all thresholds, per-node submatrices), one image per call;
+* baseline: :func:`eval.naive_diffcut.naive_diffcut`, the release's procedure as it runs (float32
+  dense ``eigh`` per node, a Python loop over the 100 thresholds, full-size affinity copies).
+
+Both produce the (128, 128) cluster map of every image; the masks must be identical (checked,
+reported). Times are wall-clock seconds (CUDA synchronised), each side warmed up once first (the
+baseline on a small input). Output: a table on stdout; ``--out FILE`` also writes the numbers as JSON (refuses to
+overwrite an existing file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffseg import DiffCut
+from diffseg.devices import resolve_device
+from eval.atomic import write_json_atomic
+from eval.bench import device_info, timed
+from eval.naive_diffcut import naive_diffcut
+from eval.run import versions
+
+__all__ = ["clustered_features", "main", "run_bench"]
+
+
+def clustered_features(
+    side: int = 32,
+    clusters: int = 8,
+    channels: int = 1280,
+    seed: int = 0,
+    shared_dim: int = 3,
+    own: float = 0.6,
+    noise: float = 0.25,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic DiffCut features with known clusters: ``(features (1, side*side, channels), labels (side, side))``.
+
+    The side x side map is split into ``clusters`` Voronoi regions of random seed points. Region k
+    has a unit centre c_k = normalise(s_k + own * e_k): s_k a random unit vector in a
+    ``shared_dim``-dimensional subspace (so some regions resemble each other more than others, as
+    in real features) and e_k an orthonormal own direction. A location's feature is its region's
+    centre plus isotropic Gaussian noise of total norm about ``noise``. With the defaults the
+    regions are well separated: DiffCut (tau 0.5) finds exactly them. float32, CPU, seeded.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    points = torch.rand(clusters, 2, generator=gen) * side
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    grid = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float() + 0.5
+    labels = torch.cdist(grid, points).argmin(dim=1)
+    basis = torch.linalg.qr(torch.randn(channels, shared_dim + clusters, generator=gen))[0]
+    shared = torch.randn(clusters, shared_dim, generator=gen) @ basis[:, :shared_dim].T
+    centres = shared / shared.norm(dim=1, keepdim=True) + own * basis[:, shared_dim:].T
+    centres = centres / centres.norm(dim=1, keepdim=True)
+    features = centres[labels] + noise * torch.randn(side * side, channels, generator=gen) / math.sqrt(channels)
+    return features[None], labels.reshape(side, side)
+
+
+def run_bench(
+    images: int = 3,
+    side: int = 32,
+    clusters: int = 8,
+    channels: int = 1280,
+    device: str | None = "cpu",
+) -> dict[str, Any]:
+    """Time both implementations on ``images`` feature maps; returns per-image seconds, medians, ratio, equality."""
+    dev = resolve_device(device)
+    fast = DiffCut(tau=0.5, alpha=10, mask_size=128)
+    fast(clustered_features(side, clusters, channels, seed=99)[0].to(dev))  # warm-ups (the baseline's
+    naive_diffcut(clustered_features(8, 2, channels, seed=99)[0][0].to(dev))  # on a small input: it is slow)
+    rows = []
+    for seed in range(images):
+        features, _ = clustered_features(side, clusters, channels, seed=seed)
+        features = features.to(dev)
+        fast_masks, fast_s = timed(lambda f=features: fast(f)[0], dev)
+        naive_masks, naive_s = timed(lambda f=features: naive_diffcut(f[0]), dev)
+        rows.append(
+            {
+                "seed": seed,
+                "fast_s": fast_s,
+                "naive_s": naive_s,
+                "identical": bool(torch.equal(fast_masks.cpu(), naive_masks.cpu())),
+                "clusters_fast": int(fast_masks.unique().numel()),
+                "clusters_naive": int(naive_masks.unique().numel()),
+            }
+        )
+    fast_total = sum(r["fast_s"] for r in rows)
+    naive_total = sum(r["naive_s"] for r in rows)
+    return {
+        "features": {"images": images, "side": side, "clusters": clusters, "channels": channels},
+        "settings": {"tau": 0.5, "alpha": 10, "mask_size": 128},
+        "device": device_info(dev),
+        "versions": versions(),
+        "rows": rows,
+        "fast_median_s": statistics.median(r["fast_s"] for r in rows),
+        "naive_median_s": statistics.median(r["naive_s"] for r in rows),
+        "speedup": naive_total / fast_total,
+        "all_identical": all(r["identical"] for r in rows),
+        "guard_hits": fast.guard_hits,
+    }
+
+
+def _table(result: dict[str, Any]) -> str:
+    f = result["features"]
+    lines = [
+        f"DiffCut clustering, {f['images']} synthetic images of {f['side']}x{f['side']} locations x {f['channels']} "
+        f"channels ({f['clusters']} well-separated clusters), tau 0.5, alpha 10, 128x128 masks",
+        f"device: {result['device']['name']}",
+        "",
+        "| seed | release-style (s) | diffseg.DiffCut (s) | ratio | masks identical | clusters |",
+        "|---:|---:|---:|---:|:---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['seed']} | {r['naive_s']:.3f} | {r['fast_s']:.3f} | {r['naive_s'] / r['fast_s']:.1f}x | "
+            f"{'yes' if r['identical'] else 'NO'} | {r['clusters_fast']} / {r['clusters_naive']} |"
+        )
+    lines += [
+        "",
+        f"median per image: release-style {result['naive_median_s']:.3f} s, DiffCut {result['fast_median_s']:.3f} s",
+        f"speed-up (total time ratio): {result['speedup']:.1f}x; masks identical on all images: "
+        f"{'yes' if result['all_identical'] else 'NO'}; recursion guard hits: {result['guard_hits']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3, help="number of synthetic feature maps (default 3)")
+    parser.add_argument("--side", type=int, default=32, help="feature map side (32 = SSD-1B at 1024 px)")
+    parser.add_argument("--clusters", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=1280, help="1280 = SDXL/SSD-1B down_blocks[-1]")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads for both sides (default: torch's default)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file (new file)")
+    args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists():
+        parser.error(f"--out {args.out} exists; choose a new file (this benchmark never overwrites)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    result = run_bench(args.images, args.side, args.clusters, args.channels, args.device)
+    print(_table(result))
+    if args.out is not None:
+        write_json_atomic(args.out, result)
+        print(f"wrote {args.out}")
+    return 0 if result["all_identical"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
