@@ -23,6 +23,7 @@ Non-finite latents or attention maps always raise :class:`NonFiniteOutputError` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from diffseg.capture import available_memory, capture_self_attention, capture_self_attention_reference
 from diffseg.devices import resolve_device, resolve_dtype
+from diffseg.diffcut import capture_diffcut_features, diffcut_noisy_latents
 from diffseg.families import BackboneFamily, detect_family
 
 __all__ = [
@@ -589,27 +591,67 @@ class StableDiffusionBackbone:
         (eager processors on every layer, float32 probabilities, all kept): the baseline.
         Raises :class:`NonFiniteOutputError` naming the model on NaN/inf latents or maps.
         """
+        maps, _ = self.unet_pass(images, timestep, noise="per_image" if noise else None, seed=seed,
+                                 head_chunk=head_chunk, reference=reference)
+        return maps
+
+    def unet_pass(
+        self,
+        images: torch.Tensor,
+        timestep: int = 300,
+        *,
+        noise: str | None = None,
+        seed: int = 0,
+        attention: bool = True,
+        features: bool = False,
+        head_chunk: int | None = None,
+        reference: bool = False,
+    ) -> tuple[dict[int, torch.Tensor] | None, torch.Tensor | None]:
+        """One UNet pass feeding every capture asked for: ``(attention maps or None, features or None)``.
+
+        Args:
+            images: (B, 3, H, W) in [-1, 1].
+            noise: None (DiffSeg's official pass), ``"per_image"`` (:meth:`add_noise`, seeded per
+                image) or ``"shared"`` (DiffCut's: one noise tensor seeded ``seed`` for the batch,
+                added by a trailing-spacing DDIM schedule, :func:`diffseg.diffcut.diffcut_noisy_latents`).
+            attention: capture the self-attention maps ``{s: (B, s*s, s*s)}`` (as :meth:`attention_maps`).
+            features: capture DiffCut's features, the output of the last encoder self-attention layer,
+                ``(B, h*w, C)`` float32 (:func:`diffseg.diffcut.capture_diffcut_features`).
+        """
         latents = self.encode(images)
-        if noise:
-            latents = self.add_noise(latents, timestep, seed)
         batch = latents.shape[0]
         timesteps = torch.full((batch,), timestep, dtype=torch.long, device=self.device)
+        if noise == "per_image":
+            latents = self.add_noise(latents, timestep, seed)
+        elif noise == "shared":
+            noisy, timesteps = diffcut_noisy_latents(latents, dict(self.scheduler.config), timestep, seed)
+            latents = noisy.to(latents.dtype)
+        elif noise is not None:
+            raise ValueError(f"noise: expected None, 'per_image' or 'shared', got {noise!r}")
         kwargs = self.unet_inputs(batch, tuple(images.shape[-2:]))
-        if reference:
-            capture = capture_self_attention_reference(self.unet)
-        else:
-            budget = available_memory(self.device) if head_chunk is None else None
-            capture = capture_self_attention(self.unet, head_chunk=head_chunk, memory_budget=budget)
-        with capture as store:
+        with contextlib.ExitStack() as stack:
+            store = feature_store = None
+            if attention:
+                if reference:
+                    capture = capture_self_attention_reference(self.unet)
+                else:
+                    budget = available_memory(self.device) if head_chunk is None else None
+                    capture = capture_self_attention(self.unet, head_chunk=head_chunk, memory_budget=budget)
+                store = stack.enter_context(capture)
+            if features:
+                feature_store = stack.enter_context(capture_diffcut_features(self.unet))
             self.unet(latents, timesteps, **kwargs, return_dict=False)
-        maps = store.maps()
-        for side, attention in maps.items():
-            if not bool(torch.isfinite(attention).all()):
+        maps = store.maps() if store is not None else None
+        for side, attention_map in (maps or {}).items():
+            if not bool(torch.isfinite(attention_map).all()):
                 raise NonFiniteOutputError(
                     f"{self.name}: the {side}x{side} self-attention has NaN/inf values in {self.dtype} "
                     "(a float16 overflow in the UNet?); use model.dtype=float32 (the default) or bfloat16"
                 )
-        return maps
+        feats = feature_store.features.float() if feature_store is not None else None
+        if feats is not None and not bool(torch.isfinite(feats).all()):
+            raise NonFiniteOutputError(f"{self.name}: DiffCut's features have NaN/inf values in {self.dtype}")
+        return maps, feats
 
 
 def _check_time_embedding(unet: UNet2DConditionModel, text_encoder_2: CLIPTextModelWithProjection, name: str) -> None:

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from diffseg.atomic import write_bytes_atomic  # noqa: E402
@@ -303,3 +304,33 @@ def image_extremes(worst: Sequence[tuple[str, float]], best: Sequence[tuple[str,
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(title + (f"\n{banner}" if banner else ""), fontsize="small", color="red" if banner else "black")
     return save_figure(fig, out_path, dpi=100)
+
+
+def to_uint8_image(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+class QualitativeSamples:
+    """The first ``count`` images of a run with their labels and masks, for ``qualitative.png``."""
+
+    def __init__(self, count: int, methods: list[str]):
+        self.count = count
+        self.images: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.masks: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+
+    def add(self, images: torch.Tensor, labels: torch.Tensor, masks: dict[str, torch.Tensor]) -> None:
+        """Keep images ``(B, 3, H, W)`` in [-1, 1], labels ``(B, H, W)`` and masks until ``count`` are held."""
+        for b in range(min(self.count - len(self.images), images.shape[0])):
+            self.images.append(to_uint8_image(images[b]))
+            self.labels.append(labels[b].cpu().numpy())
+            for name, mask in masks.items():
+                self.masks[name].append(mask[b].cpu().numpy())
+
+    def write(self, path: Path, class_names: list[str], banner: str | None) -> None:
+        """The grid (image | ground truth | each method), when any image was kept."""
+        if not self.images:
+            return
+        qualitative_grid(self.images, self.labels, self.masks, path, class_names=class_names or None,
+                         banner=banner)

@@ -28,23 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from diffseg import aggregate_attention
 from diffseg.backbone import BackboneLoadError
-from diffseg.devices import resolve_device, resolve_dtype
+from diffseg.devices import resolve_device
 from diffseg.masks import write_mask_png
 from eval.build import build
-from eval.cache import AttentionCache
 from eval.data.loader import build_loader
 from eval.distributed import Dist, export_slurm_env, init_from_env, split
+from eval.figures import QualitativeSamples
 from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, identity_of, versions
 from eval.interrupt import GracefulStop, RunInterrupted
-from eval.methods import Method, build_methods, weights_key
+from eval.methods import build_methods
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
+from eval.passes import BackbonePasses, segment_batch
 from eval.provenance import banner, build_provenance
 from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, accumulate, load_run_records, write_metrics
 
@@ -53,100 +52,11 @@ __all__ = ["NoImagesError", "evaluate", "main", "versions"]
 log = logging.getLogger(__name__)
 
 
-def _to_uint8_image(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
 def _save_masks(folder: Path, masks: dict[str, torch.Tensor], ids: list[str]) -> None:
     """Write ``folder/<method>/<image id>.png`` for ``(B, H, W)`` masks (one file per image: ranks never collide)."""
     for name, batch_masks in masks.items():
         for mask, image_id in zip(batch_masks.cpu().numpy(), ids, strict=True):
             write_mask_png(folder / name.replace("/", "_") / f"{image_id.replace('/', '_')}.png", mask)
-
-
-class _GridSamples:
-    """The first ``count`` images of a run with their labels and masks, for ``qualitative.png``."""
-
-    def __init__(self, count: int, methods: list[str]):
-        self.count = count
-        self.images: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
-        self.masks: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-
-    def add(self, images: torch.Tensor, labels: torch.Tensor, masks: dict[str, torch.Tensor]) -> None:
-        """Keep images ``(B, 3, H, W)`` in [-1, 1], labels ``(B, H, W)`` and masks until ``count`` are held."""
-        for b in range(min(self.count - len(self.images), images.shape[0])):
-            self.images.append(_to_uint8_image(images[b]))
-            self.labels.append(labels[b].cpu().numpy())
-            for name, mask in masks.items():
-                self.masks[name].append(mask[b].cpu().numpy())
-
-    def write(self, path: Path, class_names: list[str], banner: str | None) -> None:
-        """The grid (image | ground truth | each method), when any image was kept."""
-        if not self.images:
-            return
-        from eval.figures import qualitative_grid
-
-        qualitative_grid(self.images, self.labels, self.masks, path, class_names=class_names or None,
-                         banner=banner)
-
-
-class _AttentionSource:
-    """Per-batch attention maps from the cache or from the backbone."""
-
-    def __init__(self, cfg: DictConfig, device: torch.device):
-        self.cfg = cfg
-        self.device = device
-        self.dtype = resolve_dtype(str(cfg.model.dtype))
-        self.backbone = None
-        setting = {
-            "model": str(cfg.model.name),
-            "dtype": str(self.dtype),
-            "timestep": int(cfg.model.timestep),
-            "noise": bool(cfg.model.noise),
-            "noise_seed": int(cfg.model.noise_seed),
-            "size": int(cfg.dataset.size),
-            "backbone": OmegaConf.to_container(cfg.model.backbone, resolve=True),
-        }
-        self.cache = AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
-
-    def _backbone(self):
-        if self.backbone is None:
-            self.backbone = build(self.cfg.model.backbone, dtype=self.dtype, device=self.device)
-        return self.backbone
-
-    def maps(self, images: torch.Tensor, ids: list[str]) -> dict[int, torch.Tensor]:
-        """``{s: Tensor(B, s*s, s*s)}`` float32 on the run device."""
-        cached = [self.cache.get(i) for i in ids]
-        if all(c is not None for c in cached):
-            return {s: torch.stack([c[s] for c in cached]).to(self.device) for s in cached[0]}
-        maps = self._backbone().attention_maps(
-            images.to(self.device, non_blocking=True),
-            timestep=int(self.cfg.model.timestep),
-            noise=bool(self.cfg.model.noise),
-            seed=int(self.cfg.model.noise_seed),
-            head_chunk=self.cfg.model.get("head_chunk"),
-        )
-        for b, image_id in enumerate(ids):
-            self.cache.put(image_id, {s: m[b] for s, m in maps.items()})
-        return maps
-
-
-def _segment_batch(
-    methods: list[Method], maps: dict[int, torch.Tensor], labels: torch.Tensor, num_classes: int
-) -> dict[str, torch.Tensor]:
-    """Masks ``(B, H, W)`` of every method; aggregation computed once per weight setting."""
-    masks: dict[str, torch.Tensor] = {}
-    groups: dict[tuple, list[Method]] = {}
-    for method in methods:
-        groups.setdefault(weights_key(method.weights), []).append(method)
-    for group in groups.values():
-        attention = aggregate_attention(maps, group[0].weights)
-        for method in group:
-            masks[method.name] = method(attention, labels, num_classes)
-        del attention
-    return masks
 
 
 class NoImagesError(RuntimeError):
@@ -165,7 +75,7 @@ def _run_info(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _random_weights(cfg: DictConfig, source: _AttentionSource) -> bool:
+def _random_weights(cfg: DictConfig, source: BackbonePasses) -> bool:
     """True unless the backbone's weights came from a checkpoint.
 
     Asked of the built backbone; when every map came from the cache (no backbone built),
@@ -286,10 +196,10 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
         num_workers=int(cfg.num_workers),
         pin_memory=device.type == "cuda",
     )
-    source = _AttentionSource(cfg, device)
-    if source.cache.mode == "none" and dataset.ids:
-        source._backbone()  # load (or fail on missing weights) before the loader starts
-    samples = _GridSamples(int(cfg.grid_images) if ctx.is_main else 0, [m.name for m in methods])
+    source = BackbonePasses(cfg, device, methods)
+    if source.needs_backbone and dataset.ids:
+        source.load()  # load (or fail on missing weights) before the loader starts
+    samples = QualitativeSamples(int(cfg.grid_images) if ctx.is_main else 0, [m.name for m in methods])
     total = len(selected) if not ctx.active else len(dataset.ids)
     progress = tqdm(total=total, initial=total - len(dataset.ids), unit="img",
                     disable=not cfg.progress or not ctx.is_main,
@@ -304,8 +214,8 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
             if len(batch):
                 labels = batch.labels.to(device, non_blocking=True)
                 with torch.inference_mode():
-                    maps = source.maps(batch.images, batch.ids)
-                    masks = _segment_batch(methods, maps, labels, num_classes)
+                    maps, features = source(batch.images, batch.ids)
+                    masks = segment_batch(methods, maps, features, labels, num_classes)
                 image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in batch.ids]
                 for name, mask in masks.items():
                     metrics[name].update(mask, labels)
@@ -341,7 +251,7 @@ def _synced_scores(metrics: dict[str, HungarianSegmentationMetric], tags: dict[s
 
 
 def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
-            selected: list[str], source: _AttentionSource, samples: _GridSamples, dataset: Any,
+            selected: list[str], source: BackbonePasses, samples: QualitativeSamples, dataset: Any,
             timing: dict[str, Any], ctx: Dist) -> dict[str, Any]:
     """metrics.json from the synced totals (rank 0); refuses numbers resting on nothing (every rank)."""
     outcome: dict[str, Any] | None = None
@@ -359,7 +269,7 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
 
 
 def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
-                  mine: list[dict[str, Any]], selected: int, source: _AttentionSource,
+                  mine: list[dict[str, Any]], selected: int, source: BackbonePasses,
                   timing: dict[str, Any]) -> dict[str, Any]:
     """``{"result": metrics.json content}`` once written, or ``{"error": message}``."""
     evaluated = sum("methods" in r for r in mine)

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from hydra_compose import EXPERIMENTS, compose_eval
 from omegaconf import OmegaConf
 
-from diffseg import DiffSeg, KMeansSegmenter
+from diffseg import DiffCut, DiffSeg, KMeansSegmenter
 from eval.methods import build_methods
 
 
@@ -18,7 +18,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     methods = build_methods(cfg)
     assert methods and len({m.name for m in methods}) == len(methods)
     for m in methods:
-        assert isinstance(m.segmenter, (DiffSeg, KMeansSegmenter))
+        assert isinstance(m.segmenter, (DiffSeg, KMeansSegmenter, DiffCut))
     assert cfg.dataset.dataset._target_.startswith("eval.data.")
     assert cfg.model.backbone._target_.startswith("diffseg.")
 

@@ -114,7 +114,7 @@ def test_every_image_skipped_is_an_error_and_max_skipped_fails_the_run(tmp_path)
 
 def test_sigterm_finishes_the_batch_and_the_resume_equals_an_uninterrupted_run(root, full, tmp_path, monkeypatch):
     _, clean = full
-    original = StableDiffusionBackbone.attention_maps
+    original = StableDiffusionBackbone.unet_pass
     calls = {"n": 0}
 
     def preempted(self, *args, **kwargs):
@@ -123,7 +123,7 @@ def test_sigterm_finishes_the_batch_and_the_resume_equals_an_uninterrupted_run(r
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while the first batch is being computed
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(StableDiffusionBackbone, "attention_maps", preempted)
+    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", preempted)
     with pytest.raises(RunInterrupted) as info:
         run(root, tmp_path)
     assert info.value.exit_code == 128 + signal.SIGTERM
@@ -131,7 +131,7 @@ def test_sigterm_finishes_the_batch_and_the_resume_equals_an_uninterrupted_run(r
     assert len((tmp_path / "per_image.jsonl").read_text().splitlines()) == 2
     assert not (tmp_path / "metrics.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-    monkeypatch.setattr(StableDiffusionBackbone, "attention_maps", original)
+    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", original)
     resumed = run(root, tmp_path)
     assert resumed["timing"]["images_this_invocation"] == 4
     assert scores(resumed) == scores(clean)

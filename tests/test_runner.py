@@ -108,7 +108,7 @@ def test_k_means_s_uses_ground_truth_class_counts(clean_run, coco_root):
 def test_resume_after_interruption_gives_the_same_totals(clean_run, coco_root, tmp_path, monkeypatch):
     _, clean = clean_run
     calls = {"n": 0}
-    original = StableDiffusionBackbone.attention_maps
+    original = StableDiffusionBackbone.unet_pass
 
     def dies_on_second_batch(self, *args, **kwargs):
         calls["n"] += 1
@@ -116,12 +116,12 @@ def test_resume_after_interruption_gives_the_same_totals(clean_run, coco_root, t
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(StableDiffusionBackbone, "attention_maps", dies_on_second_batch)
+    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         run(coco_root, tmp_path)
     assert len((tmp_path / "per_image.jsonl").read_text().splitlines()) == 2  # the first batch
     assert not (tmp_path / "metrics.json").exists()
-    monkeypatch.setattr(StableDiffusionBackbone, "attention_maps", original)
+    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", original)
     # A torn last line (killed mid-write) is dropped and that image redone.
     with open(tmp_path / "per_image.jsonl", "a") as fh:
         fh.write('{"id": "0000')

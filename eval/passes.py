@@ -1,0 +1,103 @@
+"""What the methods of a run read from the backbone, per batch, with as few UNet passes as possible.
+
+Attention methods (DiffSeg, the K-Means baselines) read the self-attention maps of the
+run's pass (``model.timestep``, ``model.noise``), from the attention cache when it has
+them. Feature methods (DiffCut) read the output of the last encoder self-attention layer
+of their own pass (:class:`eval.methods.FeaturePass`: DiffCut's release runs t = 50 with
+one seeded noise for the batch). Methods that need the same pass share it, and a feature
+method whose ``features.timestep`` is null reads the attention pass itself: one UNet pass
+then feeds both captures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffseg import aggregate_attention
+from diffseg.devices import resolve_dtype
+from eval.build import build
+from eval.cache import AttentionCache
+from eval.methods import FeaturePass, Method, weights_key
+
+__all__ = ["BackbonePasses", "segment_batch"]
+
+
+class BackbonePasses:
+    """Per-batch attention maps and features for ``methods``, from the cache or the backbone."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, methods: list[Method]):
+        self.cfg = cfg
+        self.device = device
+        self.dtype = resolve_dtype(str(cfg.model.dtype))
+        self.backbone = None
+        self.needs_attention = any(m.features is None for m in methods)
+        self.feature_passes = sorted({m.features for m in methods if m.features is not None},
+                                     key=lambda p: (p.timestep is None, p.timestep or 0, p.noise_seed))
+        setting = {
+            "model": str(cfg.model.name),
+            "dtype": str(self.dtype),
+            "timestep": int(cfg.model.timestep),
+            "noise": bool(cfg.model.noise),
+            "noise_seed": int(cfg.model.noise_seed),
+            "size": int(cfg.dataset.size),
+            "backbone": OmegaConf.to_container(cfg.model.backbone, resolve=True),
+        }
+        self.cache = AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
+
+    def load(self):
+        """The backbone, built on first use (so a run fully served by the cache never loads weights)."""
+        if self.backbone is None:
+            self.backbone = build(self.cfg.model.backbone, dtype=self.dtype, device=self.device)
+        return self.backbone
+
+    @property
+    def needs_backbone(self) -> bool:
+        """True unless every input can come from the attention cache."""
+        return self.cache.mode == "none" or bool(self.feature_passes)
+
+    def __call__(self, images: torch.Tensor, ids: list[str]) -> tuple[dict[int, torch.Tensor] | None,
+                                                                      dict[FeaturePass, torch.Tensor]]:
+        """``({s: (B, s*s, s*s)} or None, {pass: (B, h*w, C)})``, float32 on the run device."""
+        images = images.to(self.device, non_blocking=True)
+        shared = [p for p in self.feature_passes if p.timestep is None]
+        maps = None
+        features: dict[FeaturePass, torch.Tensor] = {}
+        if self.needs_attention or shared:
+            cached = [self.cache.get(i) for i in ids] if not shared else [None]
+            if all(c is not None for c in cached):
+                maps = {s: torch.stack([c[s] for c in cached]).to(self.device) for s in cached[0]}
+            else:
+                maps, feats = self.load().unet_pass(
+                    images, int(self.cfg.model.timestep), noise="per_image" if self.cfg.model.noise else None,
+                    seed=int(self.cfg.model.noise_seed), features=bool(shared),
+                    head_chunk=self.cfg.model.get("head_chunk"))
+                for b, image_id in enumerate(ids):
+                    self.cache.put(image_id, {s: m[b] for s, m in maps.items()})
+                for p in shared:
+                    features[p] = feats
+        for p in self.feature_passes:
+            if p.timestep is not None:
+                _, features[p] = self.load().unet_pass(images, p.timestep, noise="shared", seed=p.noise_seed,
+                                                       attention=False, features=True)
+        return maps, features
+
+
+def segment_batch(methods: list[Method], maps: dict[int, torch.Tensor] | None,
+                  features: dict[FeaturePass, Any], labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """Masks ``(B, H, W)`` of every method; aggregation computed once per weight setting."""
+    masks: dict[str, torch.Tensor] = {}
+    groups: dict[tuple, list[Method]] = {}
+    for method in methods:
+        if method.features is not None:
+            masks[method.name] = method(features[method.features], labels, num_classes)
+        else:
+            groups.setdefault(weights_key(method.weights), []).append(method)
+    for group in groups.values():
+        attention = aggregate_attention(maps, group[0].weights)
+        for method in group:
+            masks[method.name] = method(attention, labels, num_classes)
+        del attention
+    return {m.name: masks[m.name] for m in methods}
