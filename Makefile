@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	$(PY) -m eval.bench
+	$(PY) -m eval.bench $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m eval.demo
