@@ -28,8 +28,8 @@ depend on weight values; no download) or, with ``--tiny``, the tiny test model.
 Two more sections:
 
 * **Backbone precision.** DiffSeg masks of the same images from the backbone in
-  float32 and in the fast variant (``--fast-dtype``: float16 on CUDA, bfloat16 on
-  CPU, where float16 convolutions are an order of magnitude slower), compared by
+  float32 and in the fast variant (``--fast-dtype``, default float16; bfloat16 is
+  the quicker choice on CPU with a full-size model), compared by
   :func:`matched_pixel_changes`: the share of mask pixels whose segment changes
   after one-to-one matching of segment ids. The model is ``--precision-weights``
   (a pretrained checkpoint) when given, else the tiny model with sharpened
@@ -524,7 +524,7 @@ def precision_check(args: argparse.Namespace, setup: Setup, batches: list[Batch]
     ``attention_maps`` on the same decoded images, and DiffSeg at both KL precisions segments the
     result. Reports :func:`summarise_changes` per KL precision and the backbone seconds/image of both.
     """
-    fast_name = args.fast_dtype or ("float16" if setup.cuda else "bfloat16")
+    fast_name = args.fast_dtype or "float16"
     fast_dtype = resolve_dtype(fast_name)
     limit = args.precision_images if args.precision_images is not None else setup.images
     inputs, taken = [], 0
@@ -554,12 +554,14 @@ def precision_check(args: argparse.Namespace, setup: Setup, batches: list[Batch]
     random_weights = not args.precision_weights
     result: dict[str, Any] = {
         "fast_dtype": _dtype_name(fast_dtype),
-        "fast_dtype_reason": "float16 on CUDA; bfloat16 on CPU, where float16 convolutions are an order of "
-                             "magnitude slower" if args.fast_dtype is None else "--fast-dtype",
+        "fast_dtype_reason": "the default: the fast variant of model.dtype the paper experiments used on CUDA"
+                             if args.fast_dtype is None else "chosen with --fast-dtype",
         "model": model if not random_weights else f"{model}, self-attention sharpened x{PRECISION_SHARPEN:g}",
         "random_weights": random_weights,
         "images": taken,
         "image_size": setup.image_size,
+        "kl_threshold": setup.methods.threshold,
+        "num_points": setup.methods.num_points,
         "measure": "share of mask pixels in another segment after one-to-one matching of segment ids "
                    "(Hungarian on overlap counts; unmatched segments count as changed), float32 mask as reference",
         "backbone_s_per_image": {name: s / taken for name, s in seconds.items()},
@@ -715,7 +717,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kmeans-n-init", type=int, default=5, help="K-means inits (default 5, as the configs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the headline's attention")
     parser.add_argument("--fast-dtype", default=None, choices=("float16", "bfloat16"),
-                        help="backbone precision compared with float32 (default float16 on CUDA, bfloat16 on CPU)")
+                        help="backbone precision compared with float32 (default float16; on CPU float16 convolutions "
+                        "are slow: bfloat16 is the quick choice with a full-size model)")
     parser.add_argument("--precision-weights", default=None, metavar="MODEL",
                         help="pretrained SD checkpoint (hub id or local diffusers folder) for the precision check; "
                         "default: the tiny model with sharpened attention (random weights, marked as such)")

@@ -125,7 +125,7 @@ def _pct(value: float) -> str:
 
 def _baseline_cells(row: dict[str, Any]) -> tuple[str, str, str]:
     """Baseline s/img, img/s and ratio as shown: a sum is marked "(sum)" in all three."""
-    mark = " (sum)" if row["baseline_how"] == E2E_SUM else ""
+    mark = " (sum)" if row.get("baseline_how") == E2E_SUM else ""
     ratio = _fmt(row["ratio"], 2) + "x" if row["ratio"] is not None else "-"
     return (_fmt(row["baseline_s_per_image"]) + (mark if row["baseline_s_per_image"] is not None else ""),
             _fmt(row["baseline_images_per_s"]) + (mark if row["baseline_images_per_s"] is not None else ""),
@@ -138,8 +138,9 @@ def _precision_markdown(prec: dict[str, Any]) -> list[str]:
         "",
         f"## Backbone precision: {fast} vs float32 (same images)",
         "",
-        f"- model: {prec['model']}; {prec['images']} images at {prec['image_size']} px, DiffSeg on the attention "
-        "of each backbone precision",
+        f"- model: {prec['model']}; {prec['images']} images at {prec['image_size']} px; DiffSeg (tau "
+        f"{prec.get('kl_threshold')}, anchors {prec.get('num_points')}x{prec.get('num_points')}) on the attention of "
+        "each backbone precision",
     ]
     if prec["random_weights"]:
         lines.append("- RANDOM WEIGHTS: this shows how the masks react to the backbone's rounding on this model, "
@@ -244,7 +245,7 @@ def render_table(report: dict[str, Any]) -> str:
             f"{r['stage']:<18} {_fmt(r['fast_s_per_image']):>11} {_fmt(r['fast_images_per_s']):>11} "
             f"{base_s:>17} {base_rate:>17} {ratio:>14}"
         )
-    if any(r["baseline_how"] == E2E_SUM for r in report["stages"]):
+    if any(r.get("baseline_how") == E2E_SUM for r in report["stages"]):
         lines.append(f"(sum): {E2E_SUM}")
     prec = report.get("precision")
     if prec:

@@ -220,7 +220,7 @@ def test_bench_runs_every_stage_and_the_precision_check(tmp_path, monkeypatch):
     _quick_headline(monkeypatch)
     out = tmp_path / "run"
     argv = ["--tiny", "--images", "2", "--batch-size", "2", "--workers", "1", "--num-points", "4",
-            "--kmeans-n-init", "1", "--image-size", "128", "--out", str(out)]
+            "--kmeans-n-init", "1", "--image-size", "128", "--fast-dtype", "bfloat16", "--out", str(out)]
     assert bench.main(argv) == 0
     data = json.loads((tmp_path / "run.json").read_text())
     md = (tmp_path / "run.md").read_text()
@@ -241,7 +241,8 @@ def test_bench_runs_every_stage_and_the_precision_check(tmp_path, monkeypatch):
     assert data["config"]["dtype"] == "float32" and data["config"]["image_size"] == 128
 
     prec = data["precision"]
-    assert prec["fast_dtype"] == ("float16" if KIND == "cuda" else "bfloat16")
+    assert prec["fast_dtype"] == "bfloat16" and prec["fast_dtype_reason"] == "chosen with --fast-dtype"
+    assert prec["kl_threshold"] == 1.1 and prec["num_points"] == 4
     assert prec["random_weights"] is True and "RANDOM WEIGHTS" in md
     assert prec["images"] == 2 and set(prec["backbone_s_per_image"]) == {"float32", prec["fast_dtype"]}
     for summary in prec["diffseg"].values():
@@ -259,6 +260,7 @@ def test_precision_only_writes_its_own_new_file(tmp_path, monkeypatch):
     report = json.loads(path.read_text())
     assert report["stages"] == [] and "postprocessing" not in report
     assert report["precision"]["images"] == 1 and report["precision"]["image_size"] == 128
+    assert report["precision"]["fast_dtype"] == "float16"  # the default, on every device
     md = path.with_suffix(".md").read_text()
     assert "## Backbone precision" in md and "Post-processing" not in md
 
