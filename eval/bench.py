@@ -40,8 +40,10 @@ Two more sections:
   is importable and ``DIFFSEG_OFFICIAL_SEGMENTOR`` names a copy of the official
   ``diffseg/segmentor.py``, against the official segmentor itself.
 
+``--postprocessing-only`` and ``--precision-only`` run one of these sections alone.
+
 Output: a table on stdout and a ``.md`` + ``.json`` pair. Without ``--out`` the
-pair is new: ``outputs/bench/bench_<cuda|cpu>[_postprocessing]_<UTC time>``
+pair is new: ``outputs/bench/bench_<cuda|cpu>[_postprocessing|_precision]_<UTC time>``
 (a suffix is added if that name exists), so no run ever overwrites another's
 evidence. ``--out PATH`` writes ``PATH.md`` and ``PATH.json`` (e.g. ``--out
 results/bench/bench_cpu`` to publish); it refuses to replace a report that has
@@ -86,7 +88,7 @@ from eval.bench_report import (
     report_paths,
     write_report,
 )
-from eval.bench_timing import device_info, log, timed
+from eval.bench_timing import device_info, load_average, log, timed
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import Batch, build_loader
 from eval.data.synthetic import write_synthetic_coco_stuff
@@ -781,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         mode, report = "precision", run_precision_only(args)
     else:
         mode, report = "", run_bench(args)
+    report["device"]["load_average_1m_end"] = load_average()
     kind = report["device"]["kind"]
     print(render_table(report))
     stem = output_stem(args.out, kind, mode)

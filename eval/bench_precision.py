@@ -42,7 +42,7 @@ def matched_pixel_changes(reference: torch.Tensor, other: torch.Tensor) -> dict[
     return {
         "pixels": pixels,
         "changed": pixels - int(overlap[rows, cols].sum()),
-        "raw_changed": int((reference != other).sum()),
+        "raw_changed": int((reference.cpu() != other.cpu()).sum()),
         "segments_reference": n_ref,
         "segments_other": n_oth,
     }
@@ -51,6 +51,8 @@ def matched_pixel_changes(reference: torch.Tensor, other: torch.Tensor) -> dict[
 def summarise_changes(per_image: Sequence[dict[str, int]]) -> dict[str, Any]:
     """Pixel-weighted shares over the images (``changed_fraction``, ``raw_changed_fraction``), the largest
     per-image share and the mean segment counts of both masks."""
+    if not per_image:
+        raise ValueError("summarise_changes: no images to summarise")
     pixels = sum(r["pixels"] for r in per_image)
     n = len(per_image)
     return {

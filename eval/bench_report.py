@@ -196,7 +196,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# DiffSeg benchmark ({dev['kind']})",
         "",
         f"- device: {dev['name']}" + (f" ({dev.get('gpu_memory_gib')} GiB)" if dev["kind"] == "cuda" else "")
-        + (f"; load average {dev['load_average_1m']} when the run started" if dev.get("load_average_1m") else ""),
+        + (f"; 1-minute load average {dev['load_average_1m']} when the run started" if dev.get("load_average_1m")
+           is not None else "")
+        + (f", {dev['load_average_1m_end']} when it ended" if dev.get("load_average_1m_end") is not None else ""),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
     ]
     if report["stages"]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_info", "log", "median_time", "timed"]
+__all__ = ["device_info", "load_average", "log", "median_time", "timed"]
 
 
 def _sync(device: torch.device) -> None:
@@ -55,6 +55,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """Kind (``cuda``/``cpu``), a readable name, core count, torch threads, the 1-minute load average when the
     run starts (other work on the machine slows every stage) and, on CUDA, the TF32 switches."""
@@ -63,7 +68,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_average_1m": load_average(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

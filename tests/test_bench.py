@@ -142,6 +142,8 @@ def test_postprocessing_only_honours_out_and_leaves_committed_results_alone(tmp_
     assert new.name.startswith(f"bench_{KIND}_postprocessing_")
     report = json.loads(new.read_text())
     assert report["stages"] == [] and report["postprocessing"]["sides"] == [16, 8, 4, 2]
+    loads = report["device"]["load_average_1m"], report["device"]["load_average_1m_end"]
+    assert all(isinstance(x, float) and x >= 0 for x in loads)  # how busy the machine was, start and end
     assert new.with_suffix(".md").read_text() == render_markdown(report)
 
     out = tmp_path / "elsewhere" / "mine"
