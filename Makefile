@@ -38,7 +38,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	$(PY) -m eval.bench
+	$(PY) -m eval.bench $(BENCH_ARGS)
+	$(PY) -m eval.bench_diffcut
 
 demo: $(STAMP)
 	$(PY) -m eval.demo

@@ -437,10 +437,14 @@ def download_pinned(key: str, downloads_dir: str | os.PathLike, progress: bool =
 
 def _check_entry(info: zipfile.ZipInfo) -> None:
     """Raise :class:`UnsafeArchiveError` for entries that could escape the destination."""
-    name = info.filename
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise UnsafeArchiveError(f"refusing symlink entry {name!r} in archive")
+        raise UnsafeArchiveError(f"refusing symlink entry {info.filename!r} in archive")
+    _check_name(info.filename)
+
+
+def _check_name(name: str) -> None:
+    """Raise :class:`UnsafeArchiveError` for a member name with a NUL byte, an absolute path or a ``..``."""
     if "\x00" in name:
         raise UnsafeArchiveError(f"refusing entry with a NUL byte {name!r} in archive")
     normalised = name.replace("\\", "/")
@@ -534,13 +538,7 @@ def _check_tar_entry(info: tarfile.TarInfo) -> None:
         raise UnsafeArchiveError(f"refusing link entry {name!r} in archive")
     if not (info.isfile() or info.isdir()):
         raise UnsafeArchiveError(f"refusing special entry {name!r} (device, FIFO or unknown type) in archive")
-    if "\x00" in name:
-        raise UnsafeArchiveError(f"refusing entry with a NUL byte {name!r} in archive")
-    normalised = name.replace("\\", "/")
-    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
-        raise UnsafeArchiveError(f"refusing absolute path entry {name!r} in archive")
-    if any(component == ".." for component in normalised.split("/")):
-        raise UnsafeArchiveError(f"refusing entry with a '..' component {name!r} in archive")
+    _check_name(name)
 
 
 def safe_extract_tar(

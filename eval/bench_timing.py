@@ -1,0 +1,83 @@
+"""Timing and device description for the benchmark (``eval.bench``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["device_info", "load_average", "log", "median_time", "timed"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """Run ``fn()`` once; returns its result and the wall-clock seconds (CUDA synchronised)."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[Any, float]:
+    """Median seconds of ``repeats`` runs of ``fn`` (and the last result)."""
+    times = []
+    out = None
+    for _ in range(repeats):
+        out, seconds = timed(fn, device)
+        times.append(seconds)
+    return out, statistics.median(times)
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------------------------------- device info
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """Kind (``cuda``/``cpu``), a readable name, core count, torch threads, the 1-minute load average when the
+    run starts (other work on the machine slows every stage) and, on CUDA, the TF32 switches."""
+    info: dict[str, Any] = {
+        "kind": device.type,
+        "cpu": _cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": load_average(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["name"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        info["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+    else:
+        info["name"] = f"{info['cpu']} ({info['cpu_cores']} cores, {info['torch_threads']} torch threads)"
+    return info
+
+
