@@ -321,12 +321,26 @@ class QualitativeSamples:
         self.masks: dict[str, list[np.ndarray]] = {m: [] for m in methods}
 
     def add(self, images: torch.Tensor, labels: torch.Tensor, masks: dict[str, torch.Tensor]) -> None:
-        """Keep images ``(B, 3, H, W)`` in [-1, 1], labels ``(B, H, W)`` and masks until ``count`` are held."""
-        for b in range(min(self.count - len(self.images), images.shape[0])):
-            self.images.append(to_uint8_image(images[b]))
+        """Keep images ``(B, 3, h, w)`` in [-1, 1], labels ``(B, H, W)`` and masks until ``count`` are held.
+
+        Everything is shown at the labels' size: images at the backbone's input size are resized
+        bilinearly, masks at another side (DiffCut's protocol) by nearest neighbour.
+        """
+        keep = min(self.count - len(self.images), images.shape[0])
+        if keep <= 0:
+            return
+        side = tuple(labels.shape[-2:])
+        shown = images[:keep].float()
+        if tuple(shown.shape[-2:]) != side:
+            shown = torch.nn.functional.interpolate(shown, size=side, mode="bilinear", align_corners=False)
+        for b in range(keep):
+            self.images.append(to_uint8_image(shown[b]))
             self.labels.append(labels[b].cpu().numpy())
             for name, mask in masks.items():
-                self.masks[name].append(mask[b].cpu().numpy())
+                m = mask[b : b + 1]
+                if tuple(m.shape[-2:]) != side:
+                    m = torch.nn.functional.interpolate(m[:, None].float(), size=side, mode="nearest-exact")[:, 0]
+                self.masks[name].append(m[0].long().cpu().numpy())
 
     def write(self, path: Path, class_names: list[str], banner: str | None) -> None:
         """The grid (image | ground truth | each method), when any image was kept."""

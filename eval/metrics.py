@@ -131,10 +131,32 @@ def hungarian_match(hist: Any) -> np.ndarray:
     return match
 
 
-def match_stats(hist: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class ``(tp, fp, fn)`` (int64 arrays of shape (num_classes,)) of one histogram."""
+def merge_unmatched(hist: np.ndarray, match: np.ndarray, background: int) -> np.ndarray:
+    """DiffCut's many-to-one step: every segment left unmatched joins the background's segment.
+
+    ``hist`` is ``(C, ncols)`` (rows = ground truth), ``match`` the column matched to each
+    row. Returns a copy whose unmatched columns are added to column ``match[background]``
+    and zeroed, so their pixels count as predicted background.
+    """
+    merged = hist.copy()
+    unmatched = np.ones(hist.shape[1], dtype=bool)
+    unmatched[match] = False
+    merged[:, match[background]] += merged[:, unmatched].sum(axis=1)
+    merged[:, unmatched] = 0
+    return merged
+
+
+def match_stats(hist: Any, background: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class ``(tp, fp, fn)`` (int64 arrays of shape (num_classes,)) of one histogram.
+
+    ``background``: class id whose segment absorbs every unmatched segment before the
+    counts (:func:`merge_unmatched`; DiffCut's protocol on datasets with a background
+    class); None = the official DiffSeg protocol, unmatched segments count only in ``fn``.
+    """
     hist_np = _to_numpy(hist).astype(np.int64, copy=False)
     match = hungarian_match(hist_np)
+    if background is not None:
+        hist_np = merge_unmatched(hist_np, match, background)
     tp = hist_np[np.arange(hist_np.shape[0]), match]
     fn = hist_np.sum(axis=1) - tp
     fp = hist_np.sum(axis=0)[match] - tp
@@ -149,7 +171,8 @@ def match_image(pred: Any, label: Any,
     return tp, fp, fn, int(hist.sum())
 
 
-def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES) -> list[dict[str, Any]]:
+def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES,
+                background: int | None = None) -> list[dict[str, Any]]:
     """Per-image matching stats of a batch: the record format of the runner's per-image files.
 
     Args:
@@ -158,6 +181,7 @@ def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES) -> list
         labels: (B, H, W) integer tensor of ground-truth classes; values outside
             ``[0, num_classes)`` (-1, 255, ...) are ignored.
         num_classes: number of ground-truth classes.
+        background: DiffCut's protocol on a dataset with a background class (see :func:`match_stats`).
 
     Returns:
         One dict per image, ``{"tp": [int] * C, "fp": [int] * C, "fn": [int] * C,
@@ -186,7 +210,7 @@ def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES) -> list
     segments = present.sum(dim=1).cpu().tolist()
     out = []
     for hist, num_segments in zip(hists, segments, strict=True):
-        tp, fp, fn = match_stats(hist)
+        tp, fp, fn = match_stats(hist, background)
         out.append({
             "tp": tp.tolist(),
             "fp": fp.tolist(),
@@ -251,11 +275,14 @@ class HungarianSegmentationMetric(Metric):
     images: torch.Tensor
     segments: torch.Tensor
 
-    def __init__(self, num_classes: int = NUM_CLASSES, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, background: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if background is not None and not 0 <= background < num_classes:
+            raise ValueError(f"background must be a class id in [0, {num_classes}), got {background!r}")
         self.num_classes = num_classes
+        self.background = background
         for name in ("tp", "fp", "fn"):
             self.add_state(name, default=torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
         for name in ("valid", "images", "segments"):
@@ -272,7 +299,7 @@ class HungarianSegmentationMetric(Metric):
         if stats is None:
             if preds is None or labels is None:
                 raise ValueError("update needs preds and labels (or stats=...)")
-            stats = image_stats(preds, labels, self.num_classes)
+            stats = image_stats(preds, labels, self.num_classes, self.background)
             self.last_stats = stats
         elif preds is not None or labels is not None:
             raise ValueError("give either preds and labels or stats, not both")

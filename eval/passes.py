@@ -92,7 +92,7 @@ def segment_batch(methods: list[Method], maps: dict[int, torch.Tensor] | None,
     groups: dict[tuple, list[Method]] = {}
     for method in methods:
         if method.features is not None:
-            masks[method.name] = method(features[method.features], labels, num_classes)
+            masks[method.name] = method(features[method.features], method.labels_for(labels), num_classes)
         else:
             groups.setdefault(weights_key(method.weights), []).append(method)
     for group in groups.values():

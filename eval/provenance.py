@@ -123,6 +123,13 @@ def build_provenance(
         if partial_merge:
             text += ", incomplete shard set"
         notes.append(text)
+    for key, node in (settings.get("methods") or {}).items():
+        scored = node.get("protocol") if isinstance(node, Mapping) else None
+        if scored:
+            text = f"{node.get('name') or key}: DiffCut's protocol (labels and masks at {scored.get('label_size')}"
+            if scored.get("merge_unmatched") and _get(settings, "dataset.background") not in (None, _MISSING):
+                text += ", unmatched segments merged into background"
+            notes.append(text + "), not DiffSeg's")
     diffs = non_default(settings, protocol)
     for method, changed in diffs.items():
         if changed:

@@ -185,7 +185,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
             log.info("data-parallel: %d ranks, %d images to do, about %d each", ctx.world_size, len(todo),
                      len(dataset.ids))
     # One metric per method; rank 0 replays the images already done, every rank adds its own.
-    metrics = {m.name: HungarianSegmentationMetric(num_classes, sync_on_compute=False) for m in methods}
+    background = cfg.dataset.get("background")
+    metrics = {m.name: HungarianSegmentationMetric(num_classes, background if m.merge_unmatched else None,
+                                                   sync_on_compute=False) for m in methods}
     if ctx.is_main:
         for name, metric in accumulate((records[i] for i in done), num_classes).items():
             if name in metrics:
@@ -217,14 +219,14 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
                     maps, features = source(batch.images, batch.ids)
                     masks = segment_batch(methods, maps, features, labels, num_classes)
                 image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in batch.ids]
-                for name, mask in masks.items():
-                    metrics[name].update(mask, labels)
-                    for record, stats in zip(image_records, metrics[name].last_stats, strict=True):
-                        record["methods"][name] = stats
+                for method in methods:
+                    metrics[method.name].update(masks[method.name], method.labels_for(labels))
+                    for record, stats in zip(image_records, metrics[method.name].last_stats, strict=True):
+                        record["methods"][method.name] = stats
                 new += image_records
                 if cfg.save_masks:
                     _save_masks(out_dir / "masks", masks, batch.ids)
-                samples.add(batch.images, batch.labels, masks)
+                samples.add(batch.images, batch.labels, masks)  # masks shown at the labels' size
             records_file.append(new)
             progress.update(len(batch) + len(batch.skipped))
             running = metrics[first]

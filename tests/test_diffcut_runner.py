@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra_compose import compose_eval
+from scipy.optimize import linear_sum_assignment
 
 from diffseg import DiffCut
 from diffseg.backbone import StableDiffusionBackbone
 from diffseg.masks import read_mask_png
 from diffseg.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
-from eval.data.synthetic import write_synthetic_coco_stuff
+from eval.data.synthetic import write_synthetic_coco_stuff, write_synthetic_voc
+from eval.data.voc import Voc21
 from eval.methods import upsample_ids
-from eval.metrics import HungarianSegmentationMetric, metric_json
+from eval.metrics import HungarianSegmentationMetric, match_stats, metric_json
 from eval.run import evaluate
 
 FAST = ["experiment=coco_stuff27", "+method@methods.diffcut=diffcut", "model=tiny", "dataset.size=128",
@@ -82,5 +85,64 @@ def test_upsample_ids_keeps_blocks_and_moves_boundaries_between_pixels():
 def test_diffcut_experiments_compose(tmp_path):
     for name in ("coco_stuff27_diffcut", "cityscapes_diffcut"):
         cfg = compose_eval([f"experiment={name}", f"paths.output_dir={tmp_path}"])
-        assert [k for k, v in cfg.methods.items() if v is not None] == ["diffcut"]
+        assert [k for k, v in cfg.methods.items() if v is not None] == ["diffcut", "diffcut_native"]
         assert cfg.model.name == "segmind/SSD-1B" and cfg.methods.diffcut.output_size == 512
+        native = cfg.methods.diffcut_native
+        assert native.output_size is None and native.protocol.label_size == 128 and native.name == "DiffCut@128"
+
+
+def _brute_force_diffcut_protocol(pred: np.ndarray, label: np.ndarray, num_classes: int, background: int):
+    """Plain loops: histogram, optimal one-to-one matching, unmatched segments into background's, counts."""
+    ncols = max(num_classes, int(pred.max()) + 1)
+    hist = np.zeros((num_classes, ncols), dtype=np.int64)
+    for p, lab in zip(pred.ravel(), label.ravel(), strict=True):
+        if 0 <= lab < num_classes:
+            hist[lab, p] += 1
+    rows, cols = linear_sum_assignment(hist, maximize=True)
+    match = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    bg_col = match[background]
+    for col in range(ncols):
+        if col not in match.values():
+            hist[:, bg_col] += hist[:, col]
+            hist[:, col] = 0
+    tp = np.array([hist[c, match[c]] for c in range(num_classes)])
+    fn = hist.sum(axis=1) - tp
+    fp = np.array([hist[:, match[c]].sum() for c in range(num_classes)]) - tp
+    return tp, fp, fn
+
+
+def test_merge_unmatched_moves_leftover_segments_into_background():
+    hist = np.array([[5, 0, 2, 3],    # background: matched to column 0
+                     [0, 6, 1, 0]])   # class 1: matched to column 1; columns 2 and 3 unmatched
+    tp, fp, fn = match_stats(hist)
+    assert tp.tolist() == [5, 6] and fn.tolist() == [5, 1] and fp.tolist() == [0, 0]
+    tp, fp, fn = match_stats(hist, background=0)
+    assert tp.tolist() == [10, 6] and fn.tolist() == [0, 1] and fp.tolist() == [1, 0]
+
+
+def test_diffcut_protocol_on_a_background_dataset_equals_plain_loops(tmp_path):
+    root = tmp_path / "voc"
+    write_synthetic_voc(root, num_images=2, seed=4, size_range=(60, 90))
+    cfg = compose_eval(["experiment=voc21", "+method@methods.diffcut=diffcut",
+                        "+method@methods.diffcut_native=diffcut_native", "model=tiny", "dataset.size=128",
+                        "batch_size=2", "num_workers=0", "progress=false", "device=cpu", "save_masks=true",
+                        "methods.diffseg_fp32=null", "methods.kmeans_c=null", "methods.kmeans_s=null",
+                        "methods.diffcut_native.protocol.label_size=64",
+                        "methods.diffcut_native.segmenter.mask_size=64",
+                        f"dataset.root={root}", f"paths.output_dir={tmp_path / 'out'}"])
+    result = evaluate(cfg)
+    assert list(result["methods"]) == ["DiffSeg", "DiffCut", "DiffCut@128"]
+    data = Voc21(root, size=128)
+    totals = np.zeros((3, 21), dtype=np.int64)
+    for i, image_id in enumerate(data.ids):
+        label = data[i][1]
+        small = torch.nn.functional.interpolate(label[None, None].float(), size=(64, 64), mode="nearest-exact")
+        mask = read_mask_png(tmp_path / "out" / "masks" / "DiffCut@128" / f"{image_id}.png")
+        assert mask.shape == (64, 64)
+        totals += np.stack(_brute_force_diffcut_protocol(mask, small[0, 0].long().numpy(), 21, 0))
+    ours = result["methods"]["DiffCut@128"]
+    assert [ours["tp"], ours["fp"], ours["fn"]] == totals.tolist()
+    assert any("DiffCut@128: DiffCut's protocol (labels and masks at 64, unmatched segments merged" in n
+               for n in result["provenance"]["notes"])
+    # The same clusters under DiffSeg's protocol are scored differently (upsampled, no merge).
+    assert result["methods"]["DiffCut"]["valid"] != ours["valid"]
