@@ -131,32 +131,44 @@ def hungarian_match(hist: Any) -> np.ndarray:
     return match
 
 
-def merge_unmatched(hist: np.ndarray, match: np.ndarray, background: int) -> np.ndarray:
-    """DiffCut's many-to-one step: every segment left unmatched joins the background's segment.
+def merge_unmatched_stats(hist: np.ndarray, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DiffCut's protocol on one ``(C, ncols)`` histogram (rows = ground truth): ``(tp, fp, fn)``.
 
-    ``hist`` is ``(C, ncols)`` (rows = ground truth), ``match`` the column matched to each
-    row. Returns a copy whose unmatched columns are added to column ``match[background]``
-    and zeroed, so their pixels count as predicted background.
+    Only the classes present in the image are matched (Hungarian, one segment each); every
+    segment left unmatched is merged into the background prediction (many-to-one). A class
+    absent from the image gets no segment, so it counts nothing, except the background,
+    which receives the merged pixels as false positives when it is absent.
     """
-    merged = hist.copy()
+    num_classes = hist.shape[0]
+    present = np.flatnonzero(hist.sum(axis=1) > 0)
+    rows, cols = linear_sum_assignment(hist[present], maximize=True)
+    match = dict(zip(present[rows].tolist(), cols.tolist(), strict=True))
     unmatched = np.ones(hist.shape[1], dtype=bool)
-    unmatched[match] = False
-    merged[:, match[background]] += merged[:, unmatched].sum(axis=1)
-    merged[:, unmatched] = 0
-    return merged
+    unmatched[list(match.values())] = False
+    merged = hist[:, unmatched].sum(axis=1)  # per class: pixels predicted as background by the merge
+    tp, fp, fn = (np.zeros(num_classes, dtype=np.int64) for _ in range(3))
+    for cls, col in match.items():
+        predicted = hist[:, col] + (merged if cls == background else 0)
+        tp[cls] = predicted[cls]
+        fp[cls] = predicted.sum() - tp[cls]
+        fn[cls] = hist[cls].sum() - tp[cls]
+    if background not in match:
+        fp[background] = merged.sum()
+    return tp, fp, fn
 
 
 def match_stats(hist: Any, background: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class ``(tp, fp, fn)`` (int64 arrays of shape (num_classes,)) of one histogram.
 
-    ``background``: class id whose segment absorbs every unmatched segment before the
-    counts (:func:`merge_unmatched`; DiffCut's protocol on datasets with a background
-    class); None = the official DiffSeg protocol, unmatched segments count only in ``fn``.
+    ``background``: DiffCut's protocol on a dataset with a background class (present
+    classes matched, every other segment merged into background,
+    :func:`merge_unmatched_stats`); None = the official DiffSeg protocol, every class
+    matched and unmatched segments counted only in ``fn``.
     """
     hist_np = _to_numpy(hist).astype(np.int64, copy=False)
-    match = hungarian_match(hist_np)
     if background is not None:
-        hist_np = merge_unmatched(hist_np, match, background)
+        return merge_unmatched_stats(hist_np, background)
+    match = hungarian_match(hist_np)
     tp = hist_np[np.arange(hist_np.shape[0]), match]
     fn = hist_np.sum(axis=1) - tp
     fp = hist_np.sum(axis=0)[match] - tp

@@ -98,6 +98,6 @@ def segment_batch(methods: list[Method], maps: dict[int, torch.Tensor] | None,
     for group in groups.values():
         attention = aggregate_attention(maps, group[0].weights)
         for method in group:
-            masks[method.name] = method(attention, labels, num_classes)
+            masks[method.name] = method(attention, method.labels_for(labels), num_classes)
         del attention
     return {m.name: masks[m.name] for m in methods}

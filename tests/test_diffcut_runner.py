@@ -92,32 +92,38 @@ def test_diffcut_experiments_compose(tmp_path):
 
 
 def _brute_force_diffcut_protocol(pred: np.ndarray, label: np.ndarray, num_classes: int, background: int):
-    """Plain loops: histogram, optimal one-to-one matching, unmatched segments into background's, counts."""
+    """Plain loops: histogram, present classes matched one-to-one, other segments into background, counts."""
     ncols = max(num_classes, int(pred.max()) + 1)
     hist = np.zeros((num_classes, ncols), dtype=np.int64)
     for p, lab in zip(pred.ravel(), label.ravel(), strict=True):
         if 0 <= lab < num_classes:
             hist[lab, p] += 1
-    rows, cols = linear_sum_assignment(hist, maximize=True)
-    match = dict(zip(rows.tolist(), cols.tolist(), strict=True))
-    bg_col = match[background]
-    for col in range(ncols):
-        if col not in match.values():
-            hist[:, bg_col] += hist[:, col]
-            hist[:, col] = 0
-    tp = np.array([hist[c, match[c]] for c in range(num_classes)])
-    fn = hist.sum(axis=1) - tp
-    fp = np.array([hist[:, match[c]].sum() for c in range(num_classes)]) - tp
+    present = [c for c in range(num_classes) if hist[c].sum() > 0]
+    rows, cols = linear_sum_assignment(hist[present], maximize=True)
+    match = {present[r]: c for r, c in zip(rows.tolist(), cols.tolist(), strict=True)}
+    leftover = [c for c in range(ncols) if c not in match.values()]
+    as_background = hist[:, leftover].sum(axis=1)
+    tp, fp, fn = (np.zeros(num_classes, np.int64) for _ in range(3))
+    for c in range(num_classes):
+        if c in match:
+            column = hist[:, match[c]] + (as_background if c == background else 0)
+            tp[c], fp[c], fn[c] = column[c], column.sum() - column[c], hist[c].sum() - column[c]
+        elif c == background:
+            fp[c] = as_background.sum()
     return tp, fp, fn
 
 
 def test_merge_unmatched_moves_leftover_segments_into_background():
     hist = np.array([[5, 0, 2, 3],    # background: matched to column 0
-                     [0, 6, 1, 0]])   # class 1: matched to column 1; columns 2 and 3 unmatched
+                     [0, 6, 1, 0],    # class 1: matched to column 1; columns 2 and 3 unmatched
+                     [0, 0, 0, 0]])   # class 2 absent: DiffSeg's protocol still matches it (column 2)
     tp, fp, fn = match_stats(hist)
-    assert tp.tolist() == [5, 6] and fn.tolist() == [5, 1] and fp.tolist() == [0, 0]
+    assert tp.tolist() == [5, 6, 0] and fn.tolist() == [5, 1, 0] and fp.tolist() == [0, 0, 3]
     tp, fp, fn = match_stats(hist, background=0)
-    assert tp.tolist() == [10, 6] and fn.tolist() == [0, 1] and fp.tolist() == [1, 0]
+    assert tp.tolist() == [10, 6, 0] and fn.tolist() == [0, 1, 0] and fp.tolist() == [1, 0, 0]
+    # Background absent: the merged pixels are false background.
+    tp, fp, fn = match_stats(np.array([[0, 0, 0], [4, 1, 2]]), background=0)
+    assert tp.tolist() == [0, 4] and fp.tolist() == [3, 0] and fn.tolist() == [0, 3]
 
 
 def test_diffcut_protocol_on_a_background_dataset_equals_plain_loops(tmp_path):
