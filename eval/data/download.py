@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.client import HTTPException, IncompleteRead
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
@@ -454,6 +456,52 @@ def _check_name(name: str) -> None:
         raise UnsafeArchiveError(f"refusing entry with a '..' component {name!r} in archive")
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One archive member, as the extraction sees it (zip and tar alike)."""
+
+    name: str
+    size: int
+    is_file: bool
+    open: Callable[[], IO[bytes]]
+
+
+def _extract_entries(entries: list[_Entry], archive: Path, dest: Path, members_prefix: str | None,
+                     strip_prefix: str | None, members: Iterable[str] | None,
+                     member_filter: Callable[[str], bool] | None, progress: bool) -> list[Path]:
+    """Select, then write the (already checked) entries under ``dest`` (existing); see :func:`safe_extract_zip`."""
+    dest_resolved = dest.resolve()
+    if members is not None:
+        wanted = set(members)
+        missing = sorted(wanted - {e.name for e in entries})
+        if missing:
+            raise KeyError(f"{len(missing)} entries not in {archive}, e.g. {missing[:3]}")
+        entries = [e for e in entries if e.name in wanted]
+    selected = [e for e in entries if e.is_file
+                and (members_prefix is None or e.name.startswith(members_prefix))
+                and (member_filter is None or member_filter(e.name))]
+    out: list[Path] = []
+    for entry in tqdm(selected, desc=f"extract {archive.name}", unit="file", disable=not progress):
+        name = entry.name
+        if strip_prefix and name.startswith(strip_prefix):
+            name = name[len(strip_prefix) :]
+        target = dest / name
+        if not target.resolve().is_relative_to(dest_resolved):
+            raise UnsafeArchiveError(f"refusing entry {entry.name!r}: resolves outside {dest}")
+        out.append(target)
+        if target.is_file() and target.stat().st_size == entry.size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.extracting")
+        try:
+            with entry.open() as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
 def safe_extract_zip(
     zip_path: str | os.PathLike,
     dest: str | os.PathLike,
@@ -488,47 +536,13 @@ def safe_extract_zip(
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    dest_resolved = dest.resolve()
-    out: list[Path] = []
     with zipfile.ZipFile(zip_path) as zf:
         infos = zf.infolist()
         for info in infos:
             _check_entry(info)
-        if members is not None:
-            wanted = set(members)
-            by_name = {info.filename: info for info in infos}
-            missing = sorted(wanted - by_name.keys())
-            if missing:
-                raise KeyError(f"{len(missing)} entries not in {zip_path}, e.g. {missing[:3]}")
-            selected = [info for info in infos if info.filename in wanted]
-        else:
-            selected = infos
-        selected = [
-            info
-            for info in selected
-            if not info.is_dir()
-            and (members_prefix is None or info.filename.startswith(members_prefix))
-            and (member_filter is None or member_filter(info.filename))
-        ]
-        for info in tqdm(selected, desc=f"extract {Path(zip_path).name}", unit="file", disable=not progress):
-            name = info.filename
-            if strip_prefix and name.startswith(strip_prefix):
-                name = name[len(strip_prefix) :]
-            target = dest / name
-            if not target.resolve().is_relative_to(dest_resolved):
-                raise UnsafeArchiveError(f"refusing entry {info.filename!r}: resolves outside {dest}")
-            out.append(target)
-            if target.is_file() and target.stat().st_size == info.file_size:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.extracting")
-            try:
-                with zf.open(info) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-    return out
+        entries = [_Entry(i.filename, i.file_size, not i.is_dir(), functools.partial(zf.open, i)) for i in infos]
+        return _extract_entries(entries, Path(zip_path), dest, members_prefix, strip_prefix, members,
+                                member_filter, progress)
 
 
 def _check_tar_entry(info: tarfile.TarInfo) -> None:
@@ -563,49 +577,20 @@ def safe_extract_tar(
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    dest_resolved = dest.resolve()
-    out: list[Path] = []
     with tarfile.open(tar_path, mode="r:*") as tf:
         infos = tf.getmembers()
         for info in infos:
             _check_tar_entry(info)
-        if members is not None:
-            wanted = set(members)
-            missing = sorted(wanted - {info.name for info in infos})
-            if missing:
-                raise KeyError(f"{len(missing)} entries not in {tar_path}, e.g. {missing[:3]}")
-            selected = [info for info in infos if info.name in wanted]
-        else:
-            selected = infos
-        selected = [
-            info
-            for info in selected
-            if info.isfile()
-            and (members_prefix is None or info.name.startswith(members_prefix))
-            and (member_filter is None or member_filter(info.name))
-        ]
-        for info in tqdm(selected, desc=f"extract {Path(tar_path).name}", unit="file", disable=not progress):
-            name = info.name
-            if strip_prefix and name.startswith(strip_prefix):
-                name = name[len(strip_prefix) :]
-            target = dest / name
-            if not target.resolve().is_relative_to(dest_resolved):
-                raise UnsafeArchiveError(f"refusing entry {info.name!r}: resolves outside {dest}")
-            out.append(target)
-            if target.is_file() and target.stat().st_size == info.size:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.extracting")
-            try:
-                src = tf.extractfile(info)
-                if src is None:  # not a regular file after all
-                    raise UnsafeArchiveError(f"refusing entry {info.name!r}: no file data")
-                with src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-    return out
+        entries = [_Entry(i.name, i.size, i.isfile(), functools.partial(_tar_data, tf, i)) for i in infos]
+        return _extract_entries(entries, Path(tar_path), dest, members_prefix, strip_prefix, members,
+                                member_filter, progress)
+
+
+def _tar_data(tf: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
+    src = tf.extractfile(info)
+    if src is None:  # not a regular file after all
+        raise UnsafeArchiveError(f"refusing entry {info.name!r}: no file data")
+    return src
 
 
 def read_tar_member(tar_path: str | os.PathLike, name: str) -> bytes:
