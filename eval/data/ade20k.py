@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from eval.data.base import LabelledImages
 from eval.data.classes import ADE20K150_CLASSES, ade20k_lut
-from eval.data.loader import DatasetNotFoundError, select_ids
+from eval.data.loader import DatasetNotFoundError
 
 __all__ = ["Ade20k150", "VAL_IMAGES", "image_ids"]
 
@@ -56,20 +54,13 @@ class Ade20k150(LabelledImages):
         split: str = "validation",
         image_size: int | None = None,
     ):
-        self.root = Path(root)
-        self.size = int(size)
-        self.image_size = int(image_size) if image_size else None
         self.split = split
-        if not self.root.is_dir():
-            raise DatasetNotFoundError(f"ADE20K root not found: {self.root}; {_make_hint(self.root)}")
-        image_dir = self.root / "images" / split
-        if not image_dir.is_dir():
-            raise DatasetNotFoundError(f"ADE20K image folder not found: {image_dir}; {_make_hint(self.root)}")
-        self.all_ids = image_ids(self.root, split)
-        if not self.all_ids:
-            raise DatasetNotFoundError(f"no *.jpg images under {image_dir}; {_make_hint(self.root)}")
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
-        self._lut = torch.from_numpy(ade20k_lut())
+        self._open_root(root, size, image_size, "ADE20K", _make_hint(Path(root)))
+        image_dir = self._require(self.root / "images" / split, "ADE20K image folder")
+        all_ids = image_ids(self.root, split)
+        if not all_ids:
+            raise DatasetNotFoundError(f"no *.jpg images under {image_dir}; {self._hint}")
+        self._select(all_ids, limit, shard, ade20k_lut())
 
     def image_path(self, image_id: str) -> Path:
         """``<root>/images/<split>/<id>.jpg``."""

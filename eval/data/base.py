@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
+from eval.data.loader import DatasetNotFoundError, select_ids
 
 __all__ = ["LabelledImages"]
 
@@ -30,6 +33,26 @@ class LabelledImages(Dataset):
     ids: list[str]
     _lut: torch.Tensor
     image_size: int | None = None
+
+    def _open_root(self, root: str | os.PathLike, size: int, image_size: int | None, title: str, hint: str) -> None:
+        """Set ``root``, ``size`` and ``image_size``; a missing root names its path and ``hint`` (how to get it)."""
+        self.root = Path(root)
+        self.size = int(size)
+        self.image_size = int(image_size) if image_size else None
+        self._hint = hint
+        self._require(self.root, f"{title} root")
+
+    def _require(self, path: Path, what: str) -> Path:
+        """``path`` when it exists; else :class:`DatasetNotFoundError` naming it and how to prepare it."""
+        if not path.exists():
+            raise DatasetNotFoundError(f"{what} not found: {path}; {self._hint}")
+        return path
+
+    def _select(self, all_ids: Sequence[str], limit: int | None, shard, lut) -> None:
+        """Keep the full id list, the ids to evaluate (limit, then shard) and the label map (a numpy LUT)."""
+        self.all_ids = list(all_ids)
+        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
+        self._lut = torch.from_numpy(lut)
 
     @property
     def input_size(self) -> int:

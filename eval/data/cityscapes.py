@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from eval.data.base import LabelledImages
 from eval.data.classes import CITYSCAPES27_CLASSES, cityscapes_label_id_lut
-from eval.data.loader import DatasetNotFoundError, select_ids
+from eval.data.loader import DatasetNotFoundError
 
 __all__ = ["Cityscapes27", "IMAGE_SUFFIX", "LABEL_SUFFIX"]
 
@@ -53,22 +51,14 @@ class Cityscapes27(LabelledImages):
         split: str = "val",
         image_size: int | None = None,
     ):
-        self.root = Path(root)
-        self.size = int(size)
-        self.image_size = int(image_size) if image_size else None
         self.split = split
-        if not self.root.is_dir():
-            raise DatasetNotFoundError(f"Cityscapes root not found: {self.root}; {_make_hint(self.root)}")
-        image_dir = self.root / "leftImg8bit" / split
-        if not image_dir.is_dir():
-            raise DatasetNotFoundError(f"Cityscapes image folder not found: {image_dir}; {_make_hint(self.root)}")
+        self._open_root(root, size, image_size, "Cityscapes", _make_hint(Path(root)))
+        image_dir = self._require(self.root / "leftImg8bit" / split, "Cityscapes image folder")
         found = sorted((p.parent.name, p.name[: -len(IMAGE_SUFFIX)]) for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
         if not found:
-            raise DatasetNotFoundError(f"no *{IMAGE_SUFFIX} images under {image_dir}; {_make_hint(self.root)}")
+            raise DatasetNotFoundError(f"no *{IMAGE_SUFFIX} images under {image_dir}; {self._hint}")
         self._city = {name: city for city, name in found}
-        self.all_ids = [name for _, name in found]
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
-        self._lut = torch.from_numpy(cityscapes_label_id_lut())
+        self._select([name for _, name in found], limit, shard, cityscapes_label_id_lut())
 
 
     def image_path(self, image_id: str) -> Path:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from diffseg.preprocess import load_label
@@ -40,7 +39,6 @@ from eval.data.classes import (
 )
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
 from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, read_id_list
-from eval.data.loader import DatasetNotFoundError, select_ids
 
 __all__ = [
     "AGREEMENT_FILE",
@@ -225,26 +223,15 @@ class CocoObject81(LabelledImages):
     ):
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
-        self.root = Path(root)
-        self.size = int(size)
-        self.image_size = int(image_size) if image_size else None
         self.label_source = label_source
-        if not self.root.is_dir():
-            raise DatasetNotFoundError(
-                f"COCO-Object root (the COCO-Stuff-27 root) not found: {self.root}; {_make_hint(self.root, 'coco')}"
-            )
-        self.list_path = self.root / list_file
-        if not self.list_path.is_file():
-            raise DatasetNotFoundError(f"COCO list file not found: {self.list_path}; {_make_hint(self.root, 'coco')}")
-        if label_source == "instances" and not (self.root / INSTANCE_LABEL_DIR).is_dir():
-            raise DatasetNotFoundError(
-                f"COCO-Object instance labels not found: {self.root / INSTANCE_LABEL_DIR}; "
-                f"{_make_hint(self.root, 'instances')}"
-            )
-        self.all_ids = read_id_list(self.list_path)
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
+        self._open_root(root, size, image_size, "COCO-Object root (the COCO-Stuff-27 root)",
+                        _make_hint(Path(root), "coco"))
+        self.list_path = self._require(self.root / list_file, "COCO list file")
+        if label_source == "instances":
+            self._hint = _make_hint(self.root, "instances")
+            self._require(self.root / INSTANCE_LABEL_DIR, "COCO-Object instance labels")
         lut = coco_object_lut() if label_source == "instances" else coco_stuffthing_to_object_lut()
-        self._lut = torch.from_numpy(lut)
+        self._select(read_id_list(self.list_path), limit, shard, lut)
 
     def image_path(self, image_id: str) -> Path:
         """``<root>/val2017/<id>.jpg``."""

@@ -12,11 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from eval.data.base import LabelledImages
 from eval.data.classes import COCO_STUFF27_CLASSES, coco_stuff_fine_to_coarse_lut
-from eval.data.loader import DatasetNotFoundError, select_ids
 
 __all__ = ["DEFAULT_LIST_FILE", "CocoStuff27", "read_id_list"]
 
@@ -63,17 +60,9 @@ class CocoStuff27(LabelledImages):
         list_file: str = DEFAULT_LIST_FILE,
         image_size: int | None = None,
     ):
-        self.root = Path(root)
-        self.size = int(size)
-        self.image_size = int(image_size) if image_size else None
-        if not self.root.is_dir():
-            raise DatasetNotFoundError(f"COCO-Stuff-27 root not found: {self.root}; {_make_hint(self.root)}")
-        self.list_path = self.root / list_file
-        if not self.list_path.is_file():
-            raise DatasetNotFoundError(f"COCO-Stuff-27 list file not found: {self.list_path}; {_make_hint(self.root)}")
-        self.all_ids = read_id_list(self.list_path)
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
-        self._lut = torch.from_numpy(coco_stuff_fine_to_coarse_lut())
+        self._open_root(root, size, image_size, "COCO-Stuff-27", _make_hint(Path(root)))
+        self.list_path = self._require(self.root / list_file, "COCO-Stuff-27 list file")
+        self._select(read_id_list(self.list_path), limit, shard, coco_stuff_fine_to_coarse_lut())
 
 
     def image_path(self, image_id: str) -> Path:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from eval.atomic import write_text_atomic
@@ -36,7 +35,6 @@ from eval.data.base import LabelledImages
 from eval.data.classes import CONTEXT60_CLASSES, CONTEXT_DETAIL_IDS, context_lut
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
 from eval.data.coco_stuff import read_id_list
-from eval.data.loader import DatasetNotFoundError, select_ids
 
 __all__ = [
     "ANNOTATION_FILE",
@@ -202,20 +200,10 @@ class Context60(LabelledImages):
         split: str = "val",
         image_size: int | None = None,
     ):
-        self.root = Path(root)
-        self.size = int(size)
-        self.image_size = int(image_size) if image_size else None
-        if not self.root.is_dir():
-            raise DatasetNotFoundError(f"PASCAL-Context (VOC2010) root not found: {self.root}; {_make_hint(self.root)}")
-        self.list_path = split_list(self.root, split)
-        if not self.list_path.is_file():
-            raise DatasetNotFoundError(
-                f"PASCAL-Context list file not found: {self.list_path} (the labels are built from "
-                f"{ANNOTATION_FILE}); {_make_hint(self.root)}"
-            )
-        self.all_ids = read_id_list(self.list_path)
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
-        self._lut = torch.from_numpy(context_lut())
+        self._open_root(root, size, image_size, "PASCAL-Context (VOC2010)", _make_hint(Path(root)))
+        self.list_path = self._require(split_list(self.root, split),
+                                       f"PASCAL-Context list file (the labels are built from {ANNOTATION_FILE})")
+        self._select(read_id_list(self.list_path), limit, shard, context_lut())
 
     def image_path(self, image_id: str) -> Path:
         """``<root>/JPEGImages/<id>.jpg``."""

@@ -14,12 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from eval.data.base import LabelledImages
 from eval.data.classes import VOC21_CLASSES, voc_lut
 from eval.data.coco_stuff import read_id_list
-from eval.data.loader import DatasetNotFoundError, select_ids
 
 __all__ = ["IMAGE_DIR", "LABEL_DIR", "VAL_IMAGES", "Voc21", "split_list"]
 
@@ -62,17 +59,9 @@ class Voc21(LabelledImages):
         split: str = "val",
         image_size: int | None = None,
     ):
-        self.root = Path(root)
-        self.size = int(size)
-        self.image_size = int(image_size) if image_size else None
-        if not self.root.is_dir():
-            raise DatasetNotFoundError(f"VOC2012 root not found: {self.root}; {_make_hint(self.root)}")
-        self.list_path = split_list(self.root, split)
-        if not self.list_path.is_file():
-            raise DatasetNotFoundError(f"VOC2012 list file not found: {self.list_path}; {_make_hint(self.root)}")
-        self.all_ids = read_id_list(self.list_path)
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
-        self._lut = torch.from_numpy(voc_lut())
+        self._open_root(root, size, image_size, "VOC2012", _make_hint(Path(root)))
+        self.list_path = self._require(split_list(self.root, split), "VOC2012 list file")
+        self._select(read_id_list(self.list_path), limit, shard, voc_lut())
 
     def image_path(self, image_id: str) -> Path:
         """``<root>/JPEGImages/<id>.jpg``."""
