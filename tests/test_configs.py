@@ -73,3 +73,19 @@ def test_slurm_launcher_config_composes(tmp_path):
                        return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1
+
+
+def test_paper_experiments_run_the_backbone_in_float32_with_tf32_off(tmp_path):
+    import torch
+
+    from diffseg.devices import resolve_dtype
+
+    for experiment in ("coco_stuff27", "cityscapes"):
+        cfg = compose_eval([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+        assert cfg.model.dtype == "float32"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    assert resolve_dtype("float32") is torch.float32
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    assert resolve_dtype("float16") is torch.float16
+    with pytest.raises(ValueError, match="model.dtype"):
+        resolve_dtype("auto")
