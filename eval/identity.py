@@ -159,7 +159,7 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def check_run_folder(out_dir: str | os.PathLike, identity: RunIdentity, has_records: bool) -> dict[str, Any]:
-    """Claim ``out_dir`` for ``identity``: write ``run.json`` if new, else verify it matches.
+    """Claim ``out_dir`` for ``identity``: write ``run.json`` while it holds no record, else verify it matches.
 
     Raises :class:`RunMismatchError` when the folder's results were made under another
     fingerprint (each differing setting named, old -> new), or when it holds per-image
@@ -170,14 +170,16 @@ def check_run_folder(out_dir: str | os.PathLike, identity: RunIdentity, has_reco
     path = out / IDENTITY_FILE
     hint = ("Results of different settings are never mixed: start a new folder (drop `hydra.run.dir=...` "
             "to get a fresh time-stamped one, or name another), or run again with the folder's settings.")
-    if not path.exists():
-        if has_records:
-            raise RunMismatchError(
-                f"{out} holds per-image results but no {IDENTITY_FILE}: their settings are unknown "
-                f"(made by an older version). {hint}")
+    if not has_records:
+        # A new folder, or one whose earlier start recorded no image (it stopped on missing weights,
+        # say): there is nothing to protect, so the folder belongs to the settings requested now.
         content = identity.to_json()
         write_json_atomic(path, content)
         return content
+    if not path.exists():
+        raise RunMismatchError(
+            f"{out} holds per-image results but no {IDENTITY_FILE}: their settings are unknown "
+            f"(made by an older version). {hint}")
     stored = json.loads(path.read_text(encoding="utf-8"))
     if stored.get("fingerprint") != identity.fingerprint:
         changes = diff_settings({"settings": stored.get("settings"), "data": stored.get("data")},

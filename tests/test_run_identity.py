@@ -239,3 +239,14 @@ def test_tables_mark_random_weights_and_non_default_settings_without_any_flag(ro
     md2 = (tmp_path / "t2" / "coco_stuff27.md").read_text()
     assert "mIoU 95% CI" in md2 and f"[{low:.1f}, {high:.1f}]" in md2
     assert json.loads((out / "metrics.json").read_text())["provenance"]["random_weights"] is True
+
+
+def test_a_folder_without_any_record_takes_the_new_settings(root, tmp_path):
+    with pytest.raises(NoImagesError):
+        run(root, tmp_path, "dataset.limit=0")  # writes run.json, records nothing
+    first = json.loads((tmp_path / "run.json").read_text())["fingerprint"]
+    result = run(root, tmp_path, "dataset.limit=1", "methods.diffseg.segmenter.kl_threshold=0.9")
+    assert result["provenance"]["fingerprint"] != first
+    assert json.loads((tmp_path / "run.json").read_text())["fingerprint"] == result["provenance"]["fingerprint"]
+    with pytest.raises(RunMismatchError):  # now it holds a record: other settings are refused again
+        run(root, tmp_path, "dataset.limit=1")
