@@ -198,6 +198,14 @@ def _missing_files(ids: list[str], paths) -> list[str]:
     return [i for i in ids if not all(p.is_file() for p in paths(i))]
 
 
+def _listed_files_ready(list_path: Path, paths) -> bool:
+    """True when the id list exists, is not empty, and ``paths(id)`` exist for every id."""
+    if not list_path.is_file():
+        return False
+    ids = read_id_list(list_path)
+    return bool(ids) and not _missing_files(ids, paths)
+
+
 # --------------------------------------------------------------------------- VOC-21
 
 
@@ -207,11 +215,7 @@ def _voc_files(root: Path):
 
 def voc_ready(root: Path) -> bool:
     """True when ``root`` has the val list and the image and label of every listed id."""
-    list_path = voc.split_list(root)
-    if not list_path.is_file():
-        return False
-    ids = read_id_list(list_path)
-    return bool(ids) and not _missing_files(ids, _voc_files(root))
+    return _listed_files_ready(voc.split_list(root), _voc_files(root))
 
 
 def prepare_voc(root: Path, downloads: Path, progress: bool = True) -> None:
@@ -243,11 +247,7 @@ def _context_files(root: Path):
 
 def context_ready(root: Path) -> bool:
     """True when ``root`` has the built val list and the image and label of every listed id."""
-    list_path = context.split_list(root)
-    if not list_path.is_file():
-        return False
-    ids = read_id_list(list_path)
-    return bool(ids) and not _missing_files(ids, _context_files(root))
+    return _listed_files_ready(context.split_list(root), _context_files(root))
 
 
 def _context_annotations(root: Path, downloads: Path, verify: bool, progress: bool) -> Path:

@@ -85,19 +85,23 @@ class BackbonePasses:
         return maps, features
 
 
-def segment_batch(methods: list[Method], maps: dict[int, torch.Tensor] | None,
-                  features: dict[FeaturePass, Any], labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
-    """Masks ``(B, H, W)`` of every method; aggregation computed once per weight setting."""
+def segment_batch(methods: list[Method], maps: dict[int, torch.Tensor] | None, features: dict[FeaturePass, Any],
+                  labels: dict[str, torch.Tensor], num_classes: int) -> dict[str, torch.Tensor]:
+    """Masks ``(B, H, W)`` of every method; aggregation computed once per weight setting.
+
+    ``labels`` maps each method to the ``(B, H, W)`` labels it is scored against
+    (:meth:`eval.methods.Method.labels_for`).
+    """
     masks: dict[str, torch.Tensor] = {}
     groups: dict[tuple, list[Method]] = {}
     for method in methods:
         if method.features is not None:
-            masks[method.name] = method(features[method.features], method.labels_for(labels), num_classes)
+            masks[method.name] = method(features[method.features], labels[method.name], num_classes)
         else:
             groups.setdefault(weights_key(method.weights), []).append(method)
     for group in groups.values():
         attention = aggregate_attention(maps, group[0].weights)
         for method in group:
-            masks[method.name] = method(attention, method.labels_for(labels), num_classes)
+            masks[method.name] = method(attention, labels[method.name], num_classes)
         del attention
     return {m.name: masks[m.name] for m in methods}

@@ -45,7 +45,7 @@ from eval.methods import build_methods
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.passes import BackbonePasses, segment_batch
 from eval.provenance import banner, build_provenance
-from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, accumulate, load_run_records, write_metrics
+from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
 
 __all__ = ["NoImagesError", "evaluate", "main", "versions"]
 
@@ -189,9 +189,8 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
     metrics = {m.name: HungarianSegmentationMetric(num_classes, background if m.merge_unmatched else None,
                                                    sync_on_compute=False) for m in methods}
     if ctx.is_main:
-        for name, metric in accumulate((records[i] for i in done), num_classes).items():
-            if name in metrics:
-                metrics[name].merge_state(metric)
+        for name, metric in metrics.items():
+            metric.add_stats(records[i]["methods"][name] for i in done)
     loader = build_loader(
         dataset,
         batch_size=int(cfg.batch_size),
@@ -216,11 +215,12 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
             if len(batch):
                 labels = batch.labels.to(device, non_blocking=True)
                 with torch.inference_mode():
+                    scored = {m.name: m.labels_for(labels) for m in methods}  # resized once per protocol
                     maps, features = source(batch.images, batch.ids)
-                    masks = segment_batch(methods, maps, features, labels, num_classes)
+                    masks = segment_batch(methods, maps, features, scored, num_classes)
                 image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in batch.ids]
                 for method in methods:
-                    metrics[method.name].update(masks[method.name], method.labels_for(labels))
+                    metrics[method.name].update(masks[method.name], scored[method.name])
                     for record, stats in zip(image_records, metrics[method.name].last_stats, strict=True):
                         record["methods"][method.name] = stats
                 new += image_records
