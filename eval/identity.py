@@ -3,7 +3,8 @@
 A run folder holds ``run.json``::
 
     {"fingerprint": "3f9c0a1b2c3d4e5f",          # sha256 of ``settings`` + ``data``, 16 hex digits
-     "settings": {"dataset": ..., "model": ..., "aggregation": ..., "methods": ..., "device": "cuda"},
+     "settings": {"dataset": ..., "model": ..., "aggregation": ..., "methods": ..., "protocol": ...,
+                  "device": "cuda"},
      "data": {"ids_sha256": "...", "num_ids": 2175, "synthetic": false},
      "code": {"version": "0.1.0", "git": "5458e27...", "dirty": false},
      "versions": {"torch": ..., "diffusers": ..., ...}}
@@ -11,7 +12,8 @@ A run folder holds ``run.json``::
 ``settings`` holds every setting that can change a per-image result: the dataset
 node (label mapping, evaluation size) without its root, limit and shard; the whole
 model node (name, dtype, timestep, noise and its seed, backbone) without
-``head_chunk``; the aggregation weights; every method's node; the device type
+``head_chunk``; the aggregation weights; every method's node; the protocol
+(:mod:`eval.protocols`: geometry and scoring rules); the device type
 (CPU and CUDA kernels round differently). ``data`` names the image universe (the
 hash of the dataset's full id list) and whether it is synthetic. Settings that only
 choose which images (``dataset.limit``, ``dataset.shard``, ``dataset.root``) or how
@@ -47,6 +49,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval.atomic import write_json_atomic
+from eval.protocols import protocol_settings
 
 __all__ = [
     "IDENTITY_FILE",
@@ -109,6 +112,7 @@ def result_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "model": _without(container["model"], _SPEED_KEYS),
         "aggregation": container.get("aggregation"),
         "methods": {k: v for k, v in (container.get("methods") or {}).items() if v is not None},
+        "protocol": protocol_settings(cfg),
         "device": device.type,
     }
 

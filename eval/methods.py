@@ -14,10 +14,7 @@ A method on UNet features instead of attention (DiffCut) adds::
                                                # pass when the settings are the same)
     output_size: 512                           # cluster maps upsampled to the evaluation size
 
-and may be scored under DiffCut's protocol instead of DiffSeg's::
-
-    protocol: {label_size: 128, merge_unmatched: true}   # labels nearest-resized to 128; unmatched
-                                                          # segments merged into dataset.background
+Every method of a run is scored under the run's protocol (``cfg.protocol``, :mod:`eval.protocols`).
 """
 
 from __future__ import annotations
@@ -52,16 +49,6 @@ class Method:
     ablation: dict[str, Any] | None = None
     features: FeaturePass | None = None
     output_size: int | None = None
-    label_size: int | None = None  # DiffCut protocol: labels (and masks) at this side
-    merge_unmatched: bool = False  # DiffCut protocol: unmatched segments join the background's
-
-    def labels_for(self, labels: torch.Tensor) -> torch.Tensor:
-        """The labels ``(B, H, W)`` this method is scored against: as given, or nearest-resized to ``label_size``."""
-        if self.label_size is None or labels.shape[-1] == self.label_size:
-            return labels
-        resized = torch.nn.functional.interpolate(labels[:, None].float(), size=(self.label_size,) * 2,
-                                                  mode="nearest-exact")
-        return resized[:, 0].long()
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Masks ``LongTensor(B, H, W)`` at the labels' size.
@@ -128,7 +115,9 @@ def build_methods(cfg: DictConfig) -> list[Method]:
         weights = _weights(node.get("aggregation")) if node.get("aggregation") is not None else run_weights
         ablation = node.get("ablation")
         features = node.get("features")
-        protocol = node.get("protocol")
+        if node.get("protocol") is not None:
+            raise ValueError(f"methods.{key}.protocol: a method is scored under the run's protocol; "
+                             "choose it with protocol=diffcut (conf/protocol/), not per method")
         methods.append(
             Method(
                 name=str(node.get("name", key)),
@@ -138,8 +127,6 @@ def build_methods(cfg: DictConfig) -> list[Method]:
                 ablation=OmegaConf.to_container(ablation, resolve=True) if ablation is not None else None,
                 features=_feature_pass(features),
                 output_size=int(node.output_size) if node.get("output_size") is not None else None,
-                label_size=int(protocol.label_size) if protocol and protocol.get("label_size") else None,
-                merge_unmatched=bool(protocol and protocol.get("merge_unmatched")),
             )
         )
     names = [m.name for m in methods]

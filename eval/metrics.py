@@ -28,6 +28,11 @@ fp from the matched columns), on the same histogram and with the same solver, so
 break the same way. One consequence, kept for faithfulness: a class absent from an
 image may be matched to a leftover non-empty segment and then receives its pixels as
 fp (which absent class gets them is a tie, decided by the solver).
+
+DiffCut's protocol (``protocol="diffcut"``, :func:`diffcut_match`) scores the same
+histograms differently on datasets with a background class: a first matching without
+background, every segment left without a present class merged into one, and
+background, boundary and unlabelled pixels all counted as background.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +50,7 @@ from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 
 NUM_CLASSES = 27
+PROTOCOLS = ("diffseg", "diffcut")  # scoring rules; eval.protocols adds each one's geometry
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -131,48 +138,93 @@ def hungarian_match(hist: Any) -> np.ndarray:
     return match
 
 
-def merge_unmatched_stats(hist: np.ndarray, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DiffCut's protocol on one ``(C, ncols)`` histogram (rows = ground truth): ``(tp, fp, fn)``.
-
-    Only the classes present in the image are matched (Hungarian, one segment each); every
-    segment left unmatched is merged into the background prediction (many-to-one). A class
-    absent from the image gets no segment, so it counts nothing, except the background,
-    which receives the merged pixels as false positives when it is absent.
-    """
-    num_classes = hist.shape[0]
-    present = np.flatnonzero(hist.sum(axis=1) > 0)
-    rows, cols = linear_sum_assignment(hist[present], maximize=True)
-    match = dict(zip(present[rows].tolist(), cols.tolist(), strict=True))
-    unmatched = np.ones(hist.shape[1], dtype=bool)
-    unmatched[list(match.values())] = False
-    merged = hist[:, unmatched].sum(axis=1)  # per class: pixels predicted as background by the merge
-    tp, fp, fn = (np.zeros(num_classes, dtype=np.int64) for _ in range(3))
-    for cls, col in match.items():
-        predicted = hist[:, col] + (merged if cls == background else 0)
-        tp[cls] = predicted[cls]
-        fp[cls] = predicted.sum() - tp[cls]
-        fn[cls] = hist[cls].sum() - tp[cls]
-    if background not in match:
-        fp[background] = merged.sum()
-    return tp, fp, fn
-
-
-def match_stats(hist: Any, background: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def match_stats(hist: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class ``(tp, fp, fn)`` (int64 arrays of shape (num_classes,)) of one histogram.
 
-    ``background``: DiffCut's protocol on a dataset with a background class (present
-    classes matched, every other segment merged into background,
-    :func:`merge_unmatched_stats`); None = the official DiffSeg protocol, every class
-    matched and unmatched segments counted only in ``fn``.
+    Every class is matched to one column (Hungarian); pixels of unmatched columns count
+    only in ``fn``; ``fp`` comes from the matched columns. Both releases (DiffSeg's and
+    DiffCut's ``hungarian_matching``) count this way on a histogram.
     """
     hist_np = _to_numpy(hist).astype(np.int64, copy=False)
-    if background is not None:
-        return merge_unmatched_stats(hist_np, background)
     match = hungarian_match(hist_np)
     tp = hist_np[np.arange(hist_np.shape[0]), match]
     fn = hist_np.sum(axis=1) - tp
     fp = hist_np.sum(axis=0)[match] - tp
     return tp, fp, fn
+
+
+@dataclass(frozen=True)
+class DiffCutMatch:
+    """One image scored under DiffCut's protocol (:func:`diffcut_match`), in this project's class order."""
+
+    tp: np.ndarray  # int64 (C,)
+    fp: np.ndarray  # int64 (C,)
+    fn: np.ndarray  # int64 (C,)
+    valid: int  # pixels counted (every pixel on a dataset with a background class)
+    categories: dict[int, int | None]  # segment id of the input mask -> class it was finally matched to
+
+
+def diffcut_match(pred: Any, label: Any, num_classes: int, background: int | None) -> DiffCutMatch:
+    """Score one image as DiffCut's release (``eval_diffcut.py``) does.
+
+    Args:
+        pred: (H, W) non-negative segment ids.
+        label: (H, W) classes in this project's convention: ``background`` is the background
+            class, values outside ``[0, num_classes)`` (-1, 255) are ignore/boundary pixels.
+        num_classes: N, background included.
+        background: the background class, or None for a dataset without one.
+
+    Without a background class: one Hungarian matching over the N classes, ignore pixels
+    excluded (as DiffSeg's protocol). With one (VOC, Context, COCO-Object), the release's
+    label space puts the N - 1 other classes first, in order, and turns background,
+    boundary and unlabelled pixels alike into -1. Then:
+
+    1. a Hungarian matching over the N - 1 classes on the pixels that are not -1;
+    2. the classes whose row of the histogram, re-ordered by the matching, has a positive
+       maximum keep their matched segments; every other segment of ``pred`` is relabelled to
+       one new id, ``pred.max() + 1``;
+    3. every -1 pixel becomes the background class (index N - 1), so every pixel counts;
+    4. a Hungarian matching over all N classes gives ``tp``, ``fp``, ``fn`` as
+       :func:`match_stats` does.
+
+    Rows are kept in the release's order (ties of the solver break the same way) and the
+    stats are returned in this project's order (background at ``background``).
+    """
+    pred_np = _to_numpy(pred).astype(np.int64, copy=False).ravel()
+    label_np = _to_numpy(label).astype(np.int64, copy=False).ravel()
+    if pred_np.shape != label_np.shape:
+        raise ValueError(f"pred and label differ in size: {pred_np.size} vs {label_np.size}")
+    segments = np.unique(pred_np)
+    if background is None:
+        hist = confusion_histogram(pred_np, label_np, num_classes)
+        tp, fp, fn = match_stats(hist)
+        by_column = {int(col): c for c, col in enumerate(hungarian_match(hist))}
+        return DiffCutMatch(tp, fp, fn, int(hist.sum()), {int(s): by_column.get(int(s)) for s in segments})
+    if not 0 <= background < num_classes:
+        raise ValueError(f"background must be a class id in [0, {num_classes}), got {background!r}")
+    order = np.array([c for c in range(num_classes) if c != background] + [background])  # release row -> ours
+    to_release = np.full(num_classes, -1, dtype=np.int64)
+    to_release[order[:-1]] = np.arange(num_classes - 1)
+    inside = (label_np >= 0) & (label_np < num_classes)
+    released = np.full_like(label_np, -1)
+    released[inside] = to_release[label_np[inside]]
+    # 1-2: first matching over the non-background classes; unassigned segments become one new id
+    first = confusion_histogram(pred_np, released, num_classes - 1)
+    match = hungarian_match(first)
+    kept_rows = np.flatnonzero(first[:, match].max(axis=1) > 0)
+    assigned = {int(match[r]) for r in kept_rows}
+    merged_id = int(pred_np.max()) + 1 if pred_np.size else 0
+    merged = np.array([int(s) not in assigned for s in segments], dtype=bool)
+    relabelled = np.where(np.isin(pred_np, segments[merged]), merged_id, pred_np)
+    # 3-4: background, boundary and unlabelled pixels -> class N - 1, then the final matching
+    released[released == -1] = num_classes - 1
+    final = confusion_histogram(relabelled, released, num_classes)
+    tp_r, fp_r, fn_r = match_stats(final)
+    tp, fp, fn = (np.zeros(num_classes, dtype=np.int64) for _ in range(3))
+    tp[order], fp[order], fn[order] = tp_r, fp_r, fn_r
+    by_column = {int(col): int(order[r]) for r, col in enumerate(hungarian_match(final))}
+    categories = {int(s): by_column.get(merged_id if m else int(s)) for s, m in zip(segments, merged, strict=True)}
+    return DiffCutMatch(tp, fp, fn, int(final.sum()), categories)
 
 
 def match_image(pred: Any, label: Any,
@@ -183,8 +235,8 @@ def match_image(pred: Any, label: Any,
     return tp, fp, fn, int(hist.sum())
 
 
-def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES,
-                background: int | None = None) -> list[dict[str, Any]]:
+def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES, background: int | None = None,
+                protocol: str = "diffseg") -> list[dict[str, Any]]:
     """Per-image matching stats of a batch: the record format of the runner's per-image files.
 
     Args:
@@ -193,14 +245,21 @@ def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES,
         labels: (B, H, W) integer tensor of ground-truth classes; values outside
             ``[0, num_classes)`` (-1, 255, ...) are ignored.
         num_classes: number of ground-truth classes.
-        background: DiffCut's protocol on a dataset with a background class (see :func:`match_stats`).
+        background: the dataset's background class (None: it has none); only DiffCut's
+            protocol treats it apart (:func:`diffcut_match`).
+        protocol: the scoring rules, one of :data:`PROTOCOLS`: ``"diffseg"`` (every class
+            matched once per image, ignore pixels excluded) or ``"diffcut"``
+            (:func:`diffcut_match`: on a dataset with a background class, background,
+            boundary and unlabelled pixels all count as background).
 
     Returns:
         One dict per image, ``{"tp": [int] * C, "fp": [int] * C, "fn": [int] * C,
         "valid": int, "segments": int}``: the Hungarian matching stats of the image's
-        histogram (rows = ground truth), its number of valid-label pixels and the number
+        histogram (rows = ground truth), its number of counted pixels and the number
         of distinct ids in its prediction (ignored pixels included).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     preds = torch.as_tensor(preds)
     labels = torch.as_tensor(labels)
     for name, t in (("preds", preds), ("labels", labels)):
@@ -221,8 +280,15 @@ def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES,
     present = torch.bincount((flat + offsets).ravel(), minlength=batch * num_pred).reshape(batch, num_pred) > 0
     segments = present.sum(dim=1).cpu().tolist()
     out = []
+    if protocol == "diffcut":
+        preds_np, labels_np = preds.cpu().numpy(), labels.cpu().numpy()
+        for pred, label, num_segments in zip(preds_np, labels_np, segments, strict=True):
+            m = diffcut_match(pred, label, num_classes, background)
+            out.append({"tp": m.tp.tolist(), "fp": m.fp.tolist(), "fn": m.fn.tolist(), "valid": m.valid,
+                        "segments": int(num_segments)})
+        return out
     for hist, num_segments in zip(hists, segments, strict=True):
-        tp, fp, fn = match_stats(hist, background)
+        tp, fp, fn = match_stats(hist)
         out.append({
             "tp": tp.tolist(),
             "fp": fp.tolist(),
@@ -270,6 +336,7 @@ class HungarianSegmentationMetric(Metric):
     :meth:`add_stats` adds per-image stats computed earlier (replay of stored records on
     resume). Both go through torchmetrics' ``update`` wrapper. The stats of the last
     ``update`` batch are kept in :attr:`last_stats` (same order as the batch).
+    ``protocol`` and ``background`` choose the scoring rules (:func:`image_stats`).
 
     Calling :meth:`compute` on a metric without data is well defined here (NaN scores), so
     torchmetrics' "compute before update" warning is silenced for this metric; this also
@@ -287,14 +354,18 @@ class HungarianSegmentationMetric(Metric):
     images: torch.Tensor
     segments: torch.Tensor
 
-    def __init__(self, num_classes: int = NUM_CLASSES, background: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, background: int | None = None, protocol: str = "diffseg",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if background is not None and not 0 <= background < num_classes:
             raise ValueError(f"background must be a class id in [0, {num_classes}), got {background!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.num_classes = num_classes
         self.background = background
+        self.protocol = protocol
         for name in ("tp", "fp", "fn"):
             self.add_state(name, default=torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
         for name in ("valid", "images", "segments"):
@@ -311,7 +382,7 @@ class HungarianSegmentationMetric(Metric):
         if stats is None:
             if preds is None or labels is None:
                 raise ValueError("update needs preds and labels (or stats=...)")
-            stats = image_stats(preds, labels, self.num_classes, self.background)
+            stats = image_stats(preds, labels, self.num_classes, self.background, self.protocol)
             self.last_stats = stats
         elif preds is not None or labels is not None:
             raise ValueError("give either preds and labels or stats, not both")

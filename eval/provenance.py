@@ -73,10 +73,13 @@ def non_default(settings: Mapping[str, Any], protocol: Mapping[str, Any] | None 
     """
     protocol = load_protocol() if protocol is None else protocol
     dataset = str(_get(settings, "dataset.name"))
+    run_protocol = _get(settings, "protocol.name")
+    run_protocol = "diffseg" if run_protocol is _MISSING else str(run_protocol)
     out: dict[str, dict[str, list]] = {}
     for key, node in (settings.get("methods") or {}).items():
         base = _base_name(node, key)
         expected = dict(protocol.get("common") or {})
+        expected.update((protocol.get("protocols") or {}).get(run_protocol) or {})  # what the run's protocol fixes
         expected.update((protocol.get("methods") or {}).get(base) or {})
         expected.update(((protocol.get("datasets") or {}).get(dataset) or {}).get(base) or {})
         diffs: dict[str, list] = {}
@@ -123,13 +126,6 @@ def build_provenance(
         if partial_merge:
             text += ", incomplete shard set"
         notes.append(text)
-    for key, node in (settings.get("methods") or {}).items():
-        scored = node.get("protocol") if isinstance(node, Mapping) else None
-        if scored:
-            text = f"{node.get('name') or key}: DiffCut's protocol (labels and masks at {scored.get('label_size')}"
-            if scored.get("merge_unmatched") and _get(settings, "dataset.background") not in (None, _MISSING):
-                text += ", unmatched segments merged into background"
-            notes.append(text + "), not DiffSeg's")
     diffs = non_default(settings, protocol)
     for method, changed in diffs.items():
         if changed:

@@ -34,29 +34,23 @@ from tqdm.auto import tqdm
 
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
-from diffseg.masks import write_mask_png
 from eval.build import build
 from eval.data.loader import build_loader
 from eval.distributed import Dist, export_slurm_env, init_from_env, split
 from eval.figures import QualitativeSamples
 from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, identity_of, versions
 from eval.interrupt import GracefulStop, RunInterrupted
+from eval.mask_files import MaskWriter, mask_format
 from eval.methods import build_methods
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.passes import BackbonePasses, segment_batch
+from eval.protocols import ProtocolError, apply_protocol, protocol_settings
 from eval.provenance import banner, build_provenance
 from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
 
 __all__ = ["NoImagesError", "evaluate", "main", "versions"]
 
 log = logging.getLogger(__name__)
-
-
-def _save_masks(folder: Path, masks: dict[str, torch.Tensor], ids: list[str]) -> None:
-    """Write ``folder/<method>/<image id>.png`` for ``(B, H, W)`` masks (one file per image: ranks never collide)."""
-    for name, batch_masks in masks.items():
-        for mask, image_id in zip(batch_masks.cpu().numpy(), ids, strict=True):
-            write_mask_png(folder / name.replace("/", "_") / f"{image_id.replace('/', '_')}.png", mask)
 
 
 class NoImagesError(RuntimeError):
@@ -69,6 +63,8 @@ def _run_info(cfg: DictConfig) -> dict[str, Any]:
         "name": str(cfg.run_name),
         "dataset": str(cfg.dataset.name),
         "model": str(cfg.model.name),
+        "protocol": str(protocol_settings(cfg)["name"]),
+        "subset": cfg.dataset.get("subset"),
         "ablation": OmegaConf.to_container(ablation, resolve=True) if ablation is not None else None,
         "shard": cfg.dataset.get("shard"),
         "limit": cfg.dataset.get("limit"),
@@ -170,6 +166,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
     num_classes = int(cfg.dataset.num_classes)
     methods = build_methods(cfg)
     dataset = build(cfg.dataset.dataset)
+    protocol = apply_protocol(cfg, dataset)
+    masks_out = MaskWriter(out_dir, mask_format(cfg.save_masks), num_classes, cfg.dataset.get("background"),
+                           protocol, part=f".rank{ctx.rank}" if ctx.active else "")
     identity = identity_of(cfg, dataset, device)
     records = _claim_folder(out_dir, identity, ctx)
     records_file = RunRecords(out_dir, RECORDS_FILE if not ctx.active else f"per_image.rank{ctx.rank}.jsonl")
@@ -186,8 +185,8 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
                      len(dataset.ids))
     # One metric per method; rank 0 replays the images already done, every rank adds its own.
     background = cfg.dataset.get("background")
-    metrics = {m.name: HungarianSegmentationMetric(num_classes, background if m.merge_unmatched else None,
-                                                   sync_on_compute=False) for m in methods}
+    metrics = {m.name: HungarianSegmentationMetric(num_classes, background, protocol, sync_on_compute=False)
+               for m in methods}
     if ctx.is_main:
         for name, metric in metrics.items():
             metric.add_stats(records[i]["methods"][name] for i in done)
@@ -215,7 +214,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
             if len(batch):
                 labels = batch.labels.to(device, non_blocking=True)
                 with torch.inference_mode():
-                    scored = {m.name: m.labels_for(labels) for m in methods}  # resized once per protocol
+                    scored = dict.fromkeys([m.name for m in methods], labels)  # one protocol per run
                     maps, features = source(batch.images, batch.ids)
                     masks = segment_batch(methods, maps, features, scored, num_classes)
                 image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in batch.ids]
@@ -224,8 +223,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
                     for record, stats in zip(image_records, metrics[method.name].last_stats, strict=True):
                         record["methods"][method.name] = stats
                 new += image_records
-                if cfg.save_masks:
-                    _save_masks(out_dir / "masks", masks, batch.ids)
+                masks_out.add(masks, labels, batch.ids)
                 samples.add(batch.images, batch.labels, masks)  # masks shown at the labels' size
             records_file.append(new)
             progress.update(len(batch) + len(batch.skipped))
@@ -237,7 +235,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
     progress.close()
     timing = {"seconds": round(time.perf_counter() - start, 3), "images_this_invocation": len(todo)}
     totals = _synced_scores(metrics, {m.name: m.ablation for m in methods}, ctx)
-    return _finish(cfg, out_dir, identity, totals, selected, source, samples, dataset, timing, ctx)
+    return _finish(cfg, out_dir, identity, totals, selected, source, samples, dataset, timing, ctx, masks_out)
 
 
 def _synced_scores(metrics: dict[str, HungarianSegmentationMetric], tags: dict[str, Any],
@@ -254,7 +252,7 @@ def _synced_scores(metrics: dict[str, HungarianSegmentationMetric], tags: dict[s
 
 def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
             selected: list[str], source: BackbonePasses, samples: QualitativeSamples, dataset: Any,
-            timing: dict[str, Any], ctx: Dist) -> dict[str, Any]:
+            timing: dict[str, Any], ctx: Dist, masks_out: MaskWriter) -> dict[str, Any]:
     """metrics.json from the synced totals (rank 0); refuses numbers resting on nothing (every rank)."""
     outcome: dict[str, Any] | None = None
     if ctx.is_main:
@@ -262,6 +260,7 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
         mine = [records[i] for i in selected if i in records]
         outcome = _write_result(cfg, out_dir, identity, totals, mine, len(selected), source, timing)
         if "result" in outcome:
+            masks_out.finish(outcome["result"]["methods"], outcome["result"]["image_ids"])
             samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []),
                           banner([outcome["result"]]))
     outcome = ctx.broadcast(outcome)
@@ -348,7 +347,7 @@ def main(cfg: DictConfig) -> None:
         _quiet_rank()
     try:
         evaluate(cfg)
-    except (FileNotFoundError, BackboneLoadError, RunMismatchError) as exc:
+    except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except NoImagesError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -33,6 +34,7 @@ class LabelledImages(Dataset):
     ids: list[str]
     _lut: torch.Tensor
     image_size: int | None = None
+    geometry: Any = None  # another protocol's crop and resize (eval.protocols.apply_protocol); None = the above
 
     def _open_root(self, root: str | os.PathLike, size: int, image_size: int | None, title: str, hint: str) -> None:
         """Set ``root``, ``size`` and ``image_size``; a missing root names its path and ``hint`` (how to get it)."""
@@ -77,5 +79,14 @@ class LabelledImages(Dataset):
                 f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
                 f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
             )
+        if self.geometry is not None:
+            return self.geometry.image(image), self._lut[self.geometry.label(raw)], image_id
         label = self._lut[preprocess_label(raw, self.size)]
         return preprocess_image(image, self.input_size), label, image_id
+
+    def label(self, image_id: str) -> torch.Tensor:
+        """The evaluation label of one image, int64 (size, size), without decoding the image."""
+        raw = load_label(self.label_path(image_id))
+        if self.geometry is not None:
+            return self._lut[self.geometry.label(raw)]
+        return self._lut[preprocess_label(raw, self.size)]

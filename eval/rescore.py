@@ -1,0 +1,152 @@
+"""Re-score a finished run's saved masks under another protocol's scoring rules, without the backbone.
+
+``python -m eval.rescore RUN_DIR --protocol diffcut --out DIR``
+
+Reads ``RUN_DIR/metrics.json`` (its config, methods and evaluated images) and the masks the
+run saved (``save_masks=png`` or ``coco``, :mod:`eval.mask_files`), rebuilds the run's labels
+with the run's own geometry (the masks were made at it), scores every image with
+:func:`eval.metrics.image_stats` under ``--protocol``'s rules and writes a new run folder
+(``run.json``, ``per_image.jsonl``, ``metrics.json``). Its provenance names the source run
+and, where the source's geometry is not the target protocol's, says so
+(``provenance.rescored``, a note, and ``run.protocol`` / ``run.geometry``, which tables show
+as e.g. ``diffcut scoring, diffseg geometry``).
+
+Exit status: 0 done; 2 a missing run, file or mask, or an ``--out`` folder holding other results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from eval.build import build
+from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, versions
+from eval.mask_files import load_saved_masks, read_saved_mask
+from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
+from eval.protocols import ProtocolError, apply_protocol, geometry_differences
+from eval.provenance import build_provenance
+from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
+
+__all__ = ["RescoreError", "main", "rescore"]
+
+
+class RescoreError(RuntimeError):
+    """The source run cannot be re-scored (the message names the file and what to do)."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RescoreError(f"{path} not found: re-scoring needs a finished run folder (its metrics.json and run.json)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _fingerprint(settings: dict[str, Any], data: dict[str, Any]) -> str:
+    text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLike,
+            data_root: str | None = None) -> dict[str, Any]:
+    """Re-score ``run_dir`` under ``protocol``'s scoring rules into ``out_dir``; returns the new metrics.json.
+
+    Raises:
+        RescoreError: the run is not finished, saved no masks, or a mask does not fit its label.
+        RunMismatchError: ``out_dir`` holds results of other settings.
+        FileNotFoundError: the dataset root is gone (give ``data_root``).
+    """
+    if protocol not in PROTOCOLS:
+        raise RescoreError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    src = Path(run_dir)
+    source = _read_json(src / METRICS_FILE)
+    stored = _read_json(src / "run.json")
+    if "config" not in source:
+        raise RescoreError(f"{src / METRICS_FILE} holds no config: it predates re-scoring support")
+    cfg = OmegaConf.create(source["config"])
+    if data_root is not None:
+        cfg.dataset.root = data_root
+    dataset = build(cfg.dataset.dataset)
+    source_protocol = apply_protocol(cfg, dataset)  # the masks were made at the source run's geometry
+    info = dict(source.get("run") or {})
+    source_geometry = str(info.get("geometry") or source_protocol)
+    num_classes = int(cfg.dataset.num_classes)
+    background = cfg.dataset.get("background")
+    ids = list(source.get("image_ids") or [])
+
+    settings = copy.deepcopy(stored.get("settings") or {})
+    settings["protocol"] = {"name": protocol, "geometry_of": source_geometry,
+                            "rescored_from": stored.get("fingerprint")}
+    data = stored.get("data") or {}
+    identity = RunIdentity(_fingerprint(settings, data), settings, data)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, identity, has_records=bool(load_run_records(out)))
+
+    labels = {image_id: dataset.label(image_id) for image_id in ids}
+    records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in ids]
+    totals: dict[str, dict[str, Any]] = {}
+    for name, summary in (source.get("methods") or {}).items():
+        kind, masks = load_saved_masks(src, name)
+        metric = HungarianSegmentationMetric(num_classes, background, protocol)
+        for record in records:
+            image_id = record["id"]
+            mask = read_saved_mask(kind, masks, image_id)
+            label = labels[image_id]
+            if tuple(mask.shape) != tuple(label.shape):
+                raise RescoreError(f"{src}: mask of {name} for {image_id} is {tuple(mask.shape)} but its label is "
+                                   f"{tuple(label.shape)}: was the dataset changed since the run?")
+            stats = image_stats(mask[None], label[None], num_classes, background, protocol)
+            metric.add_stats(stats)
+            record["methods"][name] = stats[0]
+        totals[name] = metric_json(metric.compute())
+        if summary.get("ablation") is not None:
+            totals[name]["ablation"] = summary["ablation"]
+    skipped = [{"id": i, "fp": identity.fingerprint, "skipped": msg} for i, msg in source.get("skipped") or []]
+    (out / RECORDS_FILE).unlink(missing_ok=True)  # the records are recomputed whole, never appended to
+    RunRecords(out).append(records + skipped)
+
+    old = source.get("provenance") or {}
+    images = old.get("images") or {}
+    provenance = build_provenance(identity.fingerprint, settings, data, bool(old.get("random_weights")),
+                                  evaluated=len(ids), skipped=len(skipped),
+                                  selected=int(images.get("selected", len(ids) + len(skipped))))
+    differs = geometry_differences(source_geometry, protocol)
+    provenance["rescored"] = {"source": str(src), "source_fingerprint": stored.get("fingerprint"),
+                              "source_protocol": source_protocol, "scoring": protocol,
+                              "geometry": source_geometry, "geometry_differs": differs}
+    provenance["notes"].append(f"re-scored under {protocol}'s scoring from the masks of {src}"
+                               + (f"; {differs[0]}" if differs else ""))
+    info.update(protocol=protocol, geometry=source_geometry)
+    return write_metrics(out, totals, records + skipped, run=info, provenance=provenance,
+                         config=source["config"], code=code_version(), versions=versions())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m eval.rescore", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished run folder that saved its masks (save_masks=png or coco)")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS, help="scoring rules to apply")
+    parser.add_argument("--out", required=True, help="the new run folder")
+    parser.add_argument("--root", default=None, help="dataset root, when it moved since the run")
+    args = parser.parse_args(argv)
+    try:
+        result = rescore(args.run_dir, args.protocol, args.out, args.root)
+    except (RescoreError, RunMismatchError, ProtocolError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, s in result["methods"].items():
+        print(f"{name:<14} ACC {s.get('acc') or 0.0:5.1f}  mIoU {s.get('miou') or 0.0:5.1f}  images {s['images']}")
+    print(f"-> {Path(args.out) / METRICS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
