@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hydra_compose import compose_eval
 from PIL import Image
+from reference_protocols import release_image, release_label_geometry, release_labels, to_project_order
 from scipy.optimize import linear_sum_assignment
 from test_download import _zip, closed_port_url
 from test_download import server as server  # noqa: F401 (the local HTTP server fixture)
@@ -582,53 +583,20 @@ def test_prepare_ade20k_from_the_zip(prepare, server, tmp_path, monkeypatch, cap
     assert prepare.main(argv) == 0 and "ready" in capsys.readouterr().out
 
 
-# DiffCut's protocol for every method: labels nearest-resized to 64 here (128 in the config), masks at
-# 64, and unmatched segments merged into the background class where the dataset has one.
-PROTOCOL_SIDE = 64
-PROTOCOL = [f"+methods.{key}.protocol={{label_size: {PROTOCOL_SIDE}, merge_unmatched: true}}"
-            for key in ("diffseg", "diffseg_fp32", "kmeans_c", "kmeans_s")] + \
-           [f"methods.{key}.segmenter.output_size={PROTOCOL_SIDE}"
-            for key in ("diffseg", "diffseg_fp32", "kmeans_c", "kmeans_s")]  # fmt: skip
-
-
-def _half_pixel_nearest(label: np.ndarray, out: int) -> np.ndarray:
-    side = label.shape[0]
-    idx = [min(int(math.floor((d + 0.5) * side / out)), side - 1) for d in range(out)]
-    return label[np.ix_(idx, idx)]
-
-
-def recount_protocol(masks_dir: Path, labels: dict[str, np.ndarray], num_classes: int,
-                     background: int | None) -> dict[str, list[int]]:
-    """DiffCut's protocol written out: matching, unmatched columns into the background's column, counts."""
+# DiffCut's protocol for every method (protocol=diffcut): the release's geometry and scoring,
+# recomputed here with tests/reference_protocols.py from the raw label files.
+def recount_protocol(masks_dir: Path, raws: dict[str, np.ndarray], num_classes: int, dataset: str) -> list:
     tp, fp, fn = (np.zeros(num_classes, np.int64) for _ in range(3))
-    for image_id, label in labels.items():
-        small = _half_pixel_nearest(label, PROTOCOL_SIDE)
+    for image_id, raw in raws.items():
         pred = read_png(masks_dir / f"{image_id}.png")
-        assert pred.shape == small.shape
-        ncols = max(num_classes, int(pred.max()) + 1)
-        hist = np.zeros((num_classes, ncols), np.int64)
-        for lab, pr in zip(small.ravel(), pred.ravel(), strict=True):
-            if 0 <= lab < num_classes:
-                hist[lab, pr] += 1
-        if background is None:  # nothing to merge into: DiffSeg's matching at the protocol's size
-            rows, cols = linear_sum_assignment(hist, maximize=True)
-            match = cols[np.argsort(rows)]
-            t = hist[np.arange(num_classes), match]
-            tp, fn, fp = tp + t, fn + hist.sum(1) - t, fp + hist.sum(0)[match] - t
-            continue
-        present = [c for c in range(num_classes) if hist[c].sum() > 0]
-        rows, cols = linear_sum_assignment(hist[present], maximize=True)
-        match = {present[r]: c for r, c in zip(rows.tolist(), cols.tolist(), strict=True)}
-        as_background = hist[:, [c for c in range(ncols) if c not in match.values()]].sum(axis=1)
-        for c in range(num_classes):
-            if c in match:
-                column = hist[:, match[c]] + (as_background if c == background else 0)
-                tp[c] += column[c]
-                fp[c] += column.sum() - column[c]
-                fn[c] += hist[c].sum() - column[c]
-            elif c == background:
-                fp[c] += as_background.sum()
-    return {"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist()}
+        small = release_label_geometry(raw, E2E, E2E)  # the tiny backbone's input side is the label side
+        if dataset == "voc":
+            t, f, n, _ = release_image(pred, release_labels(small, "voc"), num_classes, background=True)
+            t, f, n = to_project_order(t), to_project_order(f), to_project_order(n)
+        else:  # ADE20K: no background class, one matching, this project's labels (value 0 ignored)
+            t, f, n, _ = release_image(pred, np.vectorize(ade_table)(small), num_classes, background=False)
+        tp, fp, fn = tp + t, fp + f, fn + n
+    return [tp.tolist(), fp.tolist(), fn.tolist()]
 
 
 @pytest.mark.parametrize("experiment", ["voc21", "ade20k150"])
@@ -636,21 +604,17 @@ def test_every_method_under_diffcuts_protocol(experiment, tmp_path):
     if experiment == "voc21":
         root = tmp_path / "VOC2012"
         ids = write_synthetic_voc(root, num_images=2, seed=4, size_range=(60, 90))
-        labels = {i: ref_label(read_png(root / "SegmentationClass" / f"{i}.png"), voc_table, E2E) for i in ids}
-        background, num_classes = 0, 21
+        raws = {i: read_png(root / "SegmentationClass" / f"{i}.png") for i in ids}
+        dataset, num_classes = "voc", 21
     else:
         root = tmp_path / "ADEChallengeData2016"
         ids = write_synthetic_ade20k(root, num_images=2, seed=2, size_range=(60, 90))
-        labels = {i: ref_label(read_png(root / "annotations/validation" / f"{i}.png"), ade_table, E2E) for i in ids}
-        background, num_classes = None, 150
+        raws = {i: read_png(root / "annotations/validation" / f"{i}.png") for i in ids}
+        dataset, num_classes = "ade", 150
     out = tmp_path / "out"
-    result = evaluate(compose_eval([f"experiment={experiment}", *FAST, *PROTOCOL, f"dataset.root={root}",
-                                    f"paths.output_dir={out}"]))
+    result = evaluate(compose_eval([f"experiment={experiment}", *FAST, "protocol=diffcut", f"protocol.size={E2E}",
+                                    f"dataset.root={root}", f"paths.output_dir={out}"]))
+    assert result["run"]["protocol"] == "diffcut"
     for name, summary in result["methods"].items():
-        again = recount_protocol(out / "masks" / name, labels, num_classes, background)
-        assert {k: summary[k] for k in again} == again, name
-    merged = any("unmatched segments merged into background" in n for n in result["provenance"]["notes"])
-    assert merged == (background is not None)
-    if background is not None:  # the merge is not vacuous: K-Means-C's 6 clusters outnumber the classes
-        plain = recount_protocol(out / "masks" / "K-Means-C", labels, num_classes, None)
-        assert plain != {k: result["methods"]["K-Means-C"][k] for k in plain}
+        assert [summary["tp"], summary["fp"], summary["fn"]] == recount_protocol(
+            out / "masks" / name, raws, num_classes, dataset), name

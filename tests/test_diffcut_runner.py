@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra_compose import compose_eval
-from scipy.optimize import linear_sum_assignment
 
 from diffseg import DiffCut
 from diffseg.backbone import StableDiffusionBackbone
 from diffseg.masks import read_mask_png
 from diffseg.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
-from eval.data.synthetic import write_synthetic_coco_stuff, write_synthetic_voc
-from eval.data.voc import Voc21
+from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.methods import upsample_ids
-from eval.metrics import HungarianSegmentationMetric, match_stats, metric_json
+from eval.metrics import HungarianSegmentationMetric, metric_json
 from eval.run import evaluate
 
 FAST = ["experiment=coco_stuff27", "+method@methods.diffcut=diffcut", "model=tiny", "dataset.size=128",
@@ -85,70 +82,16 @@ def test_upsample_ids_keeps_blocks_and_moves_boundaries_between_pixels():
 def test_diffcut_experiments_compose(tmp_path):
     for name in ("coco_stuff27_diffcut", "cityscapes_diffcut"):
         cfg = compose_eval([f"experiment={name}", f"paths.output_dir={tmp_path}"])
-        assert [k for k, v in cfg.methods.items() if v is not None] == ["diffcut", "diffcut_native"]
+        assert [k for k, v in cfg.methods.items() if v is not None] == ["diffcut"]
         assert cfg.model.name == "segmind/SSD-1B" and cfg.methods.diffcut.output_size == 512
-        native = cfg.methods.diffcut_native
-        assert native.output_size is None and native.protocol.label_size == 128 and native.name == "DiffCut@128"
+        assert cfg.protocol.name == "diffseg"
+        native = compose_eval([f"experiment={name}", "protocol=diffcut", f"paths.output_dir={tmp_path}"])
+        assert native.protocol.name == "diffcut" and native.dataset.size == 128
+        assert native.methods.diffcut.output_size == 128 and native.protocol.geometry.input_size == 1024
 
 
-def _brute_force_diffcut_protocol(pred: np.ndarray, label: np.ndarray, num_classes: int, background: int):
-    """Plain loops: histogram, present classes matched one-to-one, other segments into background, counts."""
-    ncols = max(num_classes, int(pred.max()) + 1)
-    hist = np.zeros((num_classes, ncols), dtype=np.int64)
-    for p, lab in zip(pred.ravel(), label.ravel(), strict=True):
-        if 0 <= lab < num_classes:
-            hist[lab, p] += 1
-    present = [c for c in range(num_classes) if hist[c].sum() > 0]
-    rows, cols = linear_sum_assignment(hist[present], maximize=True)
-    match = {present[r]: c for r, c in zip(rows.tolist(), cols.tolist(), strict=True)}
-    leftover = [c for c in range(ncols) if c not in match.values()]
-    as_background = hist[:, leftover].sum(axis=1)
-    tp, fp, fn = (np.zeros(num_classes, np.int64) for _ in range(3))
-    for c in range(num_classes):
-        if c in match:
-            column = hist[:, match[c]] + (as_background if c == background else 0)
-            tp[c], fp[c], fn[c] = column[c], column.sum() - column[c], hist[c].sum() - column[c]
-        elif c == background:
-            fp[c] = as_background.sum()
-    return tp, fp, fn
-
-
-def test_merge_unmatched_moves_leftover_segments_into_background():
-    hist = np.array([[5, 0, 2, 3],    # background: matched to column 0
-                     [0, 6, 1, 0],    # class 1: matched to column 1; columns 2 and 3 unmatched
-                     [0, 0, 0, 0]])   # class 2 absent: DiffSeg's protocol still matches it (column 2)
-    tp, fp, fn = match_stats(hist)
-    assert tp.tolist() == [5, 6, 0] and fn.tolist() == [5, 1, 0] and fp.tolist() == [0, 0, 3]
-    tp, fp, fn = match_stats(hist, background=0)
-    assert tp.tolist() == [10, 6, 0] and fn.tolist() == [0, 1, 0] and fp.tolist() == [1, 0, 0]
-    # Background absent: the merged pixels are false background.
-    tp, fp, fn = match_stats(np.array([[0, 0, 0], [4, 1, 2]]), background=0)
-    assert tp.tolist() == [0, 4] and fp.tolist() == [3, 0] and fn.tolist() == [0, 3]
-
-
-def test_diffcut_protocol_on_a_background_dataset_equals_plain_loops(tmp_path):
-    root = tmp_path / "voc"
-    write_synthetic_voc(root, num_images=2, seed=4, size_range=(60, 90))
-    cfg = compose_eval(["experiment=voc21", "+method@methods.diffcut=diffcut",
-                        "+method@methods.diffcut_native=diffcut_native", "model=tiny", "dataset.size=128",
-                        "batch_size=2", "num_workers=0", "progress=false", "device=cpu", "save_masks=true",
-                        "methods.diffseg_fp32=null", "methods.kmeans_c=null", "methods.kmeans_s=null",
-                        "methods.diffcut_native.protocol.label_size=64",
-                        "methods.diffcut_native.segmenter.mask_size=64",
-                        f"dataset.root={root}", f"paths.output_dir={tmp_path / 'out'}"])
-    result = evaluate(cfg)
-    assert list(result["methods"]) == ["DiffSeg", "DiffCut", "DiffCut@128"]
-    data = Voc21(root, size=128)
-    totals = np.zeros((3, 21), dtype=np.int64)
-    for i, image_id in enumerate(data.ids):
-        label = data[i][1]
-        small = torch.nn.functional.interpolate(label[None, None].float(), size=(64, 64), mode="nearest-exact")
-        mask = read_mask_png(tmp_path / "out" / "masks" / "DiffCut@128" / f"{image_id}.png")
-        assert mask.shape == (64, 64)
-        totals += np.stack(_brute_force_diffcut_protocol(mask, small[0, 0].long().numpy(), 21, 0))
-    ours = result["methods"]["DiffCut@128"]
-    assert [ours["tp"], ours["fp"], ours["fn"]] == totals.tolist()
-    assert any("DiffCut@128: DiffCut's protocol (labels and masks at 64, unmatched segments merged" in n
-               for n in result["provenance"]["notes"])
-    # The same clusters under DiffSeg's protocol are scored differently (upsampled, no merge).
-    assert result["methods"]["DiffCut"]["valid"] != ours["valid"]
+def test_a_method_cannot_choose_its_own_protocol(root, tmp_path):
+    cfg = compose_eval([*FAST, f"dataset.root={root}", f"paths.output_dir={tmp_path}",
+                        "+methods.diffcut.protocol={label_size: 128}"])
+    with pytest.raises(ValueError, match="protocol=diffcut"):
+        evaluate(cfg)
