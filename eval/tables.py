@@ -1,9 +1,12 @@
 """Result tables from run JSON: ``python -m eval.tables RUN_DIR [RUN_DIR ...] --out OUT_DIR``.
 
 Every ``metrics.json`` below the given paths (recursively, so a Hydra multirun folder
-works) is read. Runs without an ablation give one main table per dataset (rows =
-methods, with the paper's numbers beside ours); runs with ``run.ablation`` give one
-table and one sweep figure per ablation. Markdown and CSV are written atomically,
+works) is read. Runs without an ablation give one main table per dataset and protocol
+(rows = methods, with the published claims of the same protocol beside ours, from the
+ledger ``conf/paper/numbers.yaml``, :mod:`eval.ledger`); rows under different protocols
+never share a table. Runs with ``run.ablation`` give one table and one sweep figure per
+ablation. Runs re-scored from the same masks (:mod:`eval.rescore`) give a
+protocol-sensitivity table (methods x protocols, same predictions). Markdown and CSV are written atomically,
 plus a ``README.md`` index. Scores are x100 and rounded only here, when written.
 
 Labels are derived from each run's provenance record (:mod:`eval.provenance`), never
@@ -28,28 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
 from eval.atomic import write_text_atomic
 from eval.compare import load_intervals
 from eval.data.classes import DATASET_TITLES
 from eval.figures import plot_sweep
+from eval.ledger import Claim, claims_for, load_ledger, render_claims
+from eval.protocols import protocol_key
 from eval.provenance import banner, images_note, method_label
 
-DEFAULT_PAPER_NUMBERS = Path(__file__).resolve().parents[1] / "conf" / "paper" / "numbers.yaml"
-MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "paper ACC", "paper mIoU", "notes"]
-PAPER_NOTE = ("Paper columns: numbers reported in the papers cited below (the DiffSeg paper, arXiv 2308.12469, "
-              "for COCO-Stuff-27 and Cityscapes), quoted, never ours; empty where not confirmed.")
+MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "protocol", "claims", "notes"]
+PAPER_NOTE = ("Claims: numbers published by others for the same method, dataset and protocol "
+              "(conf/paper/numbers.yaml), quoted, never ours, as ACC / mIoU with ours minus the claim "
+              "and the claim's status (confirmed: read in the primary text; secondary: quoted from elsewhere); "
+              "sources below.")
 METRIC_NOTE = ("ACC = pixel accuracy, mIoU = mean IoU, both x100 (per-image Hungarian matching, "
                "dataset-level IoU).")
-
-
-def load_paper_numbers(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Paper numbers as ``{dataset: {method: {"acc", "miou", "source"}}}`` ({} if no file)."""
-    path = Path(path) if path is not None else DEFAULT_PAPER_NUMBERS
-    if not path.is_file():
-        return {}
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
 
 
 def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -96,47 +93,56 @@ def _run_dir(run: dict[str, Any]) -> str:
     return str(Path(run.get("_path", "metrics.json")).parent)
 
 
-def main_table(runs: Sequence[dict[str, Any]], dataset: str,
-               paper: dict[str, Any] | None = None, compare_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Main table of ``dataset``: rows = methods of the runs without an ablation.
+def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Claim] | None = None,
+               compare_dir: str | os.PathLike | None = None, protocol: str = "diffseg") -> pd.DataFrame:
+    """Main table of ``dataset`` under ``protocol``: rows = methods of the runs without an ablation.
 
-    Columns: ACC, mIoU, segments/img, images, paper ACC, paper mIoU (unrounded floats,
-    NaN where unknown) and notes (partial data, skipped images). Row labels come from
+    Only runs made under ``protocol`` (:func:`eval.protocols.protocol_key`) are rows.
+    Columns: ACC, mIoU, segments/img, images (unrounded, NaN where unknown), protocol,
+    claims (the ledger's claims for the row's method, dataset and protocol, with ours minus
+    each, :func:`eval.ledger.render_claims`) and notes (partial data, skipped images).
+    ``df.attrs["claims"]`` holds the claims of each row (dicts with ``d_acc``, ``d_miou``)
+    and ``df.attrs["sources"]`` the numbered claims shown. Row labels come from
     the run's provenance (:func:`eval.provenance.method_label`): a method run under
     settings other than the paper's names them, a random-weight run says so. A label
     found in several runs is followed by its model (and its run folder if still ambiguous).
     Where ``compare_dir`` holds an ``eval.compare`` output over a run's images, the
     columns ``ACC 95% CI`` and ``mIoU 95% CI`` give its bootstrap intervals.
     """
-    paper = load_paper_numbers() if paper is None else paper
+    ledger = load_ledger() if ledger is None else ledger
     entries = []
     for run in runs:
         info = _info(run)
-        if info.get("dataset") != dataset or info.get("ablation") is not None:
+        if info.get("dataset") != dataset or info.get("ablation") is not None or protocol_key(run) != protocol:
             continue
         for method, m in (run.get("methods") or {}).items():
             entries.append((method, method_label(method, run), str(info.get("model", "?")), _run_dir(run), m,
-                            images_note(run)))
+                            images_note(run), info.get("subset")))
     counts: dict[Any, int] = {}
-    for _, label, model, _, _, _ in entries:
+    for _, label, model, _, _, _, _ in entries:
         counts[label] = counts.get(label, 0) + 1
         counts[(label, model)] = counts.get((label, model), 0) + 1
     intervals = {d: load_intervals(compare_dir, d) if compare_dir is not None else {}
                  for d in {e[3] for e in entries}}
-    rows, labels = [], []
-    for method, label, model, run_dir, m, note in entries:
+    rows, labels, row_claims, numbers = [], [], [], {}
+    subsets = {e[3]: e[6] for e in entries}
+    for method, label, model, run_dir, m, note, _ in entries:
         if counts[label] > 1:
             unique_model = counts[(label, model)] == 1
             label = f"{label} ({model})" if unique_model else f"{label} ({model}, {run_dir})"
-        ref = (paper.get(dataset) or {}).get(method) or {}
+        claims = claims_for(ledger, method, dataset, protocol, subsets[run_dir])
+        for claim in claims:
+            numbers.setdefault(claim, len(numbers) + 1)
+        cell, structured = render_claims(claims, _num(m.get("acc")), _num(m.get("miou")), numbers)
         labels.append(label)
+        row_claims.append(structured)
         rows.append({
             "ACC": _num(m.get("acc")),
             "mIoU": _num(m.get("miou")),
             "segments/img": _num(m.get("mean_segments")),
             "images": m.get("images"),
-            "paper ACC": _num(ref.get("acc")),
-            "paper mIoU": _num(ref.get("miou")),
+            "protocol": protocol,
+            "claims": cell,
             "notes": note or "",
         })
         ci = intervals[run_dir].get(method)
@@ -147,7 +153,8 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str,
     if any("ACC 95% CI" in r for r in rows):
         columns[2:2] = ["ACC 95% CI", "mIoU 95% CI"]
     df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=columns)
-    df.attrs.update(dataset=dataset, methods=[e[0] for e in entries])
+    df.attrs.update(dataset=dataset, protocol=protocol, methods=[e[0] for e in entries], claims=row_claims,
+                    sources=[f"[{n}] {c.describe()}" for c, n in numbers.items()])
     return df
 
 
@@ -207,15 +214,15 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     several datasets); rows = swept values, sorted; columns ``'<method> ACC'`` and
     ``'<method> mIoU'``. ``df.attrs`` holds param, dataset, name and runs (folders).
     """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for run in expand_method_ablations(runs):
         info = _info(run)
         if info.get("ablation") is None:
             continue
-        groups.setdefault((str(info.get("name")), str(info.get("dataset"))), []).append(run)
-    params = [str(_info(g[0])["ablation"].get("param", name)) for (name, _), g in groups.items()]
+        groups.setdefault((str(info.get("name")), str(info.get("dataset")), protocol_key(run)), []).append(run)
+    params = [str(_info(g[0])["ablation"].get("param", name)) for (name, _, _), g in groups.items()]
     tables: dict[str, pd.DataFrame] = {}
-    for ((name, dataset), group), param in zip(groups.items(), params, strict=True):
+    for ((name, dataset, protocol), group), param in zip(groups.items(), params, strict=True):
         by_value: dict[Any, dict[str, Any]] = {}
         for run in group:
             value = _hashable(_info(run)["ablation"].get("value"))
@@ -233,11 +240,14 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
             ms = by_value[v].get("methods") or {}
             data.append([_num((ms.get(m) or {}).get(key)) for m in methods for key in ("acc", "miou")])
         df = pd.DataFrame(data, index=pd.Index(values, name=param, dtype=object), columns=columns)
-        df.attrs.update(param=param, dataset=dataset, name=name, runs=[_run_dir(by_value[v]) for v in values],
+        df.attrs.update(param=param, dataset=dataset, name=name, protocol=protocol,
+                        runs=[_run_dir(by_value[v]) for v in values],
                         banner=banner(list(by_value.values())), notes=_group_notes(by_value.values()))
         key = param if params.count(param) == 1 else f"{param}_{dataset}"
         if key in tables:
             key = f"{name}_{dataset}"
+        if key in tables or protocol != "diffseg":
+            key = f"{key}_{protocol}"
         tables[_slug(key)] = df
     return tables
 
@@ -302,31 +312,93 @@ def _runs_section(run_dirs: Iterable[str], out: Path) -> list[str]:
     return ["", "Runs:", ""] + [f"- `{os.path.relpath(d, out)}`" for d in run_dirs]
 
 
-def _is_main(run: dict[str, Any], dataset: str) -> bool:
-    """True for a run of ``dataset`` without an ablation."""
-    return _info(run).get("dataset") == dataset and _info(run).get("ablation") is None
+def _is_main(run: dict[str, Any], dataset: str, protocol: str | None = None) -> bool:
+    """True for a run of ``dataset`` without an ablation (and under ``protocol``, when given)."""
+    return (_info(run).get("dataset") == dataset and _info(run).get("ablation") is None
+            and (protocol is None or protocol_key(run) == protocol))
 
 
-def _write_main(runs: Sequence[dict[str, Any]], dataset: str, out: Path,
-                paper: dict[str, Any]) -> tuple[list[Path], str]:
-    """Write ``<dataset>.md`` / ``.csv``; returns the paths and the README index line."""
-    mine = [r for r in runs if _is_main(r, dataset)]
+def _main_stem(dataset: str, protocol: str) -> str:
+    """File stem of a main table: ``<dataset>`` under DiffSeg's protocol, ``<dataset>.<protocol>`` otherwise."""
+    return dataset if protocol == "diffseg" else f"{dataset}.{_slug(protocol)}"
+
+
+def _write_main(runs: Sequence[dict[str, Any]], dataset: str, protocol: str, out: Path,
+                ledger: Sequence[Claim]) -> tuple[list[Path], str]:
+    """Write ``<stem>.md`` / ``.csv`` (:func:`_main_stem`); returns the paths and the README index line."""
+    mine = [r for r in runs if _is_main(r, dataset, protocol)]
     banner_text = banner(mine)
-    df = main_table(runs, dataset, paper, compare_dir=out)
-    title = DATASET_TITLES.get(dataset, dataset)
-    sources = [f"- {m}: {ref.get('source', '')}" for m, ref in (paper.get(dataset) or {}).items()
-               if m in df.attrs["methods"] and ref.get("acc") is not None]
+    df = main_table(runs, dataset, ledger, compare_dir=out, protocol=protocol)
+    title = f"{DATASET_TITLES.get(dataset, dataset)} ({protocol} protocol)"
     md = _header(banner_text, f"{title}: main results")
     md += [METRIC_NOTE, PAPER_NOTE, "", markdown_table(df).rstrip()]
     notes = _group_notes(mine)
     if notes:
         md += ["", "Provenance notes (from the runs' metrics.json):", "", *[f"- {n}" for n in notes]]
-    if sources:
-        md += ["", "Paper sources:", "", *sources]
+    if df.attrs["sources"]:
+        md += ["", "Claims (conf/paper/numbers.yaml):", "", *[f"- {line}" for line in df.attrs["sources"]]]
     md += _runs_section((_run_dir(r) for r in mine), out)
-    paths = [write_text_atomic(out / f"{dataset}.md", "\n".join(md) + "\n"),
-             write_text_atomic(out / f"{dataset}.csv", csv_text(df, banner_text))]
-    return paths, f"- [{title}]({dataset}.md) ([csv]({dataset}.csv))"
+    stem = _main_stem(dataset, protocol)
+    paths = [write_text_atomic(out / f"{stem}.md", "\n".join(md) + "\n"),
+             write_text_atomic(out / f"{stem}.csv", csv_text(df, banner_text))]
+    return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv))"
+
+
+def _source_fingerprint(run: dict[str, Any]) -> str | None:
+    """The fingerprint of the run whose predictions a run scored (its own, or the re-scored source's)."""
+    prov = run.get("provenance") or {}
+    return (prov.get("rescored") or {}).get("source_fingerprint") or prov.get("fingerprint")
+
+
+def protocol_sensitivity_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Methods x protocols on the same predictions: a run and its re-scorings (:mod:`eval.rescore`).
+
+    Groups runs by the fingerprint of the run that made the masks; a group with more than one
+    protocol gives a table with rows = methods and columns ``'<protocol> ACC'`` /
+    ``'<protocol> mIoU'``, the source run's protocol first. Keys are ``<dataset>_<fingerprint>``.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        fp = _source_fingerprint(run)
+        if fp is not None and _info(run).get("ablation") is None:
+            groups.setdefault(fp, []).append(run)
+    tables: dict[str, pd.DataFrame] = {}
+    for fp, group in groups.items():
+        group = sorted(group, key=lambda r: "rescored" in (r.get("provenance") or {}))  # the source first
+        protocols = list(dict.fromkeys(protocol_key(r) for r in group))
+        if len(protocols) < 2:
+            continue
+        methods = list(dict.fromkeys(m for r in group for m in (r.get("methods") or {})))
+        columns = [f"{p} {k}" for p in protocols for k in ("ACC", "mIoU")]
+        data = {m: dict.fromkeys(columns, math.nan) for m in methods}
+        for run in group:
+            for m, scores in (run.get("methods") or {}).items():
+                data[m][f"{protocol_key(run)} ACC"] = _num(scores.get("acc"))
+                data[m][f"{protocol_key(run)} mIoU"] = _num(scores.get("miou"))
+        df = pd.DataFrame([data[m] for m in methods], index=pd.Index(methods, name="method"), columns=columns)
+        dataset = str(_info(group[0]).get("dataset"))
+        df.attrs.update(dataset=dataset, fingerprint=fp, runs=[_run_dir(r) for r in group], banner=banner(group),
+                        notes=_group_notes(group))
+        tables[f"{dataset}_{fp}"] = df
+    return tables
+
+
+def _write_sensitivity(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], str]:
+    """Write ``protocol_sensitivity_<key>.md`` / ``.csv``; returns the paths and the index line."""
+    attrs = df.attrs
+    title = (f"Protocol sensitivity: {DATASET_TITLES.get(attrs['dataset'], attrs['dataset'])}, "
+             f"predictions of run {attrs['fingerprint']}")
+    stem = f"protocol_sensitivity_{_slug(key)}"
+    md = _header(attrs.get("banner"), title)
+    md += ["The same masks scored under each protocol's rules (`python -m eval.rescore`); a column "
+           "named `<scoring> scoring, <geometry> geometry` keeps the source run's crop and label sizes.", "",
+           METRIC_NOTE, "", markdown_table(df).rstrip()]
+    if attrs.get("notes"):
+        md += ["", "Provenance notes (from the runs' metrics.json):", "", *[f"- {n}" for n in attrs["notes"]]]
+    md += _runs_section(attrs["runs"], out)
+    paths = [write_text_atomic(out / f"{stem}.md", "\n".join(md) + "\n"),
+             write_text_atomic(out / f"{stem}.csv", csv_text(df, attrs.get("banner")))]
+    return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv))"
 
 
 def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], str]:
@@ -334,7 +406,7 @@ def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], 
     attrs = df.attrs
     banner_text = attrs.get("banner")
     dataset = DATASET_TITLES.get(attrs["dataset"], attrs["dataset"])
-    title = f"Ablation: {attrs['param']} ({dataset}, {attrs['name']})"
+    title = f"Ablation: {attrs['param']} ({dataset}, {attrs['name']}, {attrs.get('protocol', 'diffseg')} protocol)"
     stem = f"ablation_{key}"
     png = plot_sweep(df, attrs["param"], out / f"{stem}.png", banner=banner_text)
     md = _header(banner_text, title) + [METRIC_NOTE, "", markdown_table(df).rstrip()]
@@ -348,14 +420,14 @@ def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], 
 
 
 def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
-                 paper: dict[str, Any] | None = None) -> list[Path]:
-    """Write every main and ablation table (Markdown + CSV), sweep figures and README.md.
+                 ledger: Sequence[Claim] | None = None) -> list[Path]:
+    """Write every main, ablation and protocol-sensitivity table (Markdown + CSV), sweep figures and README.md.
 
     Returns the written paths (README.md last).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paper = load_paper_numbers() if paper is None else paper
+    ledger = load_ledger() if ledger is None else ledger
     banner_text = banner(runs)
     runs = expand_method_ablations(runs)  # in-run variants go to the ablation tables
     written: list[Path] = []
@@ -363,17 +435,25 @@ def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
     index += ["Generated by `python -m eval.tables` from run JSON; do not edit by hand.", ""]
     index += ["## Main tables", ""]
 
-    datasets: list[str] = []
+    keys: list[tuple[str, str]] = []  # (dataset, protocol): rows under different protocols never share a table
     for run in runs:
         ds = _info(run).get("dataset")
-        if ds is not None and _is_main(run, ds) and ds not in datasets:
-            datasets.append(ds)
-    for ds in datasets:
-        paths, line = _write_main(runs, ds, out, paper)
+        if ds is not None and _is_main(run, ds) and (ds, protocol_key(run)) not in keys:
+            keys.append((ds, protocol_key(run)))
+    for ds, protocol in keys:
+        paths, line = _write_main(runs, ds, protocol, out, ledger)
         written += paths
         index.append(line)
-    if not datasets:
+    if not keys:
         index.append("- (none)")
+
+    sensitivity = protocol_sensitivity_tables(runs)
+    if sensitivity:
+        index += ["", "## Protocol sensitivity", ""]
+        for key, df in sensitivity.items():
+            paths, line = _write_sensitivity(key, df, out)
+            written += paths
+            index.append(line)
 
     index += ["", "## Ablations", ""]
     tables = ablation_tables(runs)
@@ -397,13 +477,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.tables", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders, Hydra multirun folders or metrics.json files")
     parser.add_argument("--out", required=True, help="output folder for tables and figures")
-    parser.add_argument("--paper", default=None, help="paper numbers YAML (default: conf/paper/numbers.yaml)")
+    parser.add_argument("--ledger", default=None, help="claimed numbers YAML (default: conf/paper/numbers.yaml)")
     args = parser.parse_args(argv)
     runs = collect_runs(args.runs)
     if not runs:
         print(f"no metrics.json found below: {' '.join(args.runs)}", file=sys.stderr)
         return 1
-    for path in write_tables(runs, args.out, load_paper_numbers(args.paper)):
+    try:
+        ledger = load_ledger(args.ledger)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in write_tables(runs, args.out, ledger):
         print(path)
     return 0
 

@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 
 from eval.figures import colorize, default_palette, overlay, qualitative_grid
+from eval.ledger import Claim, load_ledger
 from eval.provenance import RANDOM_BANNER, UNKNOWN_BANNER
 from eval.tables import (
     ablation_tables,
     collect_runs,
-    load_paper_numbers,
     main,
     main_table,
+    protocol_sensitivity_tables,
     write_tables,
 )
 
@@ -57,18 +58,19 @@ def _make_runs(root: Path, demo=False) -> list[Path]:
     return [main_dir, root / "multirun"]
 
 
-def test_paper_numbers_file():
-    paper = load_paper_numbers()
-    assert paper["coco_stuff27"]["DiffSeg"]["acc"] == 72.5
-    assert paper["coco_stuff27"]["DiffSeg"]["miou"] == 43.6
-    assert paper["cityscapes"]["DiffSeg"]["acc"] == 76.0
-    assert paper["cityscapes"]["DiffSeg"]["miou"] == 21.2
-    for ds in ("coco_stuff27", "cityscapes"):
-        for method, ref in paper[ds].items():
-            expected = "DiffCut paper" if method == "DiffCut" else "2308.12469"
-            assert expected in ref["source"], method
-            if "not confirmed" in ref["source"]:
-                assert ref["acc"] is None and ref["miou"] is None, method
+def test_ledger_file():
+    claims = load_ledger()
+    by_key = {(c.method, c.dataset, c.protocol, c.backbone, c.source.split(",")[0]): c for c in claims}
+    paper = by_key[("DiffSeg", "coco_stuff27", "diffseg", "SD 1.4", "DiffSeg paper (arXiv 2308.12469)")]
+    assert (paper.acc, paper.miou) == (72.5, 43.6)
+    rerun = [c for c in claims if c.method == "DiffSeg" and c.protocol == "diffcut"]
+    assert {c.dataset: c.miou for c in rerun} == {"voc21": 49.8, "context60": 48.8, "coco_object81": 23.2,
+                                                 "coco_stuff27": 44.2, "cityscapes": 16.8, "ade20k150": 37.7}
+    diffcut = sorted(c.miou for c in claims if c.method == "DiffCut" and c.dataset == "coco_stuff27")
+    assert diffcut == [45.2, 46.1, 49.1]  # SD 1.4 ablation, Seg4Diff's listing, the DiffCut paper
+    assert all(c.status in ("confirmed", "secondary") and c.source for c in claims)
+    sd14 = next(c for c in claims if c.method == "DiffCut" and c.backbone == "SD 1.4")
+    assert sd14.settings["segmenter.tau"] == 0.2 and "issue 5" in sd14.source
 
 
 def test_collect_runs_recursive(tmp_path):
@@ -83,12 +85,15 @@ def test_collect_runs_recursive(tmp_path):
 
 def test_main_table_values(tmp_path):
     runs = collect_runs(_make_runs(tmp_path))
-    df = main_table(runs, "coco_stuff27", load_paper_numbers())
+    df = main_table(runs, "coco_stuff27", load_ledger())
     assert list(df.index) == ["DiffSeg", "DiffSeg-fp32", "K-Means-C", "K-Means-S"]
     assert df.loc["DiffSeg", "ACC"] == pytest.approx(70.04)  # unrounded in the frame
-    assert df.loc["DiffSeg", "paper ACC"] == 72.5
-    assert np.isnan(df.loc["DiffSeg-fp32", "paper ACC"])
-    assert main_table(runs, "cityscapes", {}).empty
+    assert df.loc["DiffSeg", "protocol"] == "diffseg"
+    assert df.loc["DiffSeg", "claims"] == "[1] 72.5 / 43.6 (ours -2.5 / -2.3, secondary)"
+    [claim] = df.attrs["claims"][0]
+    assert claim["d_acc"] == pytest.approx(70.04 - 72.5) and claim["d_miou"] == pytest.approx(41.26 - 43.6)
+    assert df.loc["DiffSeg-fp32", "claims"] == "" and df.attrs["claims"][1] == []
+    assert main_table(runs, "cityscapes", []).empty
 
 
 def test_ablation_table_sorted(tmp_path):
@@ -109,16 +114,16 @@ def test_write_tables(tmp_path):
             "ablation_kl_threshold.png", "README.md"} == names
 
     md = (out / "coco_stuff27.md").read_text(encoding="utf-8")
-    assert "| DiffSeg | 70.0 | 41.3 | 5.43 | 12 | 72.5 | 43.6 |  |" in md
-    assert "| K-Means-C | 60.0 | 30.0 | 6.00 | 12 |  |  |  |" in md
+    assert "| DiffSeg | 70.0 | 41.3 | 5.43 | 12 | diffseg | [1] 72.5 / 43.6 (ours -2.5 / -2.3, secondary) |  |" in md
+    assert "| K-Means-C | 60.0 | 30.0 | 6.00 | 12 | diffseg |  |  |" in md
     assert not md.startswith("**")  # no banner
-    assert "2308.12469" in md
+    assert "- [1] DiffSeg (SD 1.4), coco_stuff27 (curated images), protocol diffseg: ACC 72.5, mIoU 43.6" in md
 
     csv = pd.read_csv(out / "coco_stuff27.csv", index_col=0, comment="#")
     assert csv.loc["DiffSeg", "ACC"] == 70.0
     assert csv.loc["DiffSeg", "mIoU"] == 41.3
-    assert csv.loc["DiffSeg", "paper mIoU"] == 43.6
-    assert np.isnan(csv.loc["K-Means-S", "paper ACC"])
+    assert csv.loc["DiffSeg", "claims"].startswith("[1] 72.5 / 43.6")
+    assert csv.loc["DiffSeg", "protocol"] == "diffseg"
     assert csv.loc["K-Means-S", "images"] == 12
 
     abl = (out / "ablation_kl_threshold.md").read_text(encoding="utf-8")
@@ -192,3 +197,55 @@ def test_qualitative_grid(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError):
         qualitative_grid(images, labels[:1], masks, tmp_path / "bad.png")
+
+
+def _protocol_run(folder: Path, protocol: str, methods: dict, fingerprint: str, rescored_from: str | None = None,
+                  geometry: str | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    prov = {**_provenance(), "fingerprint": fingerprint}
+    if rescored_from:
+        prov["rescored"] = {"source_fingerprint": rescored_from}
+    run = {"name": "voc21", "dataset": "voc21", "model": "sd14", "ablation": None, "protocol": protocol,
+           "geometry": geometry}
+    (folder / "metrics.json").write_text(json.dumps({"methods": methods, "run": run, "provenance": prov}))
+
+
+def test_claims_render_beside_rows_of_their_protocol_only(tmp_path):
+    _protocol_run(tmp_path / "a", "diffseg", {"DiffSeg": _method(80.0, 52.0)}, "a" * 16)
+    _protocol_run(tmp_path / "b", "diffcut", {"DiffSeg": _method(75.0, 47.3)}, "b" * 16)
+    _protocol_run(tmp_path / "c", "diffcut", {"DiffSeg": _method(70.0, 45.0)}, "c" * 16, rescored_from="a" * 16,
+                  geometry="diffseg")
+    ledger = [Claim("DiffSeg", "voc21", "diffcut", "paper X, Table 2", "secondary", miou=49.8),
+              Claim("DiffSeg", "voc21", "diffcut", "paper Y, Table 1", "confirmed", acc=76.0, miou=50.0),
+              Claim("DiffSeg", "voc21", "diffseg", "paper Z", "secondary", miou=51.0)]
+    runs = collect_runs([tmp_path])
+    native = main_table(runs, "voc21", ledger, protocol="diffcut")
+    assert list(native["ACC"]) == [75.0]  # neither the diffseg run nor the re-scored one
+    assert native.iloc[0]["claims"] == ("[1] - / 49.8 (ours - / -2.5, secondary); "
+                                        "[2] 76.0 / 50.0 (ours -1.0 / -2.7, confirmed)")
+    assert [c["d_miou"] for c in native.attrs["claims"][0]] == [pytest.approx(-2.5), pytest.approx(-2.7)]
+    assert main_table(runs, "voc21", ledger).iloc[0]["claims"] == "[1] - / 51.0 (ours - / +1.0, secondary)"
+    rescored = main_table(runs, "voc21", ledger, protocol="diffcut scoring, diffseg geometry")
+    assert list(rescored["ACC"]) == [70.0] and rescored.iloc[0]["claims"] == ""  # geometry differs: no claim
+    written = {p.name for p in write_tables(runs, tmp_path / "out", ledger)}
+    assert {"voc21.md", "voc21.diffcut.md", "voc21.diffcut_scoring_diffseg_geometry.md"} <= written
+    md = (tmp_path / "out" / "voc21.diffcut.md").read_text()
+    assert "| DiffSeg | 75.0 | 47.3 |" in md and "80.0" not in md
+    assert "- [2] DiffSeg, voc21, protocol diffcut: ACC 76.0, mIoU 50.0; paper Y, Table 1; confirmed" in md
+
+
+def test_protocol_sensitivity_table(tmp_path):
+    _protocol_run(tmp_path / "a", "diffseg", {"DiffSeg": _method(80.0, 52.0), "K-Means-C": _method(60.0, 30.0)},
+                  "a" * 16)
+    _protocol_run(tmp_path / "c", "diffcut", {"DiffSeg": _method(70.0, 45.0), "K-Means-C": _method(55.0, 28.0)},
+                  "c" * 16, rescored_from="a" * 16, geometry="diffseg")
+    _protocol_run(tmp_path / "d", "diffcut", {"DiffSeg": _method(71.0, 46.0)}, "d" * 16)  # other predictions
+    tables = protocol_sensitivity_tables(collect_runs([tmp_path]))
+    assert list(tables) == ["voc21_" + "a" * 16]
+    df = tables["voc21_" + "a" * 16]
+    assert list(df.columns) == ["diffseg ACC", "diffseg mIoU", "diffcut scoring, diffseg geometry ACC",
+                                "diffcut scoring, diffseg geometry mIoU"]
+    assert df.loc["K-Means-C"].tolist() == [60.0, 30.0, 55.0, 28.0]
+    written = {p.name for p in write_tables(collect_runs([tmp_path]), tmp_path / "out", [])}
+    assert f"protocol_sensitivity_voc21_{'a' * 16}.md" in written
+    assert "Protocol sensitivity" in (tmp_path / "out" / "README.md").read_text()
