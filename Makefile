@@ -10,6 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 COCO_ROOT ?= datasets/coco_stuff27
+# COCO_SUBSET=all keeps the 5000 val2017 images (for dataset.subset=all)
+COCO_SUBSET ?= curated
 CITYSCAPES_ROOT ?= datasets/cityscapes
 CITYSCAPES_ZIPS ?= datasets/downloads
 VOC_ROOT ?= datasets/VOCdevkit/VOC2012
@@ -45,7 +47,7 @@ demo: $(STAMP)
 	$(PY) -m eval.demo
 
 data-coco: $(STAMP)
-	$(PY) datasets/prepare.py coco --root $(COCO_ROOT)
+	$(PY) datasets/prepare.py coco --root $(COCO_ROOT) --subset $(COCO_SUBSET)
 
 data-cityscapes: $(STAMP)
 	$(PY) datasets/prepare.py cityscapes --root $(CITYSCAPES_ROOT) --zips $(CITYSCAPES_ZIPS)

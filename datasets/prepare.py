@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from eval.atomic import write_json_atomic  # noqa: E402
 from eval.data import ade20k, coco_object, context, voc  # noqa: E402
-from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, read_id_list  # noqa: E402
+from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, SUBSETS, read_id_list  # noqa: E402
 from eval.data.download import (  # noqa: E402
     PINNED_FILES,
     ChecksumError,
@@ -71,9 +71,9 @@ def _missing_coco(root: Path, ids: list[str]) -> tuple[list[str], list[str]]:
     return images, labels
 
 
-def coco_ready(root: Path) -> bool:
-    """True when ``root`` has the list file and the image and label of every listed id."""
-    list_path = root / DEFAULT_LIST_FILE
+def coco_ready(root: Path, subset: str = "curated") -> bool:
+    """True when ``root`` has the subset's list file and the image and label of every listed id."""
+    list_path = root / SUBSETS[subset]
     if not list_path.is_file():
         return False
     ids = read_id_list(list_path)
@@ -81,16 +81,33 @@ def coco_ready(root: Path) -> bool:
     return bool(ids) and not images and not labels
 
 
-def prepare_coco(root: Path, downloads: Path, progress: bool = True) -> None:
-    """Build a COCO-Stuff-27 root (layout in ``datasets/README.md``), fetching only what is missing."""
-    if coco_ready(root):
+def _write_all_list(downloads: Path, progress: bool) -> Path:
+    """``downloads/val2017_all.txt``: every image id of the pinned val2017.zip, sorted."""
+    archive = download_pinned("coco_val2017", downloads, progress=progress)
+    with zipfile.ZipFile(archive) as zf:
+        ids = sorted(Path(n).stem for n in zf.namelist() if n.startswith("val2017/") and n.endswith(".jpg"))
+    path = downloads / SUBSETS["all"]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_coco(root: Path, downloads: Path, progress: bool = True, subset: str = "curated") -> None:
+    """Build a COCO-Stuff-27 root (layout in ``datasets/README.md``), fetching only what is missing.
+
+    ``subset="all"`` keeps every val2017 image (5000) and lists them in ``val2017_all.txt``.
+    """
+    if coco_ready(root, subset):
         print(f"ready: {root}")
         return
     downloads.mkdir(parents=True, exist_ok=True)
-    list_path = root / DEFAULT_LIST_FILE
+    list_path = root / SUBSETS[subset]
     if list_path.is_file():
         source_list = list_path
         print(f"using the existing id list {list_path}")
+    elif subset == "all":
+        source_list = _write_all_list(downloads, progress)
     else:
         source_list = download_pinned("coco_stuff27_list", downloads, progress=progress)
     ids = read_id_list(source_list)
@@ -120,7 +137,7 @@ def prepare_coco(root: Path, downloads: Path, progress: bool = True) -> None:
         tmp = list_path.with_name(list_path.name + ".tmp")
         shutil.copyfile(source_list, tmp)
         os.replace(tmp, list_path)
-    if not coco_ready(root):
+    if not coco_ready(root, subset):
         images, labels = _missing_coco(root, ids)
         raise PrepareError(f"{root} is still incomplete: {len(images)} images and {len(labels)} labels missing")
     print(f"ready: {root} ({len(ids)} images)")
@@ -384,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     coco = sub.add_parser("coco", help="COCO-Stuff-27 val (downloads ~1.5 GB, keeps 2175 images)")
     coco.add_argument("--root", type=Path, required=True, help="dataset root to build")
     coco.add_argument("--downloads", type=Path, default=DEFAULT_DOWNLOADS, help="where archives go")
+    coco.add_argument("--subset", choices=sorted(SUBSETS), default="curated",
+                      help="curated: the 2175 listed images (default); all: the 5000 val2017 images")
     city = sub.add_parser("cityscapes", help="Cityscapes val from the official zips")
     city.add_argument("--root", type=Path, required=True, help="dataset root to build")
     city.add_argument("--zips", type=Path, default=DEFAULT_DOWNLOADS, help="folder holding the zips")
@@ -406,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.quiet
     try:
         if args.command == "coco":
-            prepare_coco(args.root, args.downloads, progress=progress)
+            prepare_coco(args.root, args.downloads, progress=progress, subset=args.subset)
         elif args.command == "cityscapes":
             prepare_cityscapes(args.root, args.zips, verify=not args.no_verify, progress=progress)
         elif args.command == "voc":

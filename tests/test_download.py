@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from eval.data import coco_stuff
 from eval.data import download as dl
+from eval.data.coco_object import CocoObject81
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.download import (
     ChecksumError,
@@ -29,6 +31,7 @@ from eval.data.download import (
     sha256_file,
     verify_file,
 )
+from eval.data.loader import DatasetNotFoundError
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff
 
 REPO = Path(__file__).resolve().parents[1]
@@ -452,3 +455,24 @@ def test_prepare_script_runs_from_any_cwd(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "coco" in result.stdout and "cityscapes" in result.stdout
+
+
+def test_prepare_coco_all_val2017_images(prepare, server, tmp_path, monkeypatch, capsys):
+    listed, blobs = _fake_coco_archives(tmp_path, server)
+    _pin(monkeypatch, "coco_val2017", url=f"{server.base}/val2017.zip",
+         sha256=sha256(blobs["/val2017.zip"]), md5=None, size=len(blobs["/val2017.zip"]))  # fmt: skip
+    _pin(monkeypatch, "cocostuff_stuffthingmaps", url=f"{server.base}/maps.zip")
+    root = tmp_path / "coco_root"
+    argv = ["--quiet", "coco", "--root", str(root), "--downloads", str(tmp_path / "d"), "--subset", "all"]
+    assert prepare.main(argv) == 0
+    all_ids = sorted(p.stem for p in (root / "val2017").iterdir())
+    assert len(all_ids) == 5 and set(listed) < set(all_ids)
+    assert (root / "val2017_all.txt").read_text().split() == all_ids
+    with pytest.raises(DatasetNotFoundError, match="not the 5000 val2017 images"):
+        CocoStuff27(root, size=16, subset="all")  # a real (unmarked) root must hold all 5000
+    monkeypatch.setattr(coco_stuff, "VAL2017_IMAGES", 5)
+    assert CocoStuff27(root, size=16, subset="all").ids == all_ids
+    assert CocoObject81(root, size=16, subset="all").ids == all_ids
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="COCO_SUBSET=all"):
+        CocoStuff27(tmp_path / "empty", size=16, subset="all")

@@ -38,7 +38,7 @@ from eval.data.classes import (
     coco_stuffthing_to_object_lut,
 )
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
-from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, read_id_list
+from eval.data.coco_stuff import IMAGE_DIR, LABEL_DIR, subset_ids
 
 __all__ = [
     "AGREEMENT_FILE",
@@ -204,7 +204,8 @@ class CocoObject81(LabelledImages):
     Args:
         root: the COCO-Stuff-27 root (``eval.data.coco_stuff`` layout).
         label_source: ``stuffthingmaps`` or ``instances`` (module docstring).
-        size, limit, shard, list_file: as in :class:`eval.data.coco_stuff.CocoStuff27`.
+        size, limit, shard, list_file, subset: as in :class:`eval.data.coco_stuff.CocoStuff27`
+            (``subset="all"``: the 5000 val2017 images).
     """
 
     classes = COCO_OBJECT81_CLASSES
@@ -217,21 +218,23 @@ class CocoObject81(LabelledImages):
         size: int = 512,
         limit: int | None = None,
         shard: str | tuple[int, int] | None = None,
-        list_file: str = DEFAULT_LIST_FILE,
+        list_file: str | None = None,
         label_source: str = "stuffthingmaps",
         image_size: int | None = None,
+        subset: str = "curated",
     ):
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
         self.label_source = label_source
         self._open_root(root, size, image_size, "COCO-Object root (the COCO-Stuff-27 root)",
                         _make_hint(Path(root), "coco"))
-        self.list_path = self._require(self.root / list_file, "COCO list file")
+        self.subset = subset
+        ids = subset_ids(self, subset, list_file, "COCO")
         if label_source == "instances":
             self._hint = _make_hint(self.root, "instances")
             self._require(self.root / INSTANCE_LABEL_DIR, "COCO-Object instance labels")
         lut = coco_object_lut() if label_source == "instances" else coco_stuffthing_to_object_lut()
-        self._select(read_id_list(self.list_path), limit, shard, lut)
+        self._select(ids, limit, shard, lut)
 
     def image_path(self, image_id: str) -> Path:
         """``<root>/val2017/<id>.jpg``."""
