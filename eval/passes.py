@@ -89,8 +89,8 @@ def segment_batch(methods: list[Method], maps: dict[int, torch.Tensor] | None, f
                   labels: dict[str, torch.Tensor], num_classes: int) -> dict[str, torch.Tensor]:
     """Masks ``(B, H, W)`` of every method; aggregation computed once per weight setting.
 
-    ``labels`` maps each method to the ``(B, H, W)`` labels it is scored against
-    (:meth:`eval.methods.Method.labels_for`).
+    ``labels`` maps each method to the ``(B, H, W)`` labels it is scored against (the run's, one
+    protocol per run).
     """
     masks: dict[str, torch.Tensor] = {}
     groups: dict[tuple, list[Method]] = {}
