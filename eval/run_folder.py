@@ -46,8 +46,8 @@ class FolderLockedError(RunFolderError):
 
 
 def _denied(path: Path, exc: OSError) -> str:
-    return (f"cannot write in the run folder {path} ({exc.strerror or exc}): make it writable, or choose "
-            "another folder (hydra.run.dir=...)")
+    return (f"cannot write in the run folder {path} ({exc.strerror or exc}): make it a writable folder, or "
+            "choose another one (hydra.run.dir=...)")
 
 
 def check_writable(folder: str | os.PathLike) -> None:
