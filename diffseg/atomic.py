@@ -1,6 +1,8 @@
 """Atomic file writes: a new file in the target folder, then ``os.replace``.
 
-Readers see the old file or the new one, never a part of it. The temporary file is
+Readers see the old file or the new one, never a part of it; a failed write (a full
+disk, say) leaves the old file as it was, removes the temporary one and raises an
+``OSError`` naming the target. The temporary file is
 created with mode ``0o666`` and the kernel applies the process umask (and any default
 ACL of the folder) at creation, exactly as for a file opened with ``open(path, "w")``:
 the result has the user's usual permissions (``0o644`` under a ``0o022`` umask), not
@@ -41,8 +43,10 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # name the target (a full disk, say)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     return path

@@ -6,7 +6,8 @@ A run folder holds ``run.json``::
      "settings": {"dataset": ..., "model": ..., "aggregation": ..., "methods": ..., "protocol": ...,
                   "device": "cuda"},
      "data": {"ids_sha256": "...", "num_ids": 2175, "synthetic": false},
-     "code": {"version": "0.1.0", "git": "5458e27...", "dirty": false},
+     "code": {"version": "0.1.0", "git": "5458e27...", "dirty": true, "diff_sha256": "...",
+              "id": "5458e27a1b2c+diff.0f3a9e1d2c4b"},
      "versions": {"torch": ..., "diffusers": ..., ...}}
 
 ``settings`` holds every setting that can change a per-image result: the dataset
@@ -23,7 +24,16 @@ be resumed or extended with other values of them.
 Starting a run in a folder made under another fingerprint raises
 :class:`RunMismatchError` before any work, naming each differing setting. Every
 per-image record also carries the fingerprint (``"fp"``), and shards are merged only
-when their fingerprints agree (:mod:`eval.merge`).
+when their fingerprints agree (:mod:`eval.merge`). On resume the fingerprint is also
+recomputed from ``run.json``'s own ``settings`` and ``data``, so an edited ``run.json``
+is refused rather than trusted.
+
+The code version (``code["id"]``: the git commit, plus a hash of the uncommitted diff
+of tracked files when the checkout is dirty) is not part of the fingerprint but is
+checked on resume (:func:`check_code_version`): records made by other code are only
+extended with ``allow_code_change=true``. Each record also carries the content hashes
+of its image and label files, checked on resume (:func:`check_contents`), so a folder
+never mixes two datasets that share ids.
 
 ``python -m eval.identity OVERRIDES... --prefix outputs/coco_stuff27`` prints the
 folder ``<prefix>/<fingerprint>`` of a configuration; the Makefile's reproduce
@@ -32,6 +42,7 @@ targets use it, so runs with other settings never share a folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -40,7 +51,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +65,20 @@ from eval.protocols import protocol_settings
 __all__ = [
     "IDENTITY_FILE",
     "SYNTHETIC_MARKER",
+    "CodeVersionError",
+    "ContentMismatchError",
     "RunIdentity",
     "RunMismatchError",
+    "check_code_version",
+    "check_contents",
     "check_run_folder",
+    "code_id",
     "code_version",
+    "code_version_of",
     "data_identity",
     "diff_settings",
+    "file_digests",
+    "fingerprint_of",
     "identity_of",
     "result_settings",
     "versions",
@@ -77,13 +96,27 @@ class RunMismatchError(RuntimeError):
     """A run folder's results were made under other settings than the ones requested."""
 
 
+class CodeVersionError(RunMismatchError):
+    """A run folder's results were made by another code version (and ``allow_code_change`` is off)."""
+
+
+class ContentMismatchError(RunMismatchError):
+    """A run folder's results were made from other image or label files than the dataset's now."""
+
+
 @dataclass(frozen=True)
 class RunIdentity:
-    """Settings, data identity and fingerprint of a run (see the module docstring)."""
+    """Settings, data identity and fingerprint of a run, and the code version running it (module docstring)."""
 
     fingerprint: str
     settings: dict[str, Any]
     data: dict[str, Any]
+    code: dict[str, Any] = field(default_factory=lambda: code_version())
+
+    @property
+    def code_id(self) -> str:
+        """The short code version of this run (:func:`code_id`)."""
+        return code_id(self.code)
 
     def to_json(self) -> dict[str, Any]:
         """``run.json`` content: identity plus code and library versions (provenance)."""
@@ -91,7 +124,7 @@ class RunIdentity:
             "fingerprint": self.fingerprint,
             "settings": self.settings,
             "data": self.data,
-            "code": code_version(),
+            "code": self.code,
             "versions": versions(),
         }
 
@@ -136,6 +169,11 @@ def data_identity(dataset: Any) -> dict[str, Any]:
 def _fingerprint(settings: dict[str, Any], data: dict[str, Any]) -> str:
     text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def fingerprint_of(content: dict[str, Any]) -> str:
+    """The fingerprint a ``run.json`` content's own ``settings`` and ``data`` give (not its stored one)."""
+    return _fingerprint(content.get("settings"), content.get("data"))
 
 
 def identity_of(cfg: DictConfig, dataset: Any, device: torch.device) -> RunIdentity:
@@ -184,7 +222,12 @@ def check_run_folder(out_dir: str | os.PathLike, identity: RunIdentity, has_reco
         raise RunMismatchError(
             f"{out} holds per-image results but no {IDENTITY_FILE}: their settings are unknown "
             f"(made by an older version). {hint}")
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored = read_run_json(path)
+    if fingerprint_of(stored) != stored.get("fingerprint"):
+        raise RunMismatchError(
+            f"{path} was edited: its settings and data give fingerprint {fingerprint_of(stored)}, not the "
+            f"{stored.get('fingerprint')} it states (and its per-image results were made under). Restore the "
+            "original run.json, or start a new folder.")
     if stored.get("fingerprint") != identity.fingerprint:
         changes = diff_settings({"settings": stored.get("settings"), "data": stored.get("data")},
                                 {"settings": identity.settings, "data": identity.data})
@@ -195,28 +238,149 @@ def check_run_folder(out_dir: str | os.PathLike, identity: RunIdentity, has_reco
     return stored
 
 
+def read_run_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``run.json``'s content; :class:`RunMismatchError` naming the file when it is not a JSON object."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunMismatchError(
+            f"{path} is not valid JSON ({exc}): it was damaged or edited. Restore it (it names the settings of "
+            f"the per-image results beside it), or start a new folder.") from None
+    if not isinstance(content, dict):
+        raise RunMismatchError(f"{path} is not a run identity (a JSON object expected): restore it, "
+                               "or start a new folder.")
+    return content
+
+
+def check_code_version(out_dir: str | os.PathLike, stored: dict[str, Any], records: dict[str, dict[str, Any]],
+                       current: dict[str, Any], allow_change: bool) -> list[str]:
+    """The code versions of the folder's evaluated records; raises when they are not all ``current``'s.
+
+    A record without a ``"code"`` key (made before records carried it) counts as the
+    version in ``run.json``. Raises :class:`CodeVersionError` naming the folder's
+    versions and the current one unless ``allow_change``.
+    """
+    fallback = code_id(stored.get("code") or {})
+    found = sorted({str(r.get("code") or fallback) for r in records.values() if "methods" in r})
+    now = code_id(current)
+    other = [v for v in found if v != now]
+    if other and not allow_change:
+        raise CodeVersionError(
+            f"{out_dir} holds results made by code version {', '.join(other)}; this is {now}. Results of "
+            "different code are not mixed silently: run the folder's code version again (git checkout), start "
+            "a new folder, or pass allow_code_change=true to extend it (every record then carries its code "
+            "version and metrics.json lists them all).")
+    return found
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digests(dataset: Any, image_id: str) -> dict[str, str]:
+    """``{"image": sha256, "label": sha256}`` of an item's files (``dataset.image_path`` / ``label_path``)."""
+    return {"image": _sha256_file(Path(dataset.image_path(image_id))),
+            "label": _sha256_file(Path(dataset.label_path(image_id)))}
+
+
+def check_contents(out_dir: str | os.PathLike, records: dict[str, dict[str, Any]], dataset: Any,
+                   ids: Sequence[str]) -> int:
+    """Check that the evaluated records of ``ids`` were made from the dataset's files as they are now.
+
+    Hashes the image and label file of every such record that carries ``"files"``
+    (records made before they did are not checked) and raises
+    :class:`ContentMismatchError` on the first difference, naming the id, both roots and
+    what to do. A file that cannot be read now is left to the run (it is retried there).
+    Returns the number of records checked.
+    """
+    checked = 0
+    for image_id in ids:
+        record = records.get(image_id) or {}
+        recorded = record.get("files")
+        if "methods" not in record or not recorded:
+            continue
+        try:
+            now = file_digests(dataset, image_id)
+        except OSError:
+            continue
+        checked += 1
+        changed = [k for k in ("image", "label") if recorded.get(k) != now[k]]
+        if changed:
+            raise ContentMismatchError(
+                f"{out_dir} holds results for image {image_id} made from other {' and '.join(changed)} files: "
+                f"recorded from dataset root {record.get('root', '(unknown)')}, now "
+                f"{getattr(dataset, 'root', '(unknown)')} ({dataset.image_path(image_id)} has sha256 "
+                f"{now['image'][:12]}, recorded {str(recorded.get('image'))[:12]}). A folder holds the results "
+                "of one dataset's content: point dataset.root back at the data it was made from, or start a new "
+                "folder.")
+    return checked
+
+
 def _package_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def code_version() -> dict[str, Any]:
-    """The harness's own version: package version, plus the git commit and dirty flag when in a checkout."""
+def code_id(code: dict[str, Any]) -> str:
+    """Short code version of a ``code`` record: ``<commit12>``, ``<commit12>+diff.<sha12>``, or the package version.
+
+    Records written before ``code`` had an ``id`` get one from their fields; a dirty
+    checkout whose diff was not hashed then reads ``<commit12>+diff.unknown``.
+    """
+    if code.get("id"):
+        return str(code["id"])
+    git = code.get("git")
+    if git and not str(git).startswith("unavailable"):
+        return str(git)[:12] + (f"+diff.{str(code.get('diff_sha256') or 'unknown')[:12]}" if code.get("dirty") else "")
+    return f"package {code.get('version', 'unknown')}"
+
+
+def _git(root: Path, *args: str) -> bytes:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=30, check=True).stdout
+
+
+def code_version_of(root: str | os.PathLike) -> dict[str, Any]:
+    """The version of the code in ``root``: package version, plus git commit, dirty flag and diff hash in a checkout.
+
+    ``diff_sha256`` hashes ``git diff HEAD`` (staged and unstaged changes of tracked
+    files; untracked files are not covered), so the same commit with another
+    uncommitted change gets another ``id``.
+    """
     try:
         version = importlib.metadata.version("diffseg-repro")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown (not installed)"
     out: dict[str, Any] = {"version": version}
-    root = _package_root()
+    root = Path(root)
     if (root / ".git").exists():
         try:
-            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                    text=True, timeout=10, check=True).stdout.strip()
-            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10, check=True).stdout
-            out.update(git=commit, dirty=bool(status.strip()))
+            commit = _git(root, "rev-parse", "HEAD").decode().strip()
+            diff = _git(root, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-color")
+            out.update(git=commit, dirty=bool(diff))
+            if diff:
+                out["diff_sha256"] = hashlib.sha256(diff).hexdigest()
         except (OSError, subprocess.SubprocessError) as exc:
             out["git"] = f"unavailable ({type(exc).__name__})"
+    out["id"] = code_id(out)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _own_code_version() -> str:
+    return json.dumps(code_version_of(_package_root()))
+
+
+def code_version() -> dict[str, Any]:
+    """The harness's own version (:func:`code_version_of` its checkout), computed once per process.
+
+    Once per process because the code that runs is the code that was imported: later
+    edits of the working tree do not change it.
+    """
+    return json.loads(_own_code_version())
 
 
 def versions() -> dict[str, str]:
@@ -247,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from diffseg.devices import resolve_device
     from eval.build import build
+    from eval.data.loader import DuplicateIdsError
 
     parser = argparse.ArgumentParser(prog="python -m eval.identity", description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to `python -m eval.run`")
@@ -256,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = compose("eval", overrides=list(args.overrides))
     try:
         dataset = build(cfg.dataset.dataset)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, DuplicateIdsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     identity = identity_of(cfg, dataset, resolve_device(str(cfg.device)))

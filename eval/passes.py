@@ -2,8 +2,9 @@
 
 Attention methods (DiffSeg, the K-Means baselines) read the self-attention maps of the
 run's pass (``model.timestep``, ``model.noise``), from the attention cache when it has
-them. Feature methods (DiffCut) read the output of the last encoder self-attention layer
-of their own pass (:class:`eval.methods.FeaturePass`: DiffCut's release runs t = 50 with
+them (keyed by the content of each pre-processed image, :func:`eval.cache.input_key`).
+Feature methods (DiffCut) read the output of the last encoder self-attention layer of
+their own pass (:class:`eval.methods.FeaturePass`: DiffCut's release runs t = 50 with
 one seeded noise for the batch). Methods that need the same pass share it, and a feature
 method whose ``features.timestep`` is null reads the attention pass itself: one UNet pass
 then feeds both captures.
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffseg import aggregate_attention
 from diffseg.devices import resolve_dtype
 from eval.build import build
-from eval.cache import AttentionCache
+from eval.cache import AttentionCache, input_key
 from eval.methods import FeaturePass, Method, weights_key
 
 __all__ = ["BackbonePasses", "segment_batch"]
@@ -44,6 +45,8 @@ class BackbonePasses:
             "noise_seed": int(cfg.model.noise_seed),
             "size": int(cfg.dataset.size),
             "backbone": OmegaConf.to_container(cfg.model.backbone, resolve=True),
+            "device": device.type,  # CPU and CUDA kernels round differently
+            "batch_size": int(cfg.batch_size),  # the UNet's floats depend on the batch (about 1e-6)
         }
         self.cache = AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
 
@@ -60,13 +63,17 @@ class BackbonePasses:
 
     def __call__(self, images: torch.Tensor, ids: list[str]) -> tuple[dict[int, torch.Tensor] | None,
                                                                       dict[FeaturePass, torch.Tensor]]:
-        """``({s: (B, s*s, s*s)} or None, {pass: (B, h*w, C)})``, float32 on the run device."""
-        images = images.to(self.device, non_blocking=True)
+        """``({s: (B, s*s, s*s)} or None, {pass: (B, h*w, C)})``, float32 on the run device.
+
+        ``images``: float32 ``(B, 3, S, S)``; the attention cache is keyed by their content, not by ``ids``.
+        """
         shared = [p for p in self.feature_passes if p.timestep is None]
+        keys = [input_key(image) for image in images] if self.cache.mode != "none" else []
+        images = images.to(self.device, non_blocking=True)
         maps = None
         features: dict[FeaturePass, torch.Tensor] = {}
         if self.needs_attention or shared:
-            cached = [self.cache.get(i) for i in ids] if not shared else [None]
+            cached = [self.cache.get(k) for k in keys] if keys and not shared else [None]
             if all(c is not None for c in cached):
                 maps = {s: torch.stack([c[s] for c in cached]).to(self.device) for s in cached[0]}
             else:
@@ -74,8 +81,8 @@ class BackbonePasses:
                     images, int(self.cfg.model.timestep), noise="per_image" if self.cfg.model.noise else None,
                     seed=int(self.cfg.model.noise_seed), features=bool(shared),
                     head_chunk=self.cfg.model.get("head_chunk"))
-                for b, image_id in enumerate(ids):
-                    self.cache.put(image_id, {s: m[b] for s, m in maps.items()})
+                for b, key in enumerate(keys):
+                    self.cache.put(key, {s: m[b] for s, m in maps.items()})
                 for p in shared:
                     features[p] = feats
         for p in self.feature_passes:

@@ -8,19 +8,22 @@
      "images": {"evaluated": 2175, "skipped": 0, "selected": 2175, "dataset": 2175},
      "partial": false,                 # fewer images than the dataset (limit, shard, skipped, partial merge)
      "non_default": {"DiffSeg": {"segmenter.kl_threshold": [0.5, 1.1]}},   # [ours, paper]
+     "code_versions": {"5458e27a1b2c": 2175},   # code version -> evaluated images it made
+     "batch_sizes": {"8": 2175},       # batch size -> evaluated images computed at it ("unknown": older records)
      "notes": ["..."]}                 # the same facts as short human-readable marks
 
 Labels are derived from this record, never from a flag: :func:`banner` for files
 made from random weights or synthetic data, :func:`method_label` for a row whose
-method ran under settings other than the paper's (``conf/paper/protocol.yaml``), and
-:func:`images_note` for numbers resting on part of a dataset.
+method ran under settings other than the paper's (``conf/paper/protocol.yaml``) or
+whose images were made by several code versions, and :func:`images_note` for numbers
+resting on part of a dataset.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ __all__ = [
     "load_protocol",
     "method_label",
     "non_default",
+    "tally",
 ]
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "conf" / "paper" / "protocol.yaml"
@@ -100,6 +104,16 @@ def non_default(settings: Mapping[str, Any], protocol: Mapping[str, Any] | None 
     return out
 
 
+def tally(records: Iterable[Mapping[str, Any]], key: str, fallback: Any = "unknown") -> dict[str, int]:
+    """How many evaluated records carry each value of ``key`` (``fallback`` when absent), sorted by value."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if "methods" in record:
+            value = str(record.get(key) if record.get(key) is not None else fallback)
+            counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def build_provenance(
     fingerprint: str,
     settings: Mapping[str, Any],
@@ -110,8 +124,14 @@ def build_provenance(
     selected: int,
     partial_merge: bool = False,
     protocol: Mapping[str, Any] | None = None,
+    code_versions: Mapping[str, int] | None = None,
+    batch_sizes: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The ``provenance`` record of a run (module docstring)."""
+    """The ``provenance`` record of a run (module docstring).
+
+    ``code_versions`` and ``batch_sizes`` are :func:`tally` of the evaluated records by
+    ``"code"`` and ``"batch_size"``; more than one value of either adds a note.
+    """
     total = int(data.get("num_ids", selected))
     partial = bool(partial_merge or skipped or evaluated < total)
     notes = []
@@ -131,6 +151,13 @@ def build_provenance(
         if changed:
             notes.append(f"{method}: " + ", ".join(f"{k}={_short(v[0])} (paper {_short(v[1])})"
                                                    for k, v in changed.items()))
+    code_versions = dict(code_versions or {})
+    batch_sizes = dict(batch_sizes or {})
+    if len(code_versions) > 1:
+        notes.append("mixed code versions: " + ", ".join(f"{v} ({n} images)" for v, n in code_versions.items()))
+    if len(batch_sizes) > 1:
+        notes.append("several batch sizes: " + ", ".join(f"{b} ({n} images)" for b, n in batch_sizes.items())
+                     + "; per-image floats depend on the batch (about 1e-6 on CPU)")
     return {
         "fingerprint": fingerprint,
         "random_weights": bool(random_weights),
@@ -139,6 +166,8 @@ def build_provenance(
                    "dataset": total},
         "partial": partial,
         "non_default": diffs,
+        "code_versions": code_versions,
+        "batch_sizes": batch_sizes,
         "notes": notes,
     }
 
@@ -167,7 +196,8 @@ def banner(runs: Sequence[Mapping[str, Any]]) -> str | None:
 def method_label(method: str, run: Mapping[str, Any]) -> str:
     """``method`` with its differences from the paper's settings, e.g. ``DiffSeg [segmenter.kl_threshold=0.5]``.
 
-    Adds ``(random weights)`` for a random-weight backbone. The settings common to all
+    Adds ``(random weights)`` for a random-weight backbone and ``(mixed code versions)``
+    when the images were made by more than one code version. The settings common to all
     methods (model, timestep, ...) are included, since a row must say what it is alone.
     """
     prov = run.get("provenance") or {}
@@ -178,6 +208,8 @@ def method_label(method: str, run: Mapping[str, Any]) -> str:
                                   for k, v in changed.items()) + "]"
     if prov.get("random_weights"):
         label += " (random weights)"
+    if len(prov.get("code_versions") or {}) > 1:
+        label += " (mixed code versions)"
     return label
 
 

@@ -1,10 +1,13 @@
 """Per-image results of a run, kept as JSON lines so an interrupted run resumes.
 
 ``<run dir>/per_image.jsonl`` gets one line per image, appended (and fsynced)
-after each batch; ``"fp"`` is the run's fingerprint (:mod:`eval.identity`)::
+after each batch; ``"fp"`` is the run's fingerprint (:mod:`eval.identity`), ``"code"``
+the code version that made the record, ``"batch_size"`` the batch size it was computed
+at, ``"root"`` the dataset root and ``"files"`` the sha256 of its image and label file::
 
-    {"id": "000000000139", "fp": "3f9c...", "methods": {"DiffSeg": {"tp": [...27], "fp": [...],
-                                                   "fn": [...], "valid": 262144, "segments": 7}, ...}}
+    {"id": "000000000139", "fp": "3f9c...", "code": "5458e27a1b2c", "batch_size": 8,
+     "root": "datasets/coco_stuff27", "files": {"image": "9a1f...", "label": "03c2..."},
+     "methods": {"DiffSeg": {"tp": [...27], "fp": [...], "fn": [...], "valid": 262144, "segments": 7}, ...}}
     {"id": "000000000724", "fp": "3f9c...", "skipped": "OSError: cannot identify image file ..."}
 
 A skipped image is not done: a resumed run tries it again, and a later line for the
@@ -57,14 +60,26 @@ class RunRecords:
         return read_records(self.path)
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append records as one write, flushed to disk."""
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-        if not text:
+        """Append records as one write, flushed to disk.
+
+        All or nothing: when the write fails (a full disk, say) the file is cut back to
+        its previous length and the error, naming the file, is raised.
+        """
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode("utf-8")
+        if not data:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with open(self.path, "ab") as fh:
+            before = fh.tell()
+            try:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                try:
+                    fh.truncate(before)
+                except OSError:
+                    pass  # a torn last line is also dropped by the next open (_repair)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
 
 def read_records(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -18,8 +18,10 @@ equal an uninterrupted run's. The folder belongs to one set of settings
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -35,20 +37,35 @@ from tqdm.auto import tqdm
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
 from eval.build import build
-from eval.data.loader import build_loader
+from eval.data.loader import DuplicateIdsError, build_loader
 from eval.distributed import Dist, export_slurm_env, init_from_env, split
 from eval.figures import QualitativeSamples
-from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, identity_of, versions
+from eval.identity import (
+    IDENTITY_FILE,
+    CodeVersionError,
+    ContentMismatchError,
+    RunIdentity,
+    RunMismatchError,
+    check_code_version,
+    check_contents,
+    check_run_folder,
+    code_id,
+    file_digests,
+    identity_of,
+    read_run_json,
+    versions,
+)
 from eval.interrupt import GracefulStop, RunInterrupted
 from eval.mask_files import MaskWriter, mask_format
 from eval.methods import build_methods
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.passes import BackbonePasses, segment_batch
 from eval.protocols import ProtocolError, apply_protocol, protocol_settings
-from eval.provenance import banner, build_provenance
+from eval.provenance import banner, build_provenance, tally
 from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
+from eval.run_folder import FolderLock, FolderLockedError, RunFolderError, storage_error
 
-__all__ = ["NoImagesError", "evaluate", "main", "versions"]
+__all__ = ["NoImagesError", "evaluate", "main", "run_cli", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -139,27 +156,71 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not ctx.is_main:
         _remove_stray_folder(Path(cfg.paths.output_dir), out_dir)
+    with _hold_folder(out_dir, ctx):
+        if ctx.is_main:
+            with _RunLog(out_dir):
+                return _evaluate(cfg, out_dir, device, ctx)
+        return _evaluate(cfg, out_dir, device, ctx)
+
+
+@contextlib.contextmanager
+def _hold_folder(out_dir: Path, ctx: Dist):
+    """Rank 0 holds the folder's exclusive lock for the run; every rank raises when it is taken or unusable."""
+    lock = FolderLock(out_dir)
+    error = None
     if ctx.is_main:
-        with _RunLog(out_dir):
-            return _evaluate(cfg, out_dir, device, ctx)
-    return _evaluate(cfg, out_dir, device, ctx)
+        try:
+            lock.acquire()
+        except RunFolderError as exc:
+            error = (isinstance(exc, FolderLockedError), str(exc))
+    error = ctx.broadcast(error)
+    if error is not None:
+        raise (FolderLockedError if error[0] else RunFolderError)(error[1])
+    try:
+        yield
+    finally:
+        lock.release()
 
 
-def _claim_folder(out_dir: Path, identity: RunIdentity, ctx: Dist) -> dict[str, dict[str, Any]]:
-    """Records of the folder, after rank 0 checked (or wrote) its identity; every rank raises on a mismatch."""
+def _claim_folder(out_dir: Path, identity: RunIdentity, ctx: Dist, dataset: Any, selected: list[str],
+                  allow_code_change: bool) -> dict[str, dict[str, Any]]:
+    """Records of the folder, after rank 0 checked (or wrote) its identity; every rank raises on a mismatch.
+
+    Rank 0 also checks that the records were made by this code version (unless
+    ``allow_code_change``) and, for the selected images already done, from the files
+    the dataset holds now.
+    """
     records = load_run_records(out_dir)
     error = None
     if ctx.is_main:
         try:
-            check_run_folder(out_dir, identity, has_records=bool(records))
+            stored = check_run_folder(out_dir, identity, has_records=bool(records))
             _check_records(records, identity.fingerprint, out_dir)
+            versions_found = check_code_version(out_dir, stored, records, identity.code, allow_code_change)
+            if len(set(versions_found) | {identity.code_id}) > 1:
+                log.warning("code versions: this run is %s; the folder's records were made by %s "
+                            "(allow_code_change=true): every record carries its version", identity.code_id,
+                            ", ".join(versions_found))
+            check_contents(out_dir, records, dataset, selected)
         except RunMismatchError as exc:
-            error = str(exc)
+            error = (type(exc).__name__, str(exc))
     error = ctx.broadcast(error)
     ctx.barrier()  # every rank has read the records before any rank appends to them
     if error is not None:
-        raise RunMismatchError(error)
+        kinds = {k.__name__: k for k in (CodeVersionError, ContentMismatchError)}
+        raise kinds.get(error[0], RunMismatchError)(error[1])
     return records
+
+
+def _new_record(image_id: str, identity: RunIdentity, cfg: DictConfig, dataset: Any) -> dict[str, Any]:
+    """The bookkeeping part of an evaluated image's record: fingerprint, code version, batch size, files."""
+    record: dict[str, Any] = {"id": image_id, "fp": identity.fingerprint, "code": identity.code_id,
+                              "batch_size": int(cfg.batch_size)}
+    if hasattr(dataset, "image_path") and hasattr(dataset, "label_path"):
+        record["root"] = str(getattr(dataset, "root", ""))
+        record["files"] = file_digests(dataset, image_id)
+    record["methods"] = {}
+    return record
 
 
 def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -> dict[str, Any]:
@@ -170,9 +231,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
     masks_out = MaskWriter(out_dir, mask_format(cfg.save_masks), num_classes, cfg.dataset.get("background"),
                            protocol, part=f".rank{ctx.rank}" if ctx.active else "")
     identity = identity_of(cfg, dataset, device)
-    records = _claim_folder(out_dir, identity, ctx)
-    records_file = RunRecords(out_dir, RECORDS_FILE if not ctx.active else f"per_image.rank{ctx.rank}.jsonl")
     selected = list(dataset.ids)
+    records = _claim_folder(out_dir, identity, ctx, dataset, selected, bool(cfg.get("allow_code_change", False)))
+    records_file = RunRecords(out_dir, RECORDS_FILE if not ctx.active else f"per_image.rank{ctx.rank}.jsonl")
     done = [i for i in selected if "methods" in records.get(i, {})]
     todo = [i for i in selected if "methods" not in records.get(i, {})]
     dataset.ids = split(todo, ctx)
@@ -217,7 +278,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
                     scored = dict.fromkeys([m.name for m in methods], labels)  # one protocol per run
                     maps, features = source(batch.images, batch.ids)
                     masks = segment_batch(methods, maps, features, scored, num_classes)
-                image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in batch.ids]
+                image_records = [_new_record(i, identity, cfg, dataset) for i in batch.ids]
                 for method in methods:
                     metrics[method.name].update(masks[method.name], scored[method.name])
                     for record, stats in zip(image_records, metrics[method.name].last_stats, strict=True):
@@ -285,14 +346,17 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
     if max_skipped is not None and skipped > float(max_skipped) * selected:
         return {"error": f"{skipped} of {selected} images were skipped, more than max_skipped={max_skipped}; "
                          f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)"}
+    folder_code = code_id(read_run_json(out_dir / IDENTITY_FILE).get("code") or {})
     provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(cfg, source),
-                                  evaluated=evaluated, skipped=skipped, selected=selected)
+                                  evaluated=evaluated, skipped=skipped, selected=selected,
+                                  code_versions=tally(mine, "code", folder_code), batch_sizes=tally(mine, "batch_size"))
     extra: dict[str, Any] = {"timing": timing}
     if source.cache.mode != "none":
-        extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses}
+        extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses,
+                          "rejected": source.cache.rejected}
     result = write_metrics(
         out_dir, totals, mine, run=_run_info(cfg), provenance=provenance,
-        config=OmegaConf.to_container(cfg, resolve=True), code=code_version(), versions=versions(), **extra,
+        config=OmegaConf.to_container(cfg, resolve=True), code=identity.code, versions=versions(), **extra,
     )
     for name, s in result["methods"].items():
         log.info("%-14s ACC %5.1f  mIoU %5.1f  segments/img %.2f  images %d", name, s.get("acc") or 0.0,
@@ -322,24 +386,49 @@ def _remove_stray_folder(own: Path, shared: Path) -> None:
         shutil.rmtree(own, ignore_errors=True)
 
 
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.:+@%-]+")
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as a Hydra override value that parses back to exactly ``value``.
+
+    Plain paths stay as they are; anything else (spaces, non-ASCII, quotes, ``=``,
+    ``,``, ``${``) is double-quoted with Hydra's escapes: ``\\"`` for a quote, doubled
+    backslashes before a quote or at the end, and ``\\${`` so OmegaConf does not
+    interpolate it.
+    """
+    if _HYDRA_PLAIN.fullmatch(value):
+        return value
+    text = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', value)
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return f'"{text}"'
+
+
 def _resume_command(out_dir: Path) -> str:
-    """The command that continues this run in ``out_dir`` (same overrides, same folder)."""
+    """The command that continues this run in ``out_dir`` (same overrides, same folder), quoted for a POSIX shell.
+
+    The folder is quoted for Hydra's override parser (:func:`hydra_quote`) and the whole
+    override for the shell, so a path with spaces or non-ASCII characters resumes as printed.
+    """
     try:
         from hydra.core.hydra_config import HydraConfig
 
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
     except ValueError:  # not started through Hydra
         overrides = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "-"))]
-    return shlex.join(["python", "-m", "eval.run", *overrides, f"hydra.run.dir={out_dir}"])
+    return shlex.join(["python", "-m", "eval.run", *overrides, f"hydra.run.dir={hydra_quote(str(out_dir))}"])
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point; all work is in :func:`evaluate`.
+
+def run_cli(cfg: DictConfig) -> int:
+    """:func:`evaluate` as the command line runs it: its exit status, with one line on stderr for a refusal.
 
     Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 missing data or
-    weights, or a folder holding results of other settings (one clear line on stderr, no
-    traceback); 128 + signal on SIGTERM/SIGINT, after the batch in flight was recorded,
-    with the folder and the command that resumes.
+    weights, a folder holding results of other settings, code versions or files, a
+    folder in use by another run, a duplicated id, an unusable ``run.json``, a full disk
+    or an unwritable folder (one clear line on stderr, no traceback); 128 + signal on
+    SIGTERM/SIGINT, after the batch in flight was recorded, with the folder and the
+    command that resumes.
     """
     out_dir = Path(cfg.paths.output_dir)
     export_slurm_env()
@@ -347,17 +436,33 @@ def main(cfg: DictConfig) -> None:
         _quiet_rank()
     try:
         evaluate(cfg)
-    except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError) as exc:
+    except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError, RunFolderError,
+            DuplicateIdsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except NoImagesError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     except (RunInterrupted, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, RunInterrupted) else 130
         print(f"interrupted ({exc or 'SIGINT'}): every finished batch is recorded in {out_dir}\n"
               f"resume with: {_resume_command(out_dir)}", file=sys.stderr)
-        sys.exit(code)
+        return code
+    except OSError as exc:
+        message = storage_error(exc, out_dir)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point; all work is in :func:`evaluate` (exit statuses: :func:`run_cli`)."""
+    status = run_cli(cfg)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

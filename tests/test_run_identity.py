@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,14 +18,17 @@ from hydra_compose import compose_eval
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
+from eval import identity
 from eval.compare import main as compare_main
+from eval.data.coco_stuff import CocoStuff27
+from eval.data.loader import DuplicateIdsError
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.identity import RunMismatchError
+from eval.identity import CodeVersionError, ContentMismatchError, RunMismatchError, code_version_of
 from eval.identity import main as identity_main
 from eval.interrupt import RunInterrupted
 from eval.merge import MergeError, merge_runs
 from eval.merge import main as merge_main
-from eval.run import NoImagesError, evaluate
+from eval.run import NoImagesError, evaluate, run_cli
 from eval.tables import collect_runs, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +82,15 @@ def test_selection_and_speed_settings_may_differ_in_one_folder(root, full, tmp_p
     assert first["provenance"]["partial"] and "partial: 2 of 6 images" in first["provenance"]["notes"]
     extended = run(root, tmp_path, "num_workers=1", "model.head_chunk=2")
     assert extended["timing"]["images_this_invocation"] == 4
-    assert scores(extended) == scores(result)
+    assert scores(extended) == scores(result)  # at batch_size 1 and 2 alike on these images
     assert not extended["provenance"]["partial"]
+    # The folder says it was built from two batch sizes: every record carries its own.
+    records = [json.loads(line) for line in (tmp_path / "per_image.jsonl").read_text().splitlines()]
+    assert [r["batch_size"] for r in records] == [1, 1, 2, 2, 2, 2]
+    assert extended["provenance"]["batch_sizes"] == {"1": 2, "2": 4}
+    assert "several batch sizes: 1 (2 images), 2 (4 images)" in " ".join(extended["provenance"]["notes"])
+    assert result["provenance"]["batch_sizes"] == {"2": 6}
+    assert not any("batch sizes" in n for n in result["provenance"]["notes"])
 
 
 def test_records_from_an_older_version_are_refused(root, tmp_path):
@@ -139,11 +151,12 @@ def test_sigterm_finishes_the_batch_and_the_resume_equals_an_uninterrupted_run(r
     assert "run folder:" in log and "6 of 6 selected images evaluated" in log
 
 
-def test_cli_sigterm_exits_143_with_the_resume_command(tmp_path):
+def test_cli_sigterm_exits_143_and_the_printed_command_resumes_a_folder_with_space_and_unicode(tmp_path):
     data = tmp_path / "coco"
     write_synthetic_coco_stuff(data, num_images=16, seed=4)
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "eval.run", *FAST, "batch_size=1", f"dataset.root={data}", f"hydra.run.dir={out}"]
+    out = tmp_path / "my runs" / "résultat ü"
+    cmd = [sys.executable, "-m", "eval.run", *FAST, "batch_size=1", f"dataset.root={data}",
+           f'hydra.run.dir="{out}"']
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     records = out / "per_image.jsonl"
@@ -152,10 +165,17 @@ def test_cli_sigterm_exits_143_with_the_resume_command(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert "resume with: python -m eval.run" in err and f"hydra.run.dir={out}" in err
     done = len(records.read_text().splitlines())
     assert 1 <= done < 16
     assert not (out / "metrics.json").exists()
+    printed = err.split("resume with: ", 1)[1].strip().splitlines()[0]
+    argv = shlex.split(printed)  # as a POSIX shell reads it
+    assert argv[:3] == ["python", "-m", "eval.run"] and f'hydra.run.dir="{out}"' in argv
+    resumed = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["methods"]["DiffSeg"]["images"] == 16
+    assert result["timing"]["images_this_invocation"] == 16 - done
 
 
 def test_cli_mismatch_exits_2_and_zero_images_exits_1(root, full, tmp_path):
@@ -250,3 +270,111 @@ def test_a_folder_without_any_record_takes_the_new_settings(root, tmp_path):
     assert json.loads((tmp_path / "run.json").read_text())["fingerprint"] == result["provenance"]["fingerprint"]
     with pytest.raises(RunMismatchError):  # now it holds a record: other settings are refused again
         run(root, tmp_path, "dataset.limit=1")
+
+
+def test_a_resume_under_another_code_version_exits_2_unless_allowed(root, full, tmp_path, monkeypatch, capsys):
+    _, clean = full
+    base = identity.code_version()
+    old = {**base, "git": "a" * 40, "dirty": False, "id": "a" * 12}
+    new = {**base, "git": "a" * 40, "dirty": True, "diff_sha256": "b" * 64, "id": "a" * 12 + "+diff." + "b" * 12}
+    monkeypatch.setattr(identity, "code_version", lambda: dict(old))
+    run(root, tmp_path, "dataset.limit=2")
+    monkeypatch.setattr(identity, "code_version", lambda: dict(new))  # same commit, another uncommitted diff
+    with pytest.raises(CodeVersionError) as info:
+        run(root, tmp_path)
+    message = str(info.value)
+    assert f"made by code version {'a' * 12}; this is {'a' * 12}+diff.{'b' * 12}" in message
+    assert "allow_code_change=true" in message
+    cfg = compose_eval([*FAST, f"dataset.root={root}", f"paths.output_dir={tmp_path}"])
+    assert run_cli(cfg) == 2 and "code version" in capsys.readouterr().err
+    assert len((tmp_path / "per_image.jsonl").read_text().splitlines()) == 2  # nothing appended
+    mixed = run(root, tmp_path, "allow_code_change=true")
+    assert scores(mixed) == scores(clean)
+    assert mixed["provenance"]["code_versions"] == {"a" * 12: 2, f"{'a' * 12}+diff.{'b' * 12}": 4}
+    assert any(n.startswith("mixed code versions: ") for n in mixed["provenance"]["notes"])
+    records = [json.loads(line) for line in (tmp_path / "per_image.jsonl").read_text().splitlines()]
+    assert [r["code"] for r in records] == ["a" * 12] * 2 + [new["id"]] * 4
+    write_tables(collect_runs([tmp_path]), tmp_path / "tables")
+    rows = [line for line in (tmp_path / "tables" / "coco_stuff27.md").read_text().splitlines()
+            if line.startswith("| DiffSeg")]
+    assert len(rows) == 1 and "(mixed code versions)" in rows[0]
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True, env=env).stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_code_version_names_the_commit_and_hashes_the_uncommitted_diff(tmp_path):
+    git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git(tmp_path, "add", "a.py")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    commit = git(tmp_path, "rev-parse", "HEAD").strip()
+    clean = code_version_of(tmp_path)
+    assert clean["git"] == commit and clean["dirty"] is False and clean["id"] == commit[:12]
+    (tmp_path / "a.py").write_text("x = 2\n")
+    two = code_version_of(tmp_path)
+    (tmp_path / "a.py").write_text("x = 3\n")
+    three = code_version_of(tmp_path)
+    assert two["dirty"] and two["id"].startswith(commit[:12] + "+diff.")
+    assert two["id"] != three["id"]  # the same commit with another diff is another version
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_version_of(tmp_path)["id"] == two["id"]
+
+
+def test_another_dataset_with_the_same_ids_is_refused_in_the_folder(root, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert write_synthetic_coco_stuff(other, num_images=6, seed=12) == CocoStuff27(root, size=128).all_ids
+    out = tmp_path / "run"
+    run(root, out, "dataset.limit=4")
+    records = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
+    assert all(r["root"] == str(root) and len(r["files"]["image"]) == 64 for r in records)
+    with pytest.raises(ContentMismatchError) as info:
+        run(other, out)
+    message = str(info.value)
+    assert f"image {records[0]['id']}" in message and str(root) in message and str(other) in message
+    cfg = compose_eval([*FAST, f"dataset.root={other}", f"paths.output_dir={out}"])
+    assert run_cli(cfg) == 2 and "other image and label files" in capsys.readouterr().err
+    assert len((out / "per_image.jsonl").read_text().splitlines()) == 4
+    # The same files under another root (a moved dataset) resume.
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    assert run(moved, out)["timing"]["images_this_invocation"] == 2
+
+
+def test_a_duplicated_id_is_refused_before_any_work(root, tmp_path, capsys):
+    data = tmp_path / "coco"
+    shutil.copytree(root, data)
+    listing = data / "Coco164kFull_Stuff_Coarse_7.txt"
+    ids = listing.read_text().split()
+    listing.write_text("\n".join([*ids, ids[2]]) + "\n")
+    with pytest.raises(DuplicateIdsError, match=rf"duplicate image ids in {listing}: {ids[2]} \(x2\)"):
+        CocoStuff27(data, size=128)
+    out = tmp_path / "run"
+    cfg = compose_eval([*FAST, f"dataset.root={data}", f"paths.output_dir={out}"])
+    assert run_cli(cfg) == 2
+    assert f"{ids[2]} (x2)" in capsys.readouterr().err
+    assert not (out / "run.json").exists() and not (out / "per_image.jsonl").exists()
+    assert identity_main([*FAST, f"dataset.root={data}", "--prefix", "x"]) == 2
+
+
+def test_merge_never_writes_into_an_input_or_over_results_without_force(shards, tmp_path):
+    s0, s1 = shards["s0"], shards["s1"]
+    before = {p.name: p.read_bytes() for p in s0.iterdir() if p.is_file()}
+    with pytest.raises(MergeError, match="is one of the shards"):
+        merge_runs([s0, s1], s0)
+    with pytest.raises(MergeError, match="is one of the shards"):
+        merge_runs([s0, s1], s1, force=True)  # --force never touches an input
+    assert merge_main([str(s0), str(s1), "--out", str(s0), "--force"]) == 2
+    assert {p.name: p.read_bytes() for p in s0.iterdir() if p.is_file()} == before
+    out = tmp_path / "merged"
+    first = merge_runs([s0, s1], out)
+    with pytest.raises(MergeError, match=r"already holds results \(metrics.json, per_image.jsonl, run.json\)"):
+        merge_runs([s0, s1], out)
+    (out / "per_image.rank1.jsonl").write_text('{"id": "stale"}\n')
+    again = merge_runs([s0, s1], out, force=True)
+    assert again["methods"] == first["methods"] and not (out / "per_image.rank1.jsonl").exists()
+    assert first["provenance"]["code_versions"] == {identity.code_version()["id"]: 6}

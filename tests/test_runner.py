@@ -65,7 +65,8 @@ def test_metrics_json_schema_and_values(clean_run, coco_root):
         assert m["images"] == 5 and len(m["iou"]) == 27
         assert 0.0 <= m["acc"] <= 100.0 and 0.0 <= m["miou"] <= 100.0
     assert result["run"] == {"name": "coco_stuff27", "dataset": "coco_stuff27", "model": "tiny-random",
-                             "ablation": None, "shard": None, "limit": None}
+                             "ablation": None, "shard": None, "limit": None, "protocol": "diffseg",
+                             "subset": "curated"}
     prov = result["provenance"]
     assert prov["random_weights"] is True and prov["synthetic_data"] is True and prov["partial"] is False
     assert prov["images"] == {"evaluated": 5, "skipped": 0, "selected": 5, "dataset": 5}

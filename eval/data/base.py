@@ -51,9 +51,13 @@ class LabelledImages(Dataset):
         return path
 
     def _select(self, all_ids: Sequence[str], limit: int | None, shard, lut) -> None:
-        """Keep the full id list, the ids to evaluate (limit, then shard) and the label map (a numpy LUT)."""
+        """Keep the full id list, the ids to evaluate (limit, then shard) and the label map (a numpy LUT).
+
+        An id listed twice is refused (:class:`eval.data.loader.DuplicateIdsError`, naming the list file).
+        """
         self.all_ids = list(all_ids)
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard)
+        source = getattr(self, "list_path", None) or self.root
+        self.ids = select_ids(self.all_ids, limit=limit, shard=shard, source=source)
         self._lut = torch.from_numpy(lut)
 
     @property

@@ -18,17 +18,36 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "Batch",
     "DatasetNotFoundError",
+    "DuplicateIdsError",
     "SkipCorrupt",
     "Skipped",
     "build_loader",
     "collate_skipping",
     "parse_shard",
+    "refuse_duplicate_ids",
     "select_ids",
 ]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset root, list file or split folder is missing (the message says how to get it)."""
+
+
+class DuplicateIdsError(ValueError):
+    """An id list names an image more than once (it would be counted twice)."""
+
+
+def refuse_duplicate_ids(ids: Sequence[str], source: object = None) -> None:
+    """Raise :class:`DuplicateIdsError` naming every id that ``ids`` lists more than once (and ``source``)."""
+    seen: dict[str, int] = {}
+    for image_id in ids:
+        seen[str(image_id)] = seen.get(str(image_id), 0) + 1
+    twice = [f"{i} (x{n})" for i, n in seen.items() if n > 1]
+    if twice:
+        shown = ", ".join(twice[:10]) + (f" and {len(twice) - 10} more" if len(twice) > 10 else "")
+        where = f" in {source}" if source is not None else ""
+        raise DuplicateIdsError(f"duplicate image ids{where}: {shown}; every image must be listed once "
+                                "(it would be counted twice): remove the repeated lines")
 
 
 def parse_shard(shard: str | tuple[int, int] | Sequence[int] | None) -> tuple[int, int] | None:
@@ -52,12 +71,15 @@ def parse_shard(shard: str | tuple[int, int] | Sequence[int] | None) -> tuple[in
     return index, count
 
 
-def select_ids(ids: Sequence[str], limit: int | None = None, shard=None) -> list[str]:
+def select_ids(ids: Sequence[str], limit: int | None = None, shard=None, source: object = None) -> list[str]:
     """Keep the first ``limit`` ids (in order), then the items k with ``k % n == i`` of shard i/n.
 
-    The limit is applied first, so the shards of a limited run partition that run.
+    The limit is applied first, so the shards of a limited run partition that run. An id
+    listed twice raises :class:`DuplicateIdsError` (naming the ids and ``source``, the list
+    they came from) before any selection.
     """
     ids = list(ids)
+    refuse_duplicate_ids(ids, source)
     if limit is not None:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
