@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
-from eval.data.loader import DatasetNotFoundError, select_ids
+from eval.data.loader import DatasetNotFoundError, UnreadableItemError, select_ids
 
 __all__ = ["LabelledImages"]
 
@@ -75,7 +75,7 @@ class LabelledImages(Dataset):
         image = load_image(self.image_path(image_id))
         raw = load_label(self.label_path(image_id))
         if raw.shape != image.shape[-2:]:
-            raise ValueError(
+            raise UnreadableItemError(
                 f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
                 f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
             )
