@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import re
 from pathlib import Path
@@ -618,6 +619,10 @@ class StableDiffusionBackbone:
             features: capture DiffCut's features, the output of the last encoder self-attention layer,
                 ``(B, h*w, C)`` float32 (:func:`diffseg.diffcut.capture_diffcut_features`).
         """
+        steps = int(self.scheduler.config.num_train_timesteps)
+        if not (isinstance(timestep, numbers.Integral) and 0 <= int(timestep) < steps):
+            raise ValueError(f"timestep: expected an integer in [0, {steps}) (the scheduler's training steps), "
+                             f"got {timestep!r}")
         latents = self.encode(images)
         batch = latents.shape[0]
         timesteps = torch.full((batch,), timestep, dtype=torch.long, device=self.device)

@@ -47,6 +47,7 @@ from eval.passes import BackbonePasses, segment_batch
 from eval.protocols import ProtocolError, apply_protocol, protocol_settings
 from eval.provenance import banner, build_provenance
 from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
+from eval.settings import SettingError, validate
 
 __all__ = ["NoImagesError", "evaluate", "main", "versions"]
 
@@ -125,6 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     alone writes ``run.json``, ``metrics.json``, the log and the grid.
 
     Raises:
+        SettingError: a setting is outside its allowed range (:mod:`eval.settings`; before anything is written).
         RunMismatchError: the folder holds results of other settings (before any work).
         NoImagesError: no image could be evaluated, or more than ``max_skipped`` were skipped.
         RunInterrupted: SIGTERM/SIGINT; the batch in flight was finished and recorded.
@@ -132,6 +134,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The ``metrics.json`` content (on every rank).
     """
+    validate(cfg)
     export_slurm_env()
     device = resolve_device(str(cfg.device))
     ctx = init_from_env(device)
@@ -336,8 +339,9 @@ def _resume_command(out_dir: Path) -> str:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all work is in :func:`evaluate`.
 
-    Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 missing data or
-    weights, or a folder holding results of other settings (one clear line on stderr, no
+    Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 a setting outside
+    its allowed range (:mod:`eval.settings`, before the folder is created), missing data or
+    weights, or a folder holding results of other settings (one clear message on stderr, no
     traceback); 128 + signal on SIGTERM/SIGINT, after the batch in flight was recorded,
     with the folder and the command that resumes.
     """
@@ -347,7 +351,7 @@ def main(cfg: DictConfig) -> None:
         _quiet_rank()
     try:
         evaluate(cfg)
-    except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError) as exc:
+    except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError, SettingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except NoImagesError as exc:
