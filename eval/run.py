@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
+from diffseg.preprocess import LabelFormatError
 from eval.build import build
 from eval.data.loader import build_loader
 from eval.distributed import Dist, export_slurm_env, init_from_env, split
@@ -48,6 +49,7 @@ from eval.protocols import ProtocolError, apply_protocol, protocol_settings
 from eval.provenance import banner, build_provenance
 from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
 from eval.settings import SettingError, validate
+from eval.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
 
 __all__ = ["NoImagesError", "evaluate", "main", "versions"]
 
@@ -220,7 +222,13 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
                     scored = dict.fromkeys([m.name for m in methods], labels)  # one protocol per run
                     maps, features = source(batch.images, batch.ids)
                     masks = segment_batch(methods, maps, features, scored, num_classes)
-                image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in batch.ids]
+                unknown = count_unknown(batch.labels)
+                image_records = [{"id": i, "fp": identity.fingerprint, "methods": {}, "unknown_labels": n}
+                                 for i, n in zip(batch.ids, unknown, strict=True)]
+                for image_id, n in zip(batch.ids, unknown, strict=True):
+                    if n:
+                        log.warning("label of %s: %d of %d pixels hold values outside the dataset's classes and "
+                                    "ignore values (scored as ignored)", image_id, n, batch.labels[0].numel())
                 for method in methods:
                     metrics[method.name].update(masks[method.name], scored[method.name])
                     for record, stats in zip(image_records, metrics[method.name].last_stats, strict=True):
@@ -269,6 +277,8 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
     outcome = ctx.broadcast(outcome)
     if "error" in outcome:
         raise NoImagesError(outcome["error"])
+    if "refused" in outcome:
+        raise UnknownLabelsError(outcome["refused"])
     return outcome["result"]
 
 
@@ -288,9 +298,17 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
     if max_skipped is not None and skipped > float(max_skipped) * selected:
         return {"error": f"{skipped} of {selected} images were skipped, more than max_skipped={max_skipped}; "
                          f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)"}
+    unknown = summarise_unknown(mine, int(cfg.dataset.size) ** 2)
+    limit = float(cfg.get("max_unknown_label_fraction", 0.001))
+    if unknown["fraction"] > limit:
+        worst = sorted(unknown["images"].items(), key=lambda kv: -kv[1])[:5]
+        return {"refused": f"{unknown['fraction']:.4%} of the label pixels ({unknown['pixels']}, in "
+                           f"{len(unknown['images'])} image(s), most in {worst}) hold values outside the dataset's "
+                           f"classes and ignore values, more than max_unknown_label_fraction={limit}: are these the "
+                           f"dataset's own label files? nothing written to {out_dir / METRICS_FILE}"}
     provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(cfg, source),
                                   evaluated=evaluated, skipped=skipped, selected=selected)
-    extra: dict[str, Any] = {"timing": timing}
+    extra: dict[str, Any] = {"timing": timing, "unknown_labels": {**unknown, "max_fraction": limit}}
     if source.cache.mode != "none":
         extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses}
     result = write_metrics(
@@ -302,6 +320,10 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
                  s.get("miou") or 0.0, s.get("mean_segments") or 0.0, s.get("images", 0))
     for note in provenance["notes"]:
         log.warning("note: %s", note)
+    if unknown["pixels"]:
+        log.warning("unknown label values: %d pixels (%.4f%% of the label pixels) in %d image(s), scored as ignored "
+                    "(max_unknown_label_fraction=%s)", unknown["pixels"], 100 * unknown["fraction"],
+                    len(unknown["images"]), limit)
     tail = f"{evaluated} of {selected} selected images evaluated"
     tail += f", {skipped} skipped (listed in metrics.json; a run in the same folder retries them)" if skipped else ""
     log.info("%s -> %s", tail, out_dir)
@@ -351,8 +373,12 @@ def main(cfg: DictConfig) -> None:
         _quiet_rank()
     try:
         evaluate(cfg)
-    except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError, SettingError) as exc:
+    except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError, SettingError,
+            UnknownLabelsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except LabelFormatError as exc:  # raised in a loader worker: its message carries the worker's traceback
+        print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
     except NoImagesError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,17 +6,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra_compose import EXPERIMENTS, compose_eval
+from PIL import Image
 
 import eval.data.base
 from diffseg import DiffSeg, KMeansSegmenter, resolution_weights
+from diffseg.preprocess import LabelFormatError, load_label, preprocess_label
 from diffseg.tiny import tiny_backbone
+from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import SkipCorrupt, Skipped
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate
 from eval.settings import SettingError, validate
+from eval.unknown_labels import UnknownLabelsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,3 +134,74 @@ def test_the_library_raises_on_non_finite_or_negative_inputs():
     for timestep in (1000, -5):
         with pytest.raises(ValueError, match=r"timestep: expected an integer in \[0, 1000\)"):
             backbone.unet_pass(torch.zeros(1, 3, 128, 128), timestep)
+
+
+# --------------------------------------------------------------- labels read as what they are
+def _recode(path: Path, value: int, box: tuple[int, int, int, int] | None = None) -> None:
+    """Set the pixels of ``box`` (left, top, right, bottom; None = all) of an index label to ``value``."""
+    label = np.array(Image.open(path))
+    if box is None:
+        label[:] = value
+    else:
+        left, top, right, bottom = box
+        label[top:bottom, left:right] = value
+    Image.fromarray(label).save(path)
+
+
+def _unknown_at_eval_size(path: Path, size: int, value: int) -> int:
+    return int((preprocess_label(load_label(path), size) == value).sum())
+
+
+def test_unknown_label_values_are_counted_reported_and_bounded(tmp_path):
+    root = tmp_path / "coco"
+    ids = write_synthetic_coco_stuff(root, num_images=2, seed=6)
+    label = root / "annotation_val2017" / f"{ids[1]}.png"
+    _recode(label, 190, (0, 0, 40, 30))  # a class recoded to a value COCO-Stuff does not use
+    expected = _unknown_at_eval_size(label, 128, 190)
+    assert expected > 0
+    result = evaluate(compose(root, tmp_path / "a", "max_unknown_label_fraction=1"))
+    unknown = result["unknown_labels"]
+    assert unknown["pixels"] == expected and unknown["images"] == {ids[1]: expected}
+    assert unknown["fraction"] == pytest.approx(expected / (2 * 128 * 128))
+    assert "hold values outside the dataset's classes" in (tmp_path / "a" / "run.log").read_text()
+    # Scored as ignored: the valid pixels are those of the known classes only.
+    assert result["methods"]["DiffSeg"]["valid"] == sum(int((CocoStuff27(root, size=128)[i][1] >= 0).sum())
+                                                        for i in range(2))
+    # Above the default bound (0.001) the run is refused and writes no metrics.json.
+    with pytest.raises(UnknownLabelsError, match="max_unknown_label_fraction=0.001") as info:
+        evaluate(compose(root, tmp_path / "b"))
+    assert ids[1] in str(info.value)
+    assert not (tmp_path / "b" / "metrics.json").exists()
+
+
+def test_a_whole_label_of_another_value_is_refused(tmp_path):
+    root = tmp_path / "coco"
+    ids = write_synthetic_coco_stuff(root, num_images=2, seed=6)
+    _recode(root / "annotation_val2017" / f"{ids[0]}.png", 200)
+    with pytest.raises(UnknownLabelsError, match=r"50\.0000% of the label pixels"):
+        evaluate(compose(root, tmp_path / "out"))
+
+
+def test_an_rgb_colour_label_is_refused_with_exit_2(tmp_path):
+    root = tmp_path / "coco"
+    ids = write_synthetic_coco_stuff(root, num_images=2, seed=6)
+    path = root / "annotation_val2017" / f"{ids[0]}.png"
+    index = np.array(Image.open(path)).astype(np.int64)
+    colours = np.stack([index, (index * 7) % 256, (index * 13) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(colours, mode="RGB").save(path)
+    with pytest.raises(LabelFormatError, match="colour"):
+        load_label(path)
+    # Gray stored as RGB is still an index map; a colour map reads colour labels.
+    Image.fromarray(np.repeat(index[..., None], 3, axis=2).astype(np.uint8), mode="RGB").save(tmp_path / "gray.png")
+    assert torch.equal(load_label(tmp_path / "gray.png"), torch.from_numpy(index.astype(np.int64)))
+    Image.fromarray(colours, mode="RGB").save(tmp_path / "colour.png")
+    colour_map = {tuple(int(c) for c in colours[y, x]): int(index[y, x]) for y, x in np.ndindex(index.shape)}
+    assert torch.equal(load_label(tmp_path / "colour.png", colour_map), torch.from_numpy(index.astype(np.int64)))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "eval.run", "experiment=coco_stuff27", *FAST, f"dataset.root={root}",
+         f"hydra.run.dir={out}", "methods.diffseg_fp32=null", "methods.kmeans_c=null", "methods.kmeans_s=null"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"label {path} is a colour (RGB) image" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "metrics.json").exists()
