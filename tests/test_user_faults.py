@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from eval.data.loader import SkipCorrupt, Skipped
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate
 from eval.settings import SettingError, validate
+from eval.tables import ablation_tables, collect_runs
 from eval.unknown_labels import UnknownLabelsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,3 +207,34 @@ def test_an_rgb_colour_label_is_refused_with_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"label {path} is a colour (RGB) image" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "metrics.json").exists()
+
+
+# --------------------------------------------------------------- sweep rows labelled by what each method ran with
+def _sweep_run(folder: Path, tag_value: float, diffseg_kl: float) -> None:
+    def scores(x):
+        return {"acc": x, "miou": x / 2, "images": 4, "mean_segments": 3.0}
+
+    config = {"dataset": {"name": "coco_stuff27", "kl_threshold": 0.4},
+              "model": {"name": "tiny-random", "timestep": 300},
+              "methods": {"diffseg": {"name": "DiffSeg", "segmenter": {"kl_threshold": diffseg_kl}},
+                          "diffseg_fp32": {"name": "DiffSeg-fp32", "segmenter": {"kl_threshold": 0.4}},
+                          "kmeans_c": {"name": "K-Means-C", "segmenter": {"num_clusters": 6}}}}
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "methods": {"DiffSeg": scores(10 * diffseg_kl), "DiffSeg-fp32": scores(7.0), "K-Means-C": scores(5.0)},
+        "config": config, "run": {"name": "sweep", "dataset": "coco_stuff27", "model": "tiny-random",
+                                  "ablation": {"param": "kl_threshold", "value": tag_value}},
+        "provenance": {"random_weights": True, "synthetic_data": True, "partial": False, "notes": []}}))
+
+
+def test_sweep_rows_come_from_each_methods_recorded_setting_not_the_tag(tmp_path):
+    # The README's sweep: only DiffSeg's threshold varies; the last tag is wrong on purpose (says 0.9, ran at 0.5).
+    for i, (tag, kl) in enumerate([(0.3, 0.3), (0.4, 0.4), (0.9, 0.5)]):
+        _sweep_run(tmp_path / str(i), tag, kl)
+    df = ablation_tables(collect_runs([tmp_path]))["kl_threshold"]
+    assert list(df.index) == [0.3, 0.4, 0.5]
+    assert list(df.columns) == ["DiffSeg ACC", "DiffSeg mIoU"]
+    assert df.loc[0.5, "DiffSeg ACC"] == pytest.approx(5.0)
+    notes = " ".join(df.attrs["notes"])
+    assert "DiffSeg-fp32: ran at kl_threshold=0.4 in every run" in notes
+    assert "K-Means-C: has no kl_threshold setting" in notes
