@@ -36,8 +36,6 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from diffusers.utils import is_accelerate_available
@@ -55,6 +53,7 @@ from diffseg.capture import available_memory, capture_self_attention, capture_se
 from diffseg.devices import resolve_device, resolve_dtype
 from diffseg.diffcut import capture_diffcut_features, diffcut_noisy_latents
 from diffseg.families import BackboneFamily, detect_family
+from diffseg.pipelines import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 __all__ = [
     "DEFAULT_MODEL_ID",

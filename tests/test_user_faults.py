@@ -238,3 +238,10 @@ def test_sweep_rows_come_from_each_methods_recorded_setting_not_the_tag(tmp_path
     notes = " ".join(df.attrs["notes"])
     assert "DiffSeg-fp32: ran at kl_threshold=0.4 in every run" in notes
     assert "K-Means-C: has no kl_threshold setting" in notes
+
+
+def test_no_torchvision_notice_on_import():
+    proc = subprocess.run([sys.executable, "-c", "import diffseg.tiny, eval.run"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "requires torchvision" not in proc.stderr + proc.stdout
