@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +20,12 @@ from hydra_compose import EXPERIMENTS, compose_eval
 from PIL import Image
 
 import eval.data.base
+import eval.data.network
 from diffseg import DiffSeg, KMeansSegmenter, resolution_weights
 from diffseg.preprocess import LabelFormatError, load_label, preprocess_label
 from diffseg.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
+from eval.data.download import DownloadError, download
 from eval.data.loader import SkipCorrupt, Skipped
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate
@@ -245,3 +253,38 @@ def test_no_torchvision_notice_on_import():
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "requires torchvision" not in proc.stderr + proc.stdout
+
+
+# --------------------------------------------------------------- offline: stop quickly, name every file, no folders
+def test_offline_prepare_coco_names_every_file_quickly_and_makes_no_folder(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("prepare_offline_under_test", REPO / "datasets" / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+
+    def dead(host, port, timeout):  # a dead network: packets dropped, nothing answers
+        time.sleep(30)
+
+    monkeypatch.setattr(eval.data.network, "_probe", dead)
+    monkeypatch.setattr(prepare, "unreachable", functools.partial(eval.data.network.unreachable, timeout=0.5))
+    root, downloads = tmp_path / "data" / "coco", tmp_path / "data" / "downloads"
+    start = time.monotonic()
+    assert prepare.main(["--quiet", "coco", "--root", str(root), "--downloads", str(downloads)]) == 2
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    for name in ("Coco164kFull_Stuff_Coarse_7.txt", "val2017.zip", "stuffthingmaps_trainval2017.zip",
+                 "CompVis/stable-diffusion-v1-4"):
+        assert name in err
+    assert "no answer within 0.5 s" in err and not (tmp_path / "data").exists()
+
+
+def test_a_host_that_cannot_be_resolved_is_not_retried(tmp_path, monkeypatch):
+    calls = []
+
+    def no_dns(request, timeout):
+        calls.append(request.full_url)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_dns)
+    with pytest.raises(DownloadError, match="cannot be resolved"):
+        download("http://nowhere.invalid/x.zip", tmp_path / "x.zip", progress=False, retries=2, backoff=5)
+    assert len(calls) == 1
