@@ -20,6 +20,8 @@ ADE20K_ROOT ?= datasets/ADEChallengeData2016
 DATA_DOWNLOADS ?= datasets/downloads
 COCO_OBJECT_OVERLAP ?= smallest_on_top
 RUN_ARGS ?=
+# `make test` runs the suite in a random order (pytest-randomly); replay one with TEST_SEED=N.
+TEST_SEED ?= $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
 
 .PHONY: venv test lint bench demo data-coco data-cityscapes data-voc data-context data-coco-object data-ade20k reproduce-coco reproduce-cityscapes tables clean
 
@@ -34,7 +36,8 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	@echo "tests in random order, seed $(TEST_SEED) (replay this order: make test TEST_SEED=$(TEST_SEED))"
+	$(PY) -m pytest -q -p randomly --randomly-seed=$(TEST_SEED)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -46,6 +46,7 @@ from eval.data.download import (  # noqa: E402
     safe_extract_zip,
     verify_file,
 )
+from eval.data.network import unreachable  # noqa: E402
 
 DEFAULT_DOWNLOADS = REPO_ROOT / "datasets" / "downloads"
 CITYSCAPES_VAL_IMAGES = 500
@@ -101,8 +102,9 @@ def prepare_coco(root: Path, downloads: Path, progress: bool = True, subset: str
     if coco_ready(root, subset):
         print(f"ready: {root}")
         return
-    downloads.mkdir(parents=True, exist_ok=True)
     list_path = root / SUBSETS[subset]
+    _require_network(_coco_needs(root, downloads, subset), downloads)
+    downloads.mkdir(parents=True, exist_ok=True)
     if list_path.is_file():
         source_list = list_path
         print(f"using the existing id list {list_path}")
@@ -141,6 +143,31 @@ def prepare_coco(root: Path, downloads: Path, progress: bool = True, subset: str
         images, labels = _missing_coco(root, ids)
         raise PrepareError(f"{root} is still incomplete: {len(images)} images and {len(labels)} labels missing")
     print(f"ready: {root} ({len(ids)} images)")
+
+
+def _coco_needs(root: Path, downloads: Path, subset: str = "curated") -> list[str]:
+    """Pinned files a COCO-Stuff-27 preparation would fetch (all of them when the id list is not there yet)."""
+    list_path = root / SUBSETS[subset]
+    missing = _missing_coco(root, read_id_list(list_path)) if list_path.is_file() else (["?"], ["?"])
+    needs = [] if list_path.is_file() or subset == "all" else ["coco_stuff27_list"]
+    needs += [key for key, gap in (("coco_val2017", missing[0]), ("cocostuff_stuffthingmaps", missing[1])) if gap]
+    return [key for key in needs if not (downloads / PINNED_FILES[key].name).is_file()]
+
+
+def _require_network(keys: list[str], downloads: Path) -> None:
+    """Before any download (and before any folder is made): every host answers, else name every file needed."""
+    failed = unreachable(PINNED_FILES[k].url for k in keys)
+    if not failed:
+        return
+    lines = [f"  {PINNED_FILES[k].name}  {PINNED_FILES[k].url}" for k in keys]
+    hosts = "; ".join(f"{h}: {why}" for h, why in failed.items())
+    raise PrepareError(
+        f"cannot reach {hosts}. Nothing was downloaded. This step needs these {len(keys)} file(s):\n"
+        + "\n".join(lines)
+        + f"\nput them in {downloads}/ (they are checked as usual) or run again with network. The run that "
+        "follows also needs the Stable Diffusion v1.4 weights (CompVis/stable-diffusion-v1-4: unet, vae and "
+        "text_encoder safetensors, their configs and the tokenizer) from the Hugging Face hub, unless they are "
+        "already in its cache.")
 
 
 # --------------------------------------------------------------------------- Cityscapes

@@ -6,6 +6,8 @@ by :func:`capture_self_attention`) -> :func:`aggregate_attention` -> :class:`Dif
 """
 
 from diffseg.aggregation import aggregate_attention, resolution_weights
+from diffseg.backbone import StableDiffusionBackbone
+from diffseg.capture import capture_self_attention
 from diffseg.diffcut import DiffCut
 from diffseg.merging import anchor_grid, merge_proposals
 from diffseg.nms import nms_mask
@@ -15,17 +17,12 @@ __all__ = [
     "DiffCut",
     "DiffSeg",
     "KMeansSegmenter",
+    "StableDiffusionBackbone",
     "aggregate_attention",
     "anchor_grid",
+    "capture_self_attention",
     "merge_proposals",
     "nms_mask",
     "resolution_weights",
 ]
 
-try:  # the capture and backbone modules need diffusers/transformers
-    from diffseg.backbone import StableDiffusionBackbone  # noqa: F401
-    from diffseg.capture import capture_self_attention  # noqa: F401
-
-    __all__ += ["StableDiffusionBackbone", "capture_self_attention"]
-except ImportError:  # pragma: no cover - exercised only while those modules are being written
-    pass

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-__all__ = ["aggregate_attention", "resolution_weights", "side_of"]
+__all__ = ["aggregate_attention", "check_weights", "resolution_weights", "side_of"]
 
 
 def side_of(maps: torch.Tensor, name: str = "maps") -> int:
@@ -61,15 +61,34 @@ def resolution_weights(
     ``weights=None`` gives weights proportional to resolution,
     ``w_s = s / sum(sides)`` (64, 32, 16, 8 -> 64/120, 32/120, 16/120, 8/120).
     A mapping is used as given (not renormalised); resolutions it does not name
-    get weight 0, and naming a resolution that is not present is an error.
+    get weight 0, and naming a resolution that is not present is an error, as are NaN,
+    infinite or negative weights and all-zero weights (:func:`check_weights`).
     """
     if weights is None:
         total = float(sum(sides))
         return {s: s / total for s in sides}
+    check_weights(weights)
     unknown = sorted(set(int(k) for k in weights) - set(sides))
     if unknown:
         raise ValueError(f"weights: resolutions {unknown} are not among the captured sides {sorted(sides)}")
     return {s: float(weights.get(s, 0.0)) for s in sides}
+
+
+def check_weights(weights: Mapping[int, float], name: str = "weights") -> None:
+    """Raise ``ValueError`` unless every weight is finite and >= 0, one is > 0, and every key is a side >= 1."""
+    if not weights:
+        raise ValueError(f"{name}: expected at least one resolution with a weight > 0 (or null = proportional)")
+    for key, value in weights.items():
+        try:
+            side, weight = int(key), float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected {{side: weight}} with integer sides, got {key!r}: {value!r}") from None
+        if side < 1:
+            raise ValueError(f"{name}: resolution {key!r} must be a side >= 1")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"{name}.{key}: expected a finite weight >= 0, got {value!r}")
+    if not any(float(v) > 0 for v in weights.values()):
+        raise ValueError(f"{name}: all weights are 0; at least one must be > 0")
 
 
 def _keys_upsampled(maps: torch.Tensor, side: int, out_side: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import re
 from pathlib import Path
@@ -35,8 +36,6 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from diffusers.utils import is_accelerate_available
@@ -54,6 +53,7 @@ from diffseg.capture import available_memory, capture_self_attention, capture_se
 from diffseg.devices import resolve_device, resolve_dtype
 from diffseg.diffcut import capture_diffcut_features, diffcut_noisy_latents
 from diffseg.families import BackboneFamily, detect_family
+from diffseg.pipelines import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -618,6 +618,10 @@ class StableDiffusionBackbone:
             features: capture DiffCut's features, the output of the last encoder self-attention layer,
                 ``(B, h*w, C)`` float32 (:func:`diffseg.diffcut.capture_diffcut_features`).
         """
+        steps = int(self.scheduler.config.num_train_timesteps)
+        if not (isinstance(timestep, numbers.Integral) and 0 <= int(timestep) < steps):
+            raise ValueError(f"timestep: expected an integer in [0, {steps}) (the scheduler's training steps), "
+                             f"got {timestep!r}")
         latents = self.encode(images)
         batch = latents.shape[0]
         timesteps = torch.full((batch,), timestep, dtype=torch.long, device=self.device)

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "ImageDecodeError",
+    "LabelFormatError",
     "center_crop_square",
     "load_image",
     "load_label",
@@ -41,6 +42,13 @@ __all__ = [
 
 class ImageDecodeError(OSError, ValueError):
     """A file exists but cannot be decoded as an image (corrupt, truncated, wrong format)."""
+
+
+class LabelFormatError(ValueError):
+    """A label file that decodes but does not hold one class index per pixel (e.g. an RGB colour label).
+
+    Not an ``OSError``: the whole dataset is in the wrong format, so a run stops instead of skipping.
+    """
 
 
 def center_crop_square(x: torch.Tensor) -> torch.Tensor:
@@ -211,16 +219,20 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = False) -> torc
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def load_label(path: str | os.PathLike) -> torch.Tensor:
+def load_label(path: str | os.PathLike, colour_map: dict[tuple[int, int, int], int] | None = None) -> torch.Tensor:
     """Decode a label PNG to an int64 tensor (H, W) holding the stored values.
 
     Single-channel ("L") images give their values; palette ("P") images give their
-    palette *indices* (the class ids), not colours; for multi-channel files the first
-    channel is used (as the official pipeline does).
+    palette *indices* (the class ids), not colours. A multi-channel (RGB/RGBA) file is a
+    colour label: it is read through ``colour_map`` (``{(r, g, b): value}``) when the
+    dataset defines one; without one it is accepted only when its three colour channels are
+    equal (a gray index map stored as RGB), and refused otherwise: taking one channel of a
+    colour label would give wrong classes without a word.
 
     Raises:
         FileNotFoundError: the file does not exist.
         ImageDecodeError: the file cannot be decoded (message names the file).
+        LabelFormatError: a colour label without a colour map, or a colour the map lacks.
     """
     path = Path(path)
     img = _open_decoded(path)
@@ -228,5 +240,29 @@ def load_label(path: str | os.PathLike) -> torch.Tensor:
         raise ImageDecodeError(f"label {path} has unsupported mode {img.mode!r} (expected 8-bit)")
     arr = np.asarray(img)
     if arr.ndim == 3:
-        arr = arr[..., 0]
+        arr = _colour_label(arr[..., :3], path, img.mode, colour_map)
     return torch.from_numpy(arr.astype(np.int64))
+
+
+def _colour_label(rgb: np.ndarray, path: Path, mode: str,
+                  colour_map: dict[tuple[int, int, int], int] | None) -> np.ndarray:
+    """(H, W, 3) uint8 colours -> (H, W) values, by ``colour_map`` or, for gray-only files, the first channel."""
+    if colour_map is None:
+        first = rgb[..., 0]
+        if all(np.array_equal(first, rgb[..., c]) for c in range(1, rgb.shape[-1])):
+            return first
+        raise LabelFormatError(
+            f"label {path} is a colour ({mode}) image, but this dataset expects one class index per pixel "
+            "(a single-channel or palette PNG) and defines no colour map; convert the labels to index PNGs "
+            "(the dataset's prepare step writes them)")
+    packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in colour_map], dtype=np.int64)
+    values = np.array(list(colour_map.values()), dtype=np.int64)
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+    pos = np.clip(np.searchsorted(keys, packed), 0, len(keys) - 1)
+    found = keys[pos] == packed
+    if not found.all():
+        missing = sorted({(int(v) >> 16, (int(v) >> 8) & 255, int(v) & 255) for v in np.unique(packed[~found])})
+        raise LabelFormatError(f"label {path} holds colours outside the dataset's colour map: {missing[:5]}")
+    return values[pos]

@@ -21,7 +21,11 @@ __all__ = ["DiffSeg", "KMeansSegmenter", "check_attention"]
 
 
 def check_attention(attention: torch.Tensor) -> torch.Tensor:
-    """Validate an aggregated attention tensor and return it as ``(B, S, S, S, S)``."""
+    """Validate an aggregated attention tensor and return it as ``(B, S, S, S, S)``.
+
+    Raises ``ValueError`` for another shape, an integer dtype, or NaN, infinite or negative values
+    (a degenerate input would otherwise come out as one segment per image without a word).
+    """
     if attention.ndim == 4:
         attention = attention[None]
     shape = tuple(attention.shape)
@@ -31,6 +35,10 @@ def check_attention(attention: torch.Tensor) -> torch.Tensor:
         )
     if not attention.is_floating_point():
         raise ValueError(f"attention: expected a floating-point tensor, got {attention.dtype}")
+    if not bool(torch.isfinite(attention).all()):
+        raise ValueError("attention: holds NaN or infinite values (non-finite aggregation weights or backbone output?)")
+    if bool((attention < 0).any()):
+        raise ValueError("attention: holds negative values (attention maps are probabilities; negative weights?)")
     return attention
 
 

@@ -37,14 +37,13 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffseg.backbone import SD_SCHEDULER_CONFIG, StableDiffusionBackbone
 from diffseg.ldm_checkpoint import save_sd1_single_file
+from diffseg.pipelines import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 __all__ = [
     "TINY_FAMILIES",

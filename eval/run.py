@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
+from diffseg.preprocess import LabelFormatError
 from eval.build import build
 from eval.data.loader import DuplicateIdsError, build_loader
 from eval.distributed import Dist, export_slurm_env, init_from_env, split
@@ -64,6 +65,8 @@ from eval.protocols import ProtocolError, apply_protocol, protocol_settings
 from eval.provenance import banner, build_provenance, tally
 from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
 from eval.run_folder import FolderLock, FolderLockedError, RunFolderError, storage_error
+from eval.settings import SettingError, validate
+from eval.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
 
 __all__ = ["NoImagesError", "evaluate", "main", "run_cli", "versions"]
 
@@ -142,6 +145,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     alone writes ``run.json``, ``metrics.json``, the log and the grid.
 
     Raises:
+        SettingError: a setting is outside its allowed range (:mod:`eval.settings`; before anything is written).
         RunMismatchError: the folder holds results of other settings (before any work).
         NoImagesError: no image could be evaluated, or more than ``max_skipped`` were skipped.
         RunInterrupted: SIGTERM/SIGINT; the batch in flight was finished and recorded.
@@ -149,6 +153,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The ``metrics.json`` content (on every rank).
     """
+    validate(cfg)
     export_slurm_env()
     device = resolve_device(str(cfg.device))
     ctx = init_from_env(device)
@@ -278,7 +283,13 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
                     scored = dict.fromkeys([m.name for m in methods], labels)  # one protocol per run
                     maps, features = source(batch.images, batch.ids)
                     masks = segment_batch(methods, maps, features, scored, num_classes)
-                image_records = [_new_record(i, identity, cfg, dataset) for i in batch.ids]
+                unknown = count_unknown(batch.labels)
+                image_records = [{**_new_record(i, identity, cfg, dataset), "unknown_labels": n}
+                                 for i, n in zip(batch.ids, unknown, strict=True)]
+                for image_id, n in zip(batch.ids, unknown, strict=True):
+                    if n:
+                        log.warning("label of %s: %d of %d pixels hold values outside the dataset's classes and "
+                                    "ignore values (scored as ignored)", image_id, n, batch.labels[0].numel())
                 for method in methods:
                     metrics[method.name].update(masks[method.name], scored[method.name])
                     for record, stats in zip(image_records, metrics[method.name].last_stats, strict=True):
@@ -327,6 +338,8 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
     outcome = ctx.broadcast(outcome)
     if "error" in outcome:
         raise NoImagesError(outcome["error"])
+    if "refused" in outcome:
+        raise UnknownLabelsError(outcome["refused"])
     return outcome["result"]
 
 
@@ -346,11 +359,19 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
     if max_skipped is not None and skipped > float(max_skipped) * selected:
         return {"error": f"{skipped} of {selected} images were skipped, more than max_skipped={max_skipped}; "
                          f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)"}
+    unknown = summarise_unknown(mine, int(cfg.dataset.size) ** 2)
+    limit = float(cfg.get("max_unknown_label_fraction", 0.001))
+    if unknown["fraction"] > limit:
+        worst = sorted(unknown["images"].items(), key=lambda kv: -kv[1])[:5]
+        return {"refused": f"{unknown['fraction']:.4%} of the label pixels ({unknown['pixels']}, in "
+                           f"{len(unknown['images'])} image(s), most in {worst}) hold values outside the dataset's "
+                           f"classes and ignore values, more than max_unknown_label_fraction={limit}: are these the "
+                           f"dataset's own label files? nothing written to {out_dir / METRICS_FILE}"}
     folder_code = code_id(read_run_json(out_dir / IDENTITY_FILE).get("code") or {})
     provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(cfg, source),
                                   evaluated=evaluated, skipped=skipped, selected=selected,
                                   code_versions=tally(mine, "code", folder_code), batch_sizes=tally(mine, "batch_size"))
-    extra: dict[str, Any] = {"timing": timing}
+    extra: dict[str, Any] = {"timing": timing, "unknown_labels": {**unknown, "max_fraction": limit}}
     if source.cache.mode != "none":
         extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses,
                           "rejected": source.cache.rejected}
@@ -363,6 +384,10 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
                  s.get("miou") or 0.0, s.get("mean_segments") or 0.0, s.get("images", 0))
     for note in provenance["notes"]:
         log.warning("note: %s", note)
+    if unknown["pixels"]:
+        log.warning("unknown label values: %d pixels (%.4f%% of the label pixels) in %d image(s), scored as ignored "
+                    "(max_unknown_label_fraction=%s)", unknown["pixels"], 100 * unknown["fraction"],
+                    len(unknown["images"]), limit)
     tail = f"{evaluated} of {selected} selected images evaluated"
     tail += f", {skipped} skipped (listed in metrics.json; a run in the same folder retries them)" if skipped else ""
     log.info("%s -> %s", tail, out_dir)
@@ -423,12 +448,13 @@ def _resume_command(out_dir: Path) -> str:
 def run_cli(cfg: DictConfig) -> int:
     """:func:`evaluate` as the command line runs it: its exit status, with one line on stderr for a refusal.
 
-    Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 missing data or
-    weights, a folder holding results of other settings, code versions or files, a
-    folder in use by another run, a duplicated id, an unusable ``run.json``, a full disk
-    or an unwritable folder (one clear line on stderr, no traceback); 128 + signal on
-    SIGTERM/SIGINT, after the batch in flight was recorded, with the folder and the
-    command that resumes.
+    Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 a setting outside
+    its allowed range (:mod:`eval.settings`, before the folder is created), missing data or
+    weights, a folder holding results of other settings, code versions or files, a folder
+    in use by another run, a duplicated id, an unusable ``run.json``, a full disk or an
+    unwritable folder, unreadable or unknown labels (one clear line on stderr, no
+    traceback); 128 + signal on SIGTERM/SIGINT, after the batch in flight was recorded,
+    with the folder and the command that resumes.
     """
     out_dir = Path(cfg.paths.output_dir)
     export_slurm_env()
@@ -437,8 +463,11 @@ def run_cli(cfg: DictConfig) -> int:
     try:
         evaluate(cfg)
     except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError, RunFolderError,
-            DuplicateIdsError) as exc:
+            DuplicateIdsError, SettingError, UnknownLabelsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LabelFormatError as exc:  # raised in a loader worker: its message carries the worker's traceback
+        print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
     except NoImagesError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -201,10 +201,103 @@ def expand_method_ablations(runs: Sequence[dict[str, Any]]) -> list[dict[str, An
             key = (str(tag["param"]), _hashable(tag.get("value")))
             if key not in virtual:
                 info = {**_info(run), "ablation": {"param": tag["param"], "value": tag.get("value")}}
-                virtual[key] = {**run, "run": info, "methods": {}}
+                # _in_run: the tag sits in the method's own config node, beside the setting it names
+                virtual[key] = {**run, "run": info, "methods": {}, "_in_run": True}
             virtual[key]["methods"][str(tag.get("method", name))] = metrics
         out.extend(virtual.values())
     return out
+
+
+_ABSENT = object()  # a method without the swept setting (e.g. K-Means in a KL-threshold sweep)
+_UNRECORDED = object()  # no recorded setting names the swept parameter: the run's tag is all there is
+
+
+def _find_leaf(node: Any, key: str) -> Any:
+    """The value at dotted ``key`` of ``node``, else of the unique leaf named ``key`` below it; else _UNRECORDED."""
+    here = node
+    for part in key.split("."):
+        if not isinstance(here, dict) or part not in here:
+            break
+        here = here[part]
+    else:
+        return here
+    found = []
+
+    def walk(n: Any) -> None:
+        if isinstance(n, dict):
+            for k, v in n.items():
+                if k == key and not isinstance(v, dict):
+                    found.append(v)
+                walk(v)
+
+    walk(node)
+    return found[0] if len(found) == 1 else _UNRECORDED
+
+
+def _method_nodes(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method's recorded config node (``metrics.json["config"]["methods"]``) by its table name."""
+    nodes = ((run.get("config") or {}).get("methods") or {})
+    return {str(n.get("name") or k): n for k, n in nodes.items() if isinstance(n, dict)}
+
+
+def own_setting(run: dict[str, Any], method: str, param: str) -> Any:
+    """The value of the swept ``param`` that ``method`` itself ran with, from the run's recorded config.
+
+    Searched in the method's own node first (``segmenter.kl_threshold``, ``features.timestep``);
+    a setting that other methods of the run have and this one lacks gives ``_ABSENT``; then the
+    run-wide nodes (``model``, ``dataset``, ``aggregation``); ``_UNRECORDED`` when no recorded
+    setting has that name (a label such as ``backbone``, which the sweep resolves from ``model.name``).
+    """
+    config = run.get("config") or {}
+    nodes = _method_nodes(run)
+    if method in nodes:
+        value = _find_leaf(nodes[method], param)
+        if value is not _UNRECORDED:
+            return value
+        if any(_find_leaf(n, param) is not _UNRECORDED for name, n in nodes.items() if name != method):
+            return _ABSENT
+    for section in ("model", "aggregation", "dataset"):
+        value = _find_leaf(config.get(section) or {}, param)
+        if value is not _UNRECORDED:
+            return value
+    return _UNRECORDED
+
+
+def _sweep_cells(group: list[dict[str, Any]], param: str, name: str) -> tuple[dict[str, dict[Any, dict]], list[str]]:
+    """``{method: {own value: (scores, run)}}`` of a run-level sweep, and notes on methods it did not vary.
+
+    Each method's numbers go to the row of the value it ran with (:func:`own_setting`), never
+    to the row of the run's ``ablation`` tag; a method whose own value is the same in every run
+    (or that has no such setting) was not varied by the sweep and is left out with a note.
+    """
+    cells: dict[str, dict[Any, tuple[dict, dict]]] = {}
+    own: dict[str, list[Any]] = {}
+    for run in group:
+        tag_value = _hashable(_info(run)["ablation"].get("value"))
+        in_run = bool(run.get("_in_run"))
+        for method, scores in (run.get("methods") or {}).items():
+            value = tag_value if in_run else own_setting(run, method, param)
+            value = tag_value if value is _UNRECORDED else value
+            own.setdefault(method, []).append(value)
+            if value is _ABSENT:
+                continue
+            value = _hashable(value)
+            if value in cells.setdefault(method, {}):
+                continue
+            cells[method][value] = (scores, run)
+    notes = []
+    rows = {v for per in cells.values() for v in per}
+    for method, values in own.items():
+        if any(v is _ABSENT for v in values):
+            cells.pop(method, None)
+            notes.append(f"{method}: has no {param} setting; not varied by this sweep, left out")
+        elif len(group) > 1 and len(rows) > 1 and len({_hashable(v) for v in values}) == 1:
+            cells.pop(method, None)
+            notes.append(f"{method}: ran at {param}={values[0]} in every run of the sweep; not varied, left out")
+        elif len({_hashable(v) for v in values}) < len(values):
+            warnings.warn(f"ablation {name}: {method} ran at the same {param} in several runs; keeping the first",
+                          stacklevel=3)
+    return cells, notes
 
 
 def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
@@ -212,7 +305,10 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
 
     Keys are the swept parameter (``<param>_<dataset>`` if a parameter was swept on
     several datasets); rows = swept values, sorted; columns ``'<method> ACC'`` and
-    ``'<method> mIoU'``. ``df.attrs`` holds param, dataset, name and runs (folders).
+    ``'<method> mIoU'``. A method's numbers sit in the row of the value it ran with, read
+    from its recorded settings (:func:`own_setting`), not from the sweep's ``ablation`` tag;
+    methods the sweep did not vary are left out and named in ``df.attrs["notes"]``.
+    ``df.attrs`` holds param, dataset, name, runs (folders), banner and notes.
     """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for run in expand_method_ablations(runs):
@@ -223,26 +319,26 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     params = [str(_info(g[0])["ablation"].get("param", name)) for (name, _, _), g in groups.items()]
     tables: dict[str, pd.DataFrame] = {}
     for ((name, dataset, protocol), group), param in zip(groups.items(), params, strict=True):
-        by_value: dict[Any, dict[str, Any]] = {}
-        for run in group:
-            value = _hashable(_info(run)["ablation"].get("value"))
-            if value in by_value:
-                warnings.warn(f"ablation {name}: value {value!r} found twice; keeping {run['_path']}",
-                              stacklevel=2)
-            by_value[value] = run
-        methods: list[str] = []
-        for run in by_value.values():
-            methods += [m for m in (run.get("methods") or {}) if m not in methods]
-        values = sorted(by_value, key=_value_key)
+        cells, sweep_notes = _sweep_cells(group, param, name)
+        methods = list(cells)
+        values = sorted({v for per in cells.values() for v in per}, key=_value_key)
         columns = [f"{m} {metric}" for m in methods for metric in ("ACC", "mIoU")]
         data = []
         for v in values:
-            ms = by_value[v].get("methods") or {}
-            data.append([_num((ms.get(m) or {}).get(key)) for m in methods for key in ("acc", "miou")])
+            row = []
+            for m in methods:
+                scores = cells[m][v][0] if v in cells[m] else {}
+                row += [_num(scores.get(key)) for key in ("acc", "miou")]
+            data.append(row)
+        used = []
+        for v in values:
+            for m in methods:
+                if v in cells[m] and cells[m][v][1] not in used:
+                    used.append(cells[m][v][1])
         df = pd.DataFrame(data, index=pd.Index(values, name=param, dtype=object), columns=columns)
         df.attrs.update(param=param, dataset=dataset, name=name, protocol=protocol,
-                        runs=[_run_dir(by_value[v]) for v in values],
-                        banner=banner(list(by_value.values())), notes=_group_notes(by_value.values()))
+                        runs=list(dict.fromkeys(_run_dir(r) for r in used)),
+                        banner=banner(group), notes=_group_notes(used) + sweep_notes)
         key = param if params.count(param) == 1 else f"{param}_{dataset}"
         if key in tables:
             key = f"{name}_{dataset}"

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 import diffseg.segment
+import diffseg.tiny
 from diffseg.masks import read_mask_png
-from diffseg.segment import main
+from diffseg.segment import main, output_names
 
 
 def test_segment_cli_writes_masks_and_overlays(tmp_path, capsys):
@@ -20,11 +21,14 @@ def test_segment_cli_writes_masks_and_overlays(tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     out = tmp_path / "out"
-    assert main([str(good), str(bad), "--out", str(out), "--tiny", "--kl-precision", "float32"]) == 0
+    assert main([str(good), str(bad), "--out", str(out), "--tiny", "--kl-precision", "float32"]) == 1  # one failed
     mask = read_mask_png(out / "street_mask.png")
     assert mask.shape == (512, 512) and mask.min() >= 0
     captured = capsys.readouterr()
     assert f"{len(np.unique(mask))} segments" in captured.out
+    assert "RANDOM WEIGHTS" in captured.out
+    assert "320 x 256 cut to its centre 256 x 256 (64 px of width dropped)" in captured.out
+    assert "1 of 2 input(s) could not be read" in captured.err
     overlay = np.array(Image.open(out / "street_overlay.png"))
     assert overlay.shape == (512, 512, 3)
     assert "broken.jpg" in captured.err
@@ -35,6 +39,50 @@ def test_segment_cli_writes_masks_and_overlays(tmp_path, capsys):
 def test_segment_cli_rejects_bad_settings(tmp_path, capsys):
     assert main([str(tmp_path / "x.png"), "--out", str(tmp_path), "--tiny", "--kl-threshold", "0"]) == 2
     assert "kl_threshold" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--device", "cuda"], ["--device cuda", "CUDA is not available"]),
+    (["--num-points", "1000"], ["--num-points", "[2, 64]", "1000"]),
+    (["--num-points", "1"], ["--num-points", ">= 2"]),
+    (["--timestep", "5000"], ["--timestep", "[0, 1000)", "5000"]),
+    (["--timestep", "-1"], ["--timestep", "[0, 1000)"]),
+    (["--model", "CompVis/stable-diffusion-v1-4"], ["--model", "--tiny", "exclude each other"]),
+])
+def test_segment_cli_refuses_bad_settings_with_exit_2(tmp_path, capsys, extra, words):
+    if extra[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--tiny", *extra]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_segment_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    (tmp_path / "taken").write_text("mine")
+    assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "taken"), "--tiny"]) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "taken").read_text() == "mine"
+
+
+def test_inputs_sharing_a_stem_get_distinct_outputs(tmp_path, capsys, monkeypatch):
+    small = diffseg.tiny.tiny_backbone
+    monkeypatch.setattr(diffseg.tiny, "tiny_backbone", lambda **kw: small(**kw, input_size=128))  # fast: 128 px
+    rng = np.random.default_rng(4)
+    paths = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png", tmp_path / "a" / "photo.jpg",
+             tmp_path / "a" / "other.png"]
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+    assert output_names(paths) == ["a__photo.png", "b__photo.png", "a__photo.jpg", "other"]
+    with pytest.raises(ValueError, match="more than once"):
+        output_names([paths[0], tmp_path / "b" / ".." / "a" / "photo.png"])
+    out = tmp_path / "out"
+    assert main([*map(str, paths[:3]), "--out", str(out), "--tiny", "--num-points", "4"]) == 0
+    masks = sorted(p.name for p in out.glob("*_mask.png"))
+    assert masks == ["a__photo.jpg_mask.png", "a__photo.png_mask.png", "b__photo.png_mask.png"]
+    assert "a/photo.jpg -> a__photo.jpg_mask.png (inputs share the stem 'photo')" in capsys.readouterr().out
 
 
 def test_help_says_exif_is_applied(capsys):

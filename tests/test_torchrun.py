@@ -95,7 +95,10 @@ def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
     from eval.distributed import export_slurm_env
 
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first: it records the current value (or its absence), so the variables
+        # export_slurm_env writes are removed again afterwards; a delenv of an absent key records nothing.
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
     slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_PROCID": "5",
              "SLURM_LOCALID": "1",
              "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",

@@ -41,6 +41,8 @@ class Ade20k150(LabelledImages):
     ``limit``/``shard`` as in :class:`eval.data.coco_stuff.CocoStuff27`.
     """
 
+    ignore_values = (0,)  # "other"
+
     classes = ADE20K150_CLASSES
     num_classes = len(ADE20K150_CLASSES)
     background = None

@@ -11,9 +11,16 @@ import torch
 from torch.utils.data import Dataset
 
 from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
-from eval.data.loader import DatasetNotFoundError, select_ids
+from eval.data.loader import DatasetNotFoundError, UnreadableItemError, select_ids
 
-__all__ = ["LabelledImages"]
+__all__ = ["UNKNOWN_LABEL", "LabelledImages"]
+
+UNKNOWN_LABEL = -2
+"""Label value of a pixel whose file value is neither a class nor an ignore value of the dataset.
+
+Scored as ignored (like -1), but counted: the runner reports it per image and fails a run
+above ``max_unknown_label_fraction``.
+"""
 
 
 class LabelledImages(Dataset):
@@ -21,12 +28,17 @@ class LabelledImages(Dataset):
 
     Subclasses set ``root``, ``size``, ``ids`` (the ids to evaluate, in order), ``_lut``
     (an int64 tensor mapping raw label values 0..255 to class ids, -1 = ignore), optionally
-    ``image_size``, and implement ``image_path(id)`` / ``label_path(id)``.
+    ``image_size``, and implement ``image_path(id)`` / ``label_path(id)``. ``ignore_values``
+    are the file values the dataset defines as "not labelled" (255 unless a subclass says
+    otherwise); any other value the LUT does not map to a class is *unknown* (a recoded or
+    corrupt label) and becomes :data:`UNKNOWN_LABEL`. ``colour_map`` (``{(r, g, b): value}``)
+    is set by a dataset whose labels are colour images; without one a colour label is refused
+    (:func:`diffseg.preprocess.load_label`).
 
     * image: float32 (3, image_size, image_size) in [-1, 1] (centre crop + half-pixel bilinear),
       the backbone's input size (``image_size``; None = ``size``);
-    * label: int64 (size, size), class ids, -1 = ignore (centre crop + nearest-exact), at the
-      evaluation resolution ``size`` whatever the backbone's input size.
+    * label: int64 (size, size), class ids, -1 = ignore, -2 = unknown value (centre crop +
+      nearest-exact), at the evaluation resolution ``size`` whatever the backbone's input size.
     """
 
     root: Path
@@ -35,6 +47,8 @@ class LabelledImages(Dataset):
     _lut: torch.Tensor
     image_size: int | None = None
     geometry: Any = None  # another protocol's crop and resize (eval.protocols.apply_protocol); None = the above
+    ignore_values: tuple[int, ...] = (255,)
+    colour_map: dict[tuple[int, int, int], int] | None = None
 
     def _open_root(self, root: str | os.PathLike, size: int, image_size: int | None, title: str, hint: str) -> None:
         """Set ``root``, ``size`` and ``image_size``; a missing root names its path and ``hint`` (how to get it)."""
@@ -59,6 +73,9 @@ class LabelledImages(Dataset):
         source = getattr(self, "list_path", None) or self.root
         self.ids = select_ids(self.all_ids, limit=limit, shard=shard, source=source)
         self._lut = torch.from_numpy(lut)
+        known = self._lut >= 0
+        known[list(self.ignore_values)] = True
+        self._known = known
 
     @property
     def input_size(self) -> int:
@@ -77,20 +94,26 @@ class LabelledImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         image_id = self.ids[index]
         image = load_image(self.image_path(image_id))
-        raw = load_label(self.label_path(image_id))
+        raw = load_label(self.label_path(image_id), self.colour_map)
         if raw.shape != image.shape[-2:]:
-            raise ValueError(
+            raise UnreadableItemError(
                 f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
                 f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
             )
         if self.geometry is not None:
-            return self.geometry.image(image), self._lut[self.geometry.label(raw)], image_id
-        label = self._lut[preprocess_label(raw, self.size)]
+            return self.geometry.image(image), self._classes(self.geometry.label(raw)), image_id
+        label = self._classes(preprocess_label(raw, self.size))
         return preprocess_image(image, self.input_size), label, image_id
 
     def label(self, image_id: str) -> torch.Tensor:
         """The evaluation label of one image, int64 (size, size), without decoding the image."""
-        raw = load_label(self.label_path(image_id))
+        raw = load_label(self.label_path(image_id), self.colour_map)
         if self.geometry is not None:
-            return self._lut[self.geometry.label(raw)]
-        return self._lut[preprocess_label(raw, self.size)]
+            return self._classes(self.geometry.label(raw))
+        return self._classes(preprocess_label(raw, self.size))
+
+    def _classes(self, resized: torch.Tensor) -> torch.Tensor:
+        """File values (already cropped and resized) -> class ids, -1 = ignore, :data:`UNKNOWN_LABEL` = unknown."""
+        label = self._lut[resized]
+        known = getattr(self, "_known", None)
+        return label if known is None else torch.where(known[resized], label, UNKNOWN_LABEL)

@@ -39,6 +39,8 @@ class Cityscapes27(LabelledImages):
     ``shard`` as in :class:`eval.data.coco_stuff.CocoStuff27`.
     """
 
+    ignore_values = (0, 1, 2, 3, 4, 5, 6, 255)  # the void labelIds (and 255) are labelled "not evaluated"
+
     classes = CITYSCAPES27_CLASSES
     num_classes = len(CITYSCAPES27_CLASSES)
 

@@ -187,6 +187,8 @@ class Context60(LabelledImages):
     ``limit``/``shard`` as in :class:`eval.data.coco_stuff.CocoStuff27`.
     """
 
+    ignore_values = ()  # the built PNGs hold 0..59 only
+
     classes = CONTEXT60_CLASSES
     num_classes = len(CONTEXT60_CLASSES)
     background = 0

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import stat
 import tarfile
 import time
@@ -389,6 +390,9 @@ def download(
                 raise DownloadError(f"could not fetch {dest.name} from {url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, socket.gaierror):  # no DNS: offline or a wrong host; a retry cannot help
+                raise DownloadError(f"could not fetch {dest.name} from {url}: the host name cannot be resolved "
+                                    f"({reason}); are you offline?") from None
             reason = f"{type(exc).__name__}: {reason}"
         attempt += 1
         if attempt > retries:

@@ -1,8 +1,9 @@
 """Batching with corrupt-file tolerance, plus the id selection shared by the datasets.
 
 A dataset item is ``(image float32 (3, S, S), label int64 (S, S), image_id str)``.
-:class:`SkipCorrupt` turns an item whose files cannot be read into a :class:`Skipped`
-record instead of an exception, so one bad JPEG does not kill a 2175-image run;
+:class:`SkipCorrupt` turns an item whose image or label file cannot be read or decoded
+into a :class:`Skipped` record instead of an exception, so one bad JPEG does not kill a
+2175-image run (any other error, e.g. a bug in pre-processing, stops the run);
 :func:`collate_skipping` separates the two kinds into a :class:`Batch`.
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DuplicateIdsError",
     "SkipCorrupt",
+    "UnreadableItemError",
     "Skipped",
     "build_loader",
     "collate_skipping",
@@ -48,6 +50,13 @@ def refuse_duplicate_ids(ids: Sequence[str], source: object = None) -> None:
         where = f" in {source}" if source is not None else ""
         raise DuplicateIdsError(f"duplicate image ids{where}: {shown}; every image must be listed once "
                                 "(it would be counted twice): remove the repeated lines")
+
+
+class UnreadableItemError(OSError):
+    """An image or label file was read but cannot form an item (e.g. the label's size differs from the image's).
+
+    An ``OSError``: :class:`SkipCorrupt` skips the image, as for a file that cannot be decoded.
+    """
 
 
 def parse_shard(shard: str | tuple[int, int] | Sequence[int] | None) -> tuple[int, int] | None:
@@ -136,10 +145,12 @@ class Batch:
 class SkipCorrupt(Dataset):
     """Wrap a dataset so that items whose files cannot be read become :class:`Skipped`.
 
-    Only file problems are caught (``OSError`` - including ``FileNotFoundError`` and
-    :class:`diffseg.preprocess.ImageDecodeError` - and ``ValueError``); programming
-    errors still raise. The id of a failed item is ``dataset.ids[index]`` when the
-    dataset has an ``ids`` list, else the index as a string.
+    Only the reading or decoding of an image or label file may skip an image: ``OSError``,
+    which covers ``FileNotFoundError``, :class:`diffseg.preprocess.ImageDecodeError` and
+    :class:`UnreadableItemError`. Every other error (a ``ValueError`` raised in
+    pre-processing, a ``TypeError``, ...) is a bug and stops the run. The id of a failed
+    item is ``dataset.ids[index]`` when the dataset has an ``ids`` list, else the index as
+    a string.
     """
 
     def __init__(self, dataset: Dataset):
@@ -158,7 +169,7 @@ class SkipCorrupt(Dataset):
     def __getitem__(self, index: int):
         try:
             return self.dataset[index]
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             ids = getattr(self.dataset, "ids", None)
             image_id = str(ids[index]) if ids is not None and 0 <= index < len(ids) else str(index)
             return Skipped(image_id, f"{type(exc).__name__}: {exc}")
