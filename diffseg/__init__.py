@@ -3,26 +3,42 @@
 Pipeline: :class:`StableDiffusionBackbone` (one UNet pass, self-attention captured
 by :func:`capture_self_attention`) -> :func:`aggregate_attention` -> :class:`DiffSeg`
 (iterative KL merging + NMS) or the :class:`KMeansSegmenter` baselines.
+
+The names below are imported on first use (PEP 562), so importing a light submodule
+such as :mod:`diffseg.atomic` or :mod:`diffseg.masks` does not import torch, diffusers
+or transformers. A missing dependency fails loudly when the name is used.
 """
 
-from diffseg.aggregation import aggregate_attention, resolution_weights
-from diffseg.backbone import StableDiffusionBackbone
-from diffseg.capture import capture_self_attention
-from diffseg.diffcut import DiffCut
-from diffseg.merging import anchor_grid, merge_proposals
-from diffseg.nms import nms_mask
-from diffseg.segmenter import DiffSeg, KMeansSegmenter
+from __future__ import annotations
 
-__all__ = [
-    "DiffCut",
-    "DiffSeg",
-    "KMeansSegmenter",
-    "StableDiffusionBackbone",
-    "aggregate_attention",
-    "anchor_grid",
-    "capture_self_attention",
-    "merge_proposals",
-    "nms_mask",
-    "resolution_weights",
-]
+import importlib
+from typing import Any
 
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "DiffCut": "diffseg.diffcut",
+    "DiffSeg": "diffseg.segmenter",
+    "KMeansSegmenter": "diffseg.segmenter",
+    "StableDiffusionBackbone": "diffseg.backbone",
+    "aggregate_attention": "diffseg.aggregation",
+    "anchor_grid": "diffseg.merging",
+    "capture_self_attention": "diffseg.capture",
+    "merge_proposals": "diffseg.merging",
+    "nms_mask": "diffseg.nms",
+    "resolution_weights": "diffseg.aggregation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffseg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

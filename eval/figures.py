@@ -3,7 +3,8 @@
 Every figure is written atomically (a temporary file in the target folder, then
 ``os.replace``) with the user's umask. Colours come from :mod:`diffseg.masks` (the one
 palette, shared with the segment CLI); ``colorize``, ``default_palette`` and ``overlay``
-are re-exported here.
+are re-exported here. torch and the metric are imported where they are used, so the
+report modules (tables, compare) load without model code.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -22,14 +23,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from diffseg.atomic import write_bytes_atomic  # noqa: E402
 from diffseg.masks import colorize as colorize  # noqa: E402  (re-exported)
 from diffseg.masks import default_palette as default_palette  # noqa: E402  (re-exported)
 from diffseg.masks import overlay as overlay  # noqa: E402  (re-exported)
-from eval.metrics import confusion_histogram, hungarian_match  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 METRICS = ("ACC", "mIoU")
 
@@ -103,6 +105,8 @@ def _match_to_classes(mask: np.ndarray, label: np.ndarray, num_classes: int) -> 
     Unmatched segments get ids from ``num_classes`` upwards, so colours agree with the
     ground-truth column wherever the metric's matching pairs them.
     """
+    from eval.metrics import confusion_histogram, hungarian_match
+
     hist = confusion_histogram(mask, label, num_classes=num_classes)
     match = hungarian_match(hist)
     lut = np.full(hist.shape[1], -1, dtype=np.int64)
@@ -326,6 +330,8 @@ class QualitativeSamples:
         Everything is shown at the labels' size: images at the backbone's input size are resized
         bilinearly, masks at another side (DiffCut's protocol) by nearest neighbour.
         """
+        import torch
+
         keep = min(self.count - len(self.images), images.shape[0])
         if keep <= 0:
             return

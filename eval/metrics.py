@@ -49,6 +49,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 
+from eval.stats.scores import scores as stats_scores
+
 NUM_CLASSES = 27
 PROTOCOLS = ("diffseg", "diffcut")  # scoring rules; eval.protocols adds each one's geometry
 
@@ -304,19 +306,10 @@ def scores(tp: Any, fp: Any, fn: Any, valid: int) -> dict[str, Any]:
 
     Returns ``{"acc": float, "miou": float, "iou": [float | None, ...]}``; an IoU is None
     for a class with ``tp + fp + fn == 0``; ``acc`` / ``miou`` are None when undefined
-    (no valid pixel / no class present).
+    (no valid pixel / no class present). Computed by :func:`eval.stats.scores.scores`, the
+    one (torch-free) implementation that the bootstrap of :mod:`eval.compare` shares.
     """
-    tp_np = _to_numpy(tp).astype(np.int64)
-    fp_np = _to_numpy(fp).astype(np.int64)
-    fn_np = _to_numpy(fn).astype(np.int64)
-    union = tp_np + fp_np + fn_np
-    iou = [100.0 * int(t) / int(u) if u > 0 else None for t, u in zip(tp_np, union, strict=True)]
-    present = [v for v in iou if v is not None]
-    return {
-        "acc": 100.0 * int(tp_np.sum()) / int(valid) if valid > 0 else None,
-        "miou": float(np.mean(present)) if present else None,
-        "iou": iou,
-    }
+    return stats_scores(_to_numpy(tp), _to_numpy(fp), _to_numpy(fn), int(valid))
 
 
 _STAT_KEYS = ("tp", "fp", "fn", "valid", "segments")

@@ -22,10 +22,12 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval.atomic import write_json_atomic
-from eval.metrics import HungarianSegmentationMetric, metric_json
+
+if TYPE_CHECKING:  # the metric (torch) is imported where it is used: readers of records need no model code
+    from eval.metrics import HungarianSegmentationMetric
 
 __all__ = ["METRICS_FILE", "RECORDS_FILE", "RunRecords", "accumulate", "load_run_records", "method_scores",
            "read_records", "write_metrics"]
@@ -117,6 +119,8 @@ def load_run_records(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
 def accumulate(records: Iterable[dict[str, Any]], num_classes: int,
                **metric_kwargs: Any) -> dict[str, HungarianSegmentationMetric]:
     """One metric per method over the (non-skipped) records, in first-seen method order."""
+    from eval.metrics import HungarianSegmentationMetric
+
     stats: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         for name, s in (record.get("methods") or {}).items():
@@ -156,6 +160,8 @@ def write_metrics(
 def method_scores(metrics: dict[str, HungarianSegmentationMetric],
                   tags: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
     """``metrics.json["methods"]``: each method in ``tags`` order, its scores and its ablation tag."""
+    from eval.metrics import metric_json
+
     out = {}
     for name, tag in tags.items():
         metric = metrics.get(name)

@@ -35,10 +35,10 @@ import pandas as pd
 from eval.atomic import write_text_atomic
 from eval.compare import load_intervals
 from eval.data.classes import DATASET_TITLES
-from eval.figures import plot_sweep
 from eval.ledger import Claim, claims_for, load_ledger, render_claims
 from eval.protocols import protocol_key
 from eval.provenance import banner, images_note, method_label
+from eval.stats.report import na_text
 
 MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "protocol", "claims", "notes"]
 PAPER_NOTE = ("Claims: numbers published by others for the same method, dataset and protocol "
@@ -107,7 +107,9 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
     settings other than the paper's names them, a random-weight run says so. A label
     found in several runs is followed by its model (and its run folder if still ambiguous).
     Where ``compare_dir`` holds an ``eval.compare`` output over a run's images, the
-    columns ``ACC 95% CI`` and ``mIoU 95% CI`` give its bootstrap intervals.
+    columns ``ACC 95% CI`` and ``mIoU 95% CI`` give its bootstrap intervals, labelled with the
+    level the compare output used (``ACC 90% CI`` after ``--confidence 0.9``); a refused
+    interval reads ``n/a (3 images)``.
     """
     ledger = load_ledger() if ledger is None else ledger
     entries = []
@@ -147,15 +149,26 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
         })
         ci = intervals[run_dir].get(method)
         if ci is not None:
-            rows[-1].update({f"{k} 95% CI": f"[{lo:.1f}, {hi:.1f}]" for k, (lo, hi) in
-                             (("ACC", ci["acc"]), ("mIoU", ci["miou"]))})
+            rows[-1].update(_interval_cells(ci))
     columns = list(MAIN_COLUMNS)
-    if any("ACC 95% CI" in r for r in rows):
-        columns[2:2] = ["ACC 95% CI", "mIoU 95% CI"]
+    columns[2:2] = list(dict.fromkeys(k for r in rows for k in r if k.endswith(" CI")))
     df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=columns)
     df.attrs.update(dataset=dataset, protocol=protocol, methods=[e[0] for e in entries], claims=row_claims,
                     sources=[f"[{n}] {c.describe()}" for c, n in numbers.items()])
     return df
+
+
+def _interval_cells(ci: dict[str, Any]) -> dict[str, str]:
+    """``{"ACC 95% CI": "[42.1, 45.0]", "mIoU 95% CI": "n/a (3 images)"}``: the level is the compare output's."""
+    level = f"{100 * float(ci.get('confidence', 0.95)):g}%"
+    cells = {}
+    for column, metric in (("ACC", "acc"), ("mIoU", "miou")):
+        bounds, refused = ci.get(metric), (ci.get("refused") or {}).get(metric)
+        if bounds is not None:
+            cells[f"{column} {level} CI"] = f"[{bounds[0]:.1f}, {bounds[1]:.1f}]"
+        elif refused is not None:
+            cells[f"{column} {level} CI"] = na_text(refused)
+    return cells
 
 
 def _value_key(value: Any) -> tuple[int, Any]:
@@ -504,6 +517,8 @@ def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], 
     dataset = DATASET_TITLES.get(attrs["dataset"], attrs["dataset"])
     title = f"Ablation: {attrs['param']} ({dataset}, {attrs['name']}, {attrs.get('protocol', 'diffseg')} protocol)"
     stem = f"ablation_{key}"
+    from eval.figures import plot_sweep  # matplotlib only when a sweep is drawn
+
     png = plot_sweep(df, attrs["param"], out / f"{stem}.png", banner=banner_text)
     md = _header(banner_text, title) + [METRIC_NOTE, "", markdown_table(df).rstrip()]
     if attrs.get("notes"):

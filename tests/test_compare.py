@@ -1,4 +1,4 @@
-"""eval.compare: bootstrap intervals, paired differences, sign-flip p-values, run folder checks."""
+"""eval.compare: bootstrap intervals, paired differences, p-values, run folder checks."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_interval_width_shrinks_with_images():
 def test_vectorised_bootstrap_equals_a_loop():
     stats = _draw(np.random.default_rng(3), 40)
     other = _draw(np.random.default_rng(4), 40, quality=0.5)
-    out = analyse({"a": stats, "b": other}, resamples=300, seed=7)
+    out = analyse({"a": stats, "b": other}, resamples=300, seed=7, interval="percentile")
     boot_seq, flip_seq = np.random.SeedSequence(7).spawn(2)
     idx = np.random.default_rng(boot_seq).integers(0, 40, size=(300, 40))
     acc_a, miou_a, diff = [], [], []
@@ -105,7 +105,7 @@ def test_vectorised_bootstrap_equals_a_loop():
                           zip((stats.tp, stats.fp, stats.fn, stats.valid),
                               (other.tp, other.fp, other.fn, other.valid), strict=True)))
         extreme += abs(sa.totals()["miou"] - sb.totals()["miou"]) >= abs(observed) - 1e-9
-    assert out["pairs"]["a vs b"]["miou"][3] == pytest.approx((1 + extreme) / 301, abs=1e-12)
+    assert out["pairs"]["a vs b"]["signflip"]["miou"]["p"] == pytest.approx((1 + extreme) / 301, abs=1e-12)
 
 
 def test_identical_methods_difference_zero_and_p_one():

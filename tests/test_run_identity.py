@@ -255,13 +255,21 @@ def test_tables_mark_random_weights_and_non_default_settings_without_any_flag(ro
     assert "72.5" in md  # the paper's number is still quoted beside the marked rows
     csv = (tmp_path / "tables" / "coco_stuff27.csv").read_text()
     assert csv.startswith("# RANDOM WEIGHTS")
-    # With an eval.compare output beside the tables, the main table shows its bootstrap intervals.
+    # With an eval.compare output beside the tables, the main table shows its bootstrap intervals,
+    # labelled with the compare output's level; too few images give "n/a (k images)".
+    images = len(json.loads((out / "metrics.json").read_text())["image_ids"])
     assert compare_main([str(out), "--out", str(tmp_path / "t2" / "compare"), "--resamples", "200"]) == 0
+    write_tables(collect_runs([out]), tmp_path / "t2")
+    md2 = (tmp_path / "t2" / "coco_stuff27.md").read_text()
+    assert "mIoU 95% CI" in md2 and f"n/a ({images} images)" in md2
+    assert compare_main([str(out), "--out", str(tmp_path / "t2" / "compare"), "--resamples", "200",
+                         "--permutations", "200", "--confidence", "0.9", "--min-images", "1",
+                         "--min-class-images", "1"]) == 0
     ci = json.loads((tmp_path / "t2" / "compare" / "compare.json").read_text())["methods"]
     (low, high) = next(iter(ci.values()))["miou"][1:3]
     write_tables(collect_runs([out]), tmp_path / "t2")
     md2 = (tmp_path / "t2" / "coco_stuff27.md").read_text()
-    assert "mIoU 95% CI" in md2 and f"[{low:.1f}, {high:.1f}]" in md2
+    assert "mIoU 90% CI" in md2 and "95% CI" not in md2 and f"[{low:.1f}, {high:.1f}]" in md2
     assert json.loads((out / "metrics.json").read_text())["provenance"]["random_weights"] is True
 
 

@@ -1,0 +1,222 @@
+"""Run folders as inputs of a comparison: loading, comparability checks, seed groups.
+
+A run folder holds ``metrics.json`` and ``per_image.jsonl`` (:mod:`eval.records`) and,
+from the runner, ``run.json`` (:mod:`eval.identity`) with every setting that can change
+a per-image result. Runs whose settings differ only in seeds (any setting whose name
+ends in ``seed``, e.g. the folders of ``-m seed=0,1,2``) are one setting run several
+times: their methods become one method with several seed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval.data.classes import DATASET_CLASSES
+from eval.records import load_run_records
+from eval.stats.analysis import ImageStats
+
+__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "load_run", "method_groups", "seed_groups"]
+
+METRICS_FILE = "metrics.json"
+IDENTITY_FILE = "run.json"
+
+
+class CompareError(ValueError):
+    """Runs that cannot be compared (different datasets or images, missing files)."""
+
+
+@dataclass
+class Run:
+    """One run folder: its metrics.json, its non-skipped records, its run.json settings (if any)."""
+
+    path: Path
+    meta: dict[str, Any]
+    records: dict[str, dict[str, Any]]
+    settings: dict[str, Any] | None = None
+
+    @property
+    def dataset(self) -> str:
+        return str((self.meta.get("run") or {}).get("dataset", "?"))
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self.records)
+
+    def method_names(self) -> list[str]:
+        """Methods in metrics.json order, then any others found in the records."""
+        names = [m for m, v in (self.meta.get("methods") or {}).items() if (v or {}).get("images", 1)]
+        for record in self.records.values():
+            names += [m for m in record["methods"] if m not in names]
+        return names
+
+    def stats(self, method: str, ids: Sequence[str]) -> ImageStats:
+        """Per-image stats of ``method`` on ``ids`` (in that order)."""
+        rows = []
+        for image_id in ids:
+            s = self.records[image_id]["methods"].get(method)
+            if s is None:
+                raise CompareError(f"{self.path}: image {image_id} has no stats for method {method!r} "
+                                   "(the per-image records are incomplete; re-run the evaluation in this folder)")
+            rows.append(s)
+        try:
+            tp, fp, fn = (np.asarray([s[k] for s in rows], dtype=np.int64).reshape(len(rows), -1)
+                          for k in ("tp", "fp", "fn"))
+            return ImageStats(tp, fp, fn, np.asarray([s["valid"] for s in rows], dtype=np.int64))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CompareError(f"{self.path}: malformed per-image stats of method {method!r}: {exc}") from exc
+
+    def provenance(self) -> dict[str, Any]:
+        """The run's provenance record; for an older metrics.json one derived from ``run.demo``."""
+        prov = self.meta.get("provenance")
+        if isinstance(prov, dict):
+            return prov
+        demo = bool((self.meta.get("run") or {}).get("demo"))
+        notes = ["random-weight backbone", "synthetic data"] if demo else []
+        return {"fingerprint": None, "random_weights": demo, "synthetic_data": demo, "partial": None,
+                "notes": notes + ["no provenance record in metrics.json (older run); derived from run.demo"]}
+
+    def marks(self) -> list[str]:
+        """Short marks for method labels: random weights, synthetic data, partial."""
+        prov = self.provenance()
+        keys = (("random_weights", "random weights"), ("synthetic_data", "synthetic data"), ("partial", "partial"))
+        return [mark for key, mark in keys if prov.get(key)]
+
+    def check_totals(self, method: str, stats: ImageStats) -> None:
+        """Raise if ``metrics.json``'s sums of ``method`` differ from its per-image records."""
+        saved = (self.meta.get("methods") or {}).get(method)
+        if not saved or "tp" not in saved:
+            return
+        for key, ours in (("tp", stats.tp.sum(0)), ("fp", stats.fp.sum(0)), ("fn", stats.fn.sum(0))):
+            if list(map(int, saved[key])) != ours.tolist():
+                raise CompareError(f"{self.path}: metrics.json {key} of {method!r} differs from the sums of the "
+                                   "per-image records; re-create metrics.json from the records (re-run the "
+                                   "evaluation in this folder, or eval.merge for shards)")
+        if int(saved.get("valid", stats.valid.sum())) != int(stats.valid.sum()):
+            raise CompareError(f"{self.path}: metrics.json valid of {method!r} differs from the per-image records")
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a finished run folder; :class:`CompareError` naming what is missing."""
+    path = Path(path)
+    meta_path = path / METRICS_FILE
+    if not meta_path.is_file():
+        raise CompareError(f"{meta_path} not found: give finished run folders (each with metrics.json and "
+                           "per_image.jsonl), e.g. outputs/coco_stuff27")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        identity = json.loads((path / IDENTITY_FILE).read_text(encoding="utf-8")) \
+            if (path / IDENTITY_FILE).is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"{path}: metrics.json or run.json is not valid JSON ({exc})") from exc
+    records = {i: r for i, r in load_run_records(path).items() if isinstance(r.get("methods"), dict)}
+    if not records:
+        raise CompareError(f"{path}: no per-image records (per_image.jsonl); this run cannot be compared")
+    settings = {"settings": identity["settings"], "data": identity.get("data")} if "settings" in identity else None
+    return Run(path, meta, records, settings)
+
+
+def _first(ids: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(ids[:count])
+    return shown + (", ..." if len(ids) > count else "")
+
+
+def comparable_ids(runs: list[Run], intersect: bool) -> list[str]:
+    """The sorted image ids to compare on; raises :class:`CompareError` where runs differ."""
+    datasets = {r.dataset for r in runs}
+    if len(datasets) > 1:
+        listing = ", ".join(f"{r.path} ({r.dataset})" for r in runs)
+        raise CompareError(f"runs on different datasets cannot be compared: {listing}")
+    common = set.intersection(*(r.ids for r in runs))
+    if not intersect:
+        ref, problems = runs[0], []
+        for run in runs[1:]:
+            only_ref, only_run = sorted(ref.ids - run.ids), sorted(run.ids - ref.ids)
+            if only_ref or only_run:
+                problems.append(f"{len(only_ref)} image(s) only in {ref.path} ({_first(only_ref)}) and "
+                                f"{len(only_run)} only in {run.path} ({_first(only_run)})")
+        if problems:
+            raise CompareError("runs evaluated different images: " + "; ".join(problems)
+                               + f". Use --intersect to compare on the {len(common)} common images.")
+    if not common:
+        raise CompareError("the runs have no evaluated image in common")
+    return sorted(common)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def seed_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str] | None:
+    """The settings in which ``a`` and ``b`` differ if all of them are seeds (names ending in ``seed``), else None."""
+    fa, fb = _flatten(a), _flatten(b)
+    differing = sorted(k for k in set(fa) | set(fb) if fa.get(k, "<missing>") != fb.get(k, "<missing>"))
+    if all(k.rsplit(".", 1)[-1].endswith("seed") for k in differing):
+        return differing
+    return None
+
+
+def seed_groups(runs: list[Run]) -> list[list[int]]:
+    """Indices of runs grouped into seed replicates (a group of one is an ordinary run).
+
+    A run joins a group when its run.json settings differ from the group's first run only
+    in seeds, and in at least one seed from every member (a run with identical settings
+    stays its own group: two folders of one setting are not two seeds).
+    """
+    groups: list[list[int]] = []
+    for i, run in enumerate(runs):
+        for group in groups:
+            if run.settings is None or runs[group[0]].settings is None:
+                continue
+            if all(seed_differences(runs[j].settings, run.settings) for j in group):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def method_groups(runs: list[Run], ids: Sequence[str]) -> dict[str, list[tuple[Run, str, ImageStats]]]:
+    """Compared methods: key -> ``(run, method, stats)`` per seed run (one entry for an ordinary run).
+
+    A method name found in several groups gets its (first) run folder's name as a suffix.
+    Stats are checked against each run's metrics.json when the run's images are all compared.
+    """
+    groups = [[runs[i] for i in g] for g in seed_groups(runs)]
+    counts: dict[str, int] = {}
+    for group in groups:
+        for m in group[0].method_names():
+            counts[m] = counts.get(m, 0) + 1
+    out: dict[str, list[tuple[Run, str, ImageStats]]] = {}
+    for number, group in enumerate(groups):
+        for m in group[0].method_names():
+            key = m if counts[m] == 1 else f"{m} [{group[0].path.name}]"
+            if key in out:
+                key = f"{m} [{group[0].path.name} #{number + 1}]"
+            entries = []
+            for run in group:
+                stats = run.stats(m, ids)
+                if len(run.ids) == len(ids):
+                    run.check_totals(m, stats)
+                entries.append((run, m, stats))
+            out[key] = entries
+    return out
+
+
+def class_names(dataset: str, num_classes: int) -> list[str]:
+    """The dataset's class names, or ``class i`` where unknown."""
+    names = DATASET_CLASSES.get(dataset)
+    if names is not None and len(names) == num_classes:
+        return list(names)
+    return [f"class {i}" for i in range(num_classes)]
