@@ -66,7 +66,7 @@ def build_image_app(session: ImageSession, banner: str | None = None, messages: 
     max_points = min(64, max(sides)) if sides else 64
     names = list(session.images)
 
-    with gr.Blocks(title="DiffSeg explorer: one image") as app:
+    with gr.Blocks(title="DiffSeg explorer: one image", analytics_enabled=False) as app:
         gr.Markdown(f"## DiffSeg explorer: one image · backbone `{session.backbone.name}`")
         gr.Markdown(f"**{banner}**" if banner else "", elem_id="banner")
         gr.Markdown("\n\n".join(f"**Error:** {m}" for m in messages or []), elem_id="startup-errors")

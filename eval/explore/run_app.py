@@ -70,7 +70,7 @@ def build_run_app(paths: list[str]) -> gr.Blocks:
     """The page over the run folders ``paths`` (one, or two to compare); more can be opened in the page."""
     workdir = Path(tempfile.mkdtemp(prefix="diffseg-explore-"))
 
-    with gr.Blocks(title="DiffSeg explorer: runs") as app:
+    with gr.Blocks(title="DiffSeg explorer: runs", analytics_enabled=False) as app:
         gr.Markdown("## DiffSeg explorer: runs")
         with gr.Row():
             folders = gr.Textbox(shlex.join(paths), label="Run folders (one, or two to compare)", scale=4,
