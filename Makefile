@@ -22,8 +22,10 @@ COCO_OBJECT_OVERLAP ?= smallest_on_top
 RUN_ARGS ?=
 # `make test` runs the suite in a random order (pytest-randomly); replay one with TEST_SEED=N.
 TEST_SEED ?= $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+EXPLORE_STAMP := $(VENV)/.installed-explore
+EXPLORE_ARGS ?= outputs/demo/coco_stuff27
 
-.PHONY: venv test lint bench demo data-coco data-cityscapes data-voc data-context data-coco-object data-ade20k reproduce-coco reproduce-cityscapes tables clean
+.PHONY: venv test lint bench demo explore explore-deps explore-screenshot data-coco data-cityscapes data-voc data-context data-coco-object data-ade20k reproduce-coco reproduce-cityscapes tables clean
 
 venv: $(STAMP)
 
@@ -45,9 +47,27 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m eval.bench $(BENCH_ARGS)
 	$(PY) -m eval.bench_diffcut
+	$(PY) -m eval.bench_explore
 
 demo: $(STAMP)
 	$(PY) -m eval.demo
+
+# The explorer (Gradio, the `explore` extra). Default: the demo run (made first when missing);
+# EXPLORE_ARGS="--model tiny --image cat.jpg" or EXPLORE_ARGS="RUN_A RUN_B" for others.
+$(EXPLORE_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,explore]'
+	@touch $(EXPLORE_STAMP)
+
+explore-deps: $(EXPLORE_STAMP)
+
+explore: $(EXPLORE_STAMP)
+	@if [ "$(EXPLORE_ARGS)" = "outputs/demo/coco_stuff27" ] && [ ! -f outputs/demo/coco_stuff27/metrics.json ]; then \
+		$(PY) -m eval.demo; fi
+	$(PY) -m eval.explore $(EXPLORE_ARGS)
+
+# The README's screenshots, taken by the browser test in a headless Chromium (apt-get install chromium).
+explore-screenshot: $(EXPLORE_STAMP)
+	EXPLORE_SCREENSHOTS=results/explore $(PY) -m pytest -q tests/test_explore_browser.py
 
 data-coco: $(STAMP)
 	$(PY) datasets/prepare.py coco --root $(COCO_ROOT) --subset $(COCO_SUBSET)

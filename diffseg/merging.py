@@ -24,14 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 __all__ = [
     "KL_PRECISIONS",
+    "FirstMergeDistances",
     "anchor_grid",
     "first_merge",
+    "first_merge_distances",
+    "first_merge_groups",
     "greedy_merge",
     "kl_distance_matrix",
     "merge_proposals",
@@ -128,6 +132,73 @@ def _refine_borderline(
         merge[r, c] = exact < threshold
 
 
+@dataclass
+class FirstMergeDistances:
+    """The threshold-independent part of the first merging iteration (:func:`first_merge_distances`).
+
+    Attributes:
+        maps: ``(N', K)`` float32 maps that can merge (rows with a zero or non-finite entry dropped).
+        x: ``(N', K)`` the same maps as rounded for the KL (float16 precision), float32; None once
+            :func:`first_merge_groups` consumed it.
+        anchors: ``LongTensor(A')`` rows of ``maps`` that are anchors (anchors whose own map cannot
+            merge are dropped: their group is empty).
+        distance: ``(A', N')`` float32 symmetric KL between each anchor and each map.
+    """
+
+    maps: torch.Tensor
+    x: torch.Tensor | None
+    anchors: torch.Tensor
+    distance: torch.Tensor
+
+
+def first_merge_distances(maps: torch.Tensor, anchors: torch.Tensor, precision: str = "float16") -> FirstMergeDistances:
+    """Distances of every anchor to every map, the part of :func:`first_merge` that no threshold changes.
+
+    An interactive threshold change (``eval.explore``) keeps this and calls only
+    :func:`first_merge_groups`. Args as :func:`first_merge`.
+    """
+    x, log_x, neg_entropy, valid = _kl_terms(maps, precision)
+    anchors = anchors.to(maps.device)
+    # Maps with a zero or non-finite entry merge with nothing: their anchors form empty
+    # groups (dropped) and no group contains them, so the products only need valid rows.
+    anchors = anchors[valid[anchors]]
+    if not bool(valid.all()):
+        rows = torch.nonzero(valid)[:, 0]
+        x, log_x, neg_entropy, maps = x[rows], log_x[rows], neg_entropy[rows], maps[rows]
+        anchors = torch.searchsorted(rows, anchors)  # positions of the anchors among the valid rows
+    if anchors.numel() == 0:
+        return FirstMergeDistances(maps, x, anchors, torch.zeros(0, maps.shape[0], device=maps.device))
+    with _no_tf32():
+        # cross[a, q] = sum_k x_a log x_q + log x_a x_q
+        cross = torch.addmm(torch.mm(x[anchors], log_x.T), log_x[anchors], x.T)
+    del log_x
+    distance = 0.5 * (neg_entropy[anchors, None] + neg_entropy[None, :] - cross)
+    return FirstMergeDistances(maps, x, anchors, distance)
+
+
+def first_merge_groups(prepared: FirstMergeDistances, threshold: float, consume: bool = False) -> torch.Tensor:
+    """The proposals of the first merging iteration at ``threshold``, from :func:`first_merge_distances`.
+
+    ``consume=True`` releases ``prepared.x`` before the group sums (the peak memory of
+    :func:`first_merge`); ``prepared`` then serves no other threshold. Returns as :func:`first_merge`.
+    """
+    maps, anchors, distance = prepared.maps, prepared.anchors, prepared.distance
+    if anchors.numel() == 0:
+        return torch.zeros(0, maps.shape[1], dtype=torch.float64, device=maps.device)
+    if prepared.x is None:
+        raise ValueError("first_merge_groups: these distances were consumed by an earlier call")
+    merge = distance < threshold  # NaN (never here: rows are valid) would not merge either
+    _refine_borderline(merge, distance, prepared.x, anchors, threshold)
+    if consume:
+        prepared.x = None
+    counts = merge.sum(dim=1)
+    keep = counts > 0
+    merge = merge[keep]
+    with _no_tf32():
+        sums = torch.mm(merge.to(maps.dtype), maps)
+    return sums.double() / counts[keep, None].double()
+
+
 def first_merge(
     maps: torch.Tensor, anchors: torch.Tensor, threshold: float, precision: str = "float16"
 ) -> torch.Tensor:
@@ -144,30 +215,7 @@ def first_merge(
         group is empty are dropped (the official code would average them into
         NaN). No de-duplication.
     """
-    x, log_x, neg_entropy, valid = _kl_terms(maps, precision)
-    anchors = anchors.to(maps.device)
-    # Maps with a zero or non-finite entry merge with nothing: their anchors form empty
-    # groups (dropped) and no group contains them, so the products only need valid rows.
-    anchors = anchors[valid[anchors]]
-    if not bool(valid.all()):
-        rows = torch.nonzero(valid)[:, 0]
-        x, log_x, neg_entropy, maps = x[rows], log_x[rows], neg_entropy[rows], maps[rows]
-        anchors = torch.searchsorted(rows, anchors)  # positions of the anchors among the valid rows
-    if anchors.numel() == 0:
-        return torch.zeros(0, maps.shape[1], dtype=torch.float64, device=maps.device)
-    with _no_tf32():
-        # cross[a, q] = sum_k x_a log x_q + log x_a x_q
-        cross = torch.addmm(torch.mm(x[anchors], log_x.T), log_x[anchors], x.T)
-    distance = 0.5 * (neg_entropy[anchors, None] + neg_entropy[None, :] - cross)
-    merge = distance < threshold  # NaN (never here: rows are valid) would not merge either
-    _refine_borderline(merge, distance, x, anchors, threshold)
-    del cross, distance, x, log_x
-    counts = merge.sum(dim=1)
-    keep = counts > 0
-    merge = merge[keep]
-    with _no_tf32():
-        sums = torch.mm(merge.to(maps.dtype), maps)
-    return sums.double() / counts[keep, None].double()
+    return first_merge_groups(first_merge_distances(maps, anchors, precision), threshold, consume=True)
 
 
 def kl_distance_matrix(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

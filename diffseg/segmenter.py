@@ -122,11 +122,20 @@ class DiffSeg:
         side = attention.shape[-1]
         anchor_grid(self.num_points, side)  # validates num_points against the side
         proposals = merge_proposals(attention, self.thresholds, self.num_points, self.kl_precision)
-        if self.refine and proposals.shape[0] > 0:
-            points = attention.reshape(side * side, side * side).double()
-            result = lloyd(points, proposals, max_iter=self.refine_max_iter, tol=self.refine_tol)
-            proposals = _means_without_empty(points, result.labels, proposals.shape[0])
-        return proposals
+        return self.refined(attention, proposals)
+
+    def refined(self, attention: torch.Tensor, proposals: torch.Tensor) -> torch.Tensor:
+        """``proposals`` ``(P, S*S)`` after the K-means refinement when ``refine`` is on, else unchanged.
+
+        Lloyd's algorithm over the ``S*S`` maps of ``attention`` ``(S, S, S, S)``, started at the
+        proposals; empty clusters are dropped. Returns ``(P', S*S)`` float64, ``P' <= P``.
+        """
+        if not self.refine or proposals.shape[0] == 0:
+            return proposals
+        side = attention.shape[-1]
+        points = attention.reshape(side * side, side * side).double()
+        result = lloyd(points, proposals, max_iter=self.refine_max_iter, tol=self.refine_tol)
+        return _means_without_empty(points, result.labels, proposals.shape[0])
 
     def __call__(self, attention: torch.Tensor) -> torch.Tensor:
         """Segment a batch.

@@ -1,0 +1,330 @@
+"""Run folders as the run explorer reads them: records, provenance, saved masks, images and labels.
+
+A finished run folder (``python -m eval.run``) holds ``metrics.json`` (scores, ``provenance``,
+the resolved ``config``) and the per-image records ``per_image*.jsonl`` (every method's
+tp / fp / fn per class on every image). From them :class:`RunFolder` gives
+
+* the image table: each method's per-image mIoU (mean IoU over the classes present in the
+  image's label or prediction, :func:`eval.compare.per_image_miou`) and the classes present in
+  the label (``tp + fn > 0``), sortable and filterable by class;
+* the run's per-class IoU (``metrics.json``) and its provenance banner (random weights,
+  synthetic data, partial data, settings other than the paper's; :mod:`eval.provenance`);
+* an image, its label (through the run's own dataset config) and each method's saved mask:
+  ``masks/<method>/<id>.png`` (``save_masks=true``) or COCO RLE results (a JSON list of
+  :mod:`eval.coco_results` records under ``masks/``), coloured by the class each segment is
+  matched to (the metric's Hungarian matching).
+
+:func:`compare_runs` lists the per-image differences of two runs of one dataset, sorted.
+Every problem is a :class:`RunError` whose message names the path and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from diffseg.masks import MaskFileError, read_mask_png
+from eval.build import build
+from eval.coco_results import CocoResults, matched_categories
+from eval.compare import ImageStats, per_image_miou
+from eval.data.classes import DATASET_CLASSES
+from eval.explore.render import resize_nearest
+from eval.provenance import banner, images_note
+from eval.records import METRICS_FILE, load_run_records
+
+__all__ = ["ALL_CLASSES", "RunError", "RunFolder", "compare_runs", "matched_colours"]
+
+ALL_CLASSES = "all classes"
+IMAGE_COLUMN = "image"
+CLASSES_COLUMN = "classes in the label"
+
+
+class RunError(ValueError):
+    """A run folder the explorer cannot show (the message says which path and what to do)."""
+
+
+def _slug(method: str) -> str:
+    return method.replace("/", "_")
+
+
+@dataclass
+class RunFolder:
+    """One finished run folder (see the module docstring); open it with :meth:`open`."""
+
+    path: Path
+    metrics: dict[str, Any]
+    records: dict[str, dict[str, Any]]
+    _dataset: Any = field(default=None, repr=False)
+    _coco: dict[str, CocoResults] | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunFolder:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise RunError(f"{folder}: no such run folder; give a folder written by python -m eval.run "
+                           "(it holds metrics.json and per_image.jsonl)")
+        metrics_path = folder / METRICS_FILE
+        if not metrics_path.is_file():
+            raise RunError(f"{folder}: no {METRICS_FILE}, so the run has not finished; run python -m eval.run "
+                           f"again with hydra.run.dir={folder} to finish it")
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunError(f"{metrics_path}: unreadable ({exc}); run python -m eval.run again in {folder}") from exc
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("methods"), dict):
+            raise RunError(f"{metrics_path}: not a metrics.json of python -m eval.run (no 'methods')")
+        records = {i: r for i, r in load_run_records(folder).items() if "methods" in r}
+        if not records:
+            raise RunError(f"{folder}: no per-image records (per_image.jsonl) of an evaluated image; "
+                           "the table needs them: run python -m eval.run again in this folder")
+        return cls(folder, metrics, records)
+
+    # ----------------------------------------------------------------------------------------- facts
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def dataset(self) -> str:
+        return str((self.metrics.get("run") or {}).get("dataset", "?"))
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self.records)
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods in metrics.json order that have per-image records."""
+        seen = {m for r in self.records.values() for m in r["methods"]}
+        return [m for m in self.metrics["methods"] if m in seen] + sorted(seen - set(self.metrics["methods"]))
+
+    @property
+    def num_classes(self) -> int:
+        first = next(iter(self.records.values()))["methods"]
+        return len(next(iter(first.values()))["tp"])
+
+    @property
+    def class_names(self) -> list[str]:
+        names = DATASET_CLASSES.get(self.dataset)
+        if names is not None and len(names) == self.num_classes:
+            return list(names)
+        return [f"class {i}" for i in range(self.num_classes)]
+
+    def banner_lines(self) -> tuple[list[str], list[str]]:
+        """``(warnings, notes)`` of the run's provenance: the banner (random weights, synthetic data, unknown
+        provenance) and partial data; then the other notes (settings other than the paper's, protocols)."""
+        warnings = []
+        text = banner([self.metrics])
+        if text:
+            warnings += text.split("; ")
+        partial = images_note(self.metrics)
+        if partial:
+            warnings.append(f"PARTIAL: {partial}")
+        notes = [str(n) for n in (self.metrics.get("provenance") or {}).get("notes") or []
+                 if n not in ("random-weight backbone", "synthetic data") and not str(n).startswith("partial")]
+        return warnings, notes
+
+    # ----------------------------------------------------------------------------------------- table
+    def stats(self, method: str, ids: Sequence[str] | None = None) -> ImageStats:
+        ids = self.ids if ids is None else ids
+        rows = [self.records[i]["methods"].get(method) for i in ids]
+        missing = [i for i, s in zip(ids, rows, strict=True) if s is None]
+        if missing:
+            raise RunError(f"{self.path}: image {missing[0]} has no record of method {method!r}; "
+                           "run python -m eval.run again in this folder")
+        return ImageStats(np.asarray([s["tp"] for s in rows], dtype=np.int64).reshape(len(rows), -1),
+                          np.asarray([s["fp"] for s in rows], dtype=np.int64).reshape(len(rows), -1),
+                          np.asarray([s["fn"] for s in rows], dtype=np.int64).reshape(len(rows), -1),
+                          np.asarray([s["valid"] for s in rows], dtype=np.int64))
+
+    def per_image_miou(self) -> dict[str, np.ndarray]:
+        """Each method's ``(N,)`` per-image mIoU (x100, NaN where undefined) over :attr:`ids`."""
+        return {m: per_image_miou(self.stats(m)) for m in self.methods}
+
+    def present(self) -> np.ndarray:
+        """``(N, C)`` bool: class c is in image i's label (``tp + fn > 0``, the same for every method)."""
+        s = self.stats(self.methods[0])
+        return (s.tp + s.fn) > 0
+
+    def table(self, class_filter: str | None = None, sort_by: str | None = None,
+              descending: bool = True) -> pd.DataFrame:
+        """One row per evaluated image: id, classes in its label, each method's per-image mIoU (1 decimal).
+
+        ``class_filter``: a class name (only images whose label holds it) or None / :data:`ALL_CLASSES`.
+        ``sort_by``: :data:`IMAGE_COLUMN` or a method name; undefined values (NaN) last either way.
+        """
+        names = self.class_names
+        present = self.present()
+        rows = np.arange(len(self.ids))
+        if class_filter not in (None, "", ALL_CLASSES):
+            if class_filter not in names:
+                raise RunError(f"class {class_filter!r} is not a class of {self.dataset}")
+            rows = rows[present[:, names.index(class_filter)]]
+        frame = pd.DataFrame({
+            IMAGE_COLUMN: [self.ids[i] for i in rows],
+            CLASSES_COLUMN: [", ".join(n for n, p in zip(names, present[i], strict=True) if p) for i in rows],
+        })
+        for method, values in self.per_image_miou().items():
+            frame[method] = np.round(values[rows], 1)
+        if sort_by not in (None, "", IMAGE_COLUMN):
+            if sort_by not in self.methods:
+                raise RunError(f"cannot sort by {sort_by!r}: the run's methods are {self.methods}")
+            frame = frame.sort_values([sort_by, IMAGE_COLUMN], ascending=[not descending, True], na_position="last",
+                                      kind="stable")
+        elif sort_by == IMAGE_COLUMN and descending:
+            frame = frame.iloc[::-1]
+        return frame.reset_index(drop=True)
+
+    def per_image_miou_of(self, image_id: str) -> list[float]:
+        """Each method's mIoU (x100) on one image, in :attr:`methods` order (NaN where undefined)."""
+        return [float(per_image_miou(self.stats(m, [image_id]))[0]) for m in self.methods]
+
+    def present_of(self, image_id: str) -> np.ndarray:
+        """``(C,)`` bool: the classes in one image's label."""
+        s = self.stats(self.methods[0], [image_id])
+        return (s.tp[0] + s.fn[0]) > 0
+
+    def per_class_iou(self) -> dict[str, list[float | None]]:
+        """Each method's dataset-level per-class IoU (x100) from ``metrics.json``."""
+        return {m: list(self.metrics["methods"][m].get("iou") or []) for m in self.methods
+                if m in self.metrics["methods"]}
+
+    # ----------------------------------------------------------------------------------------- masks
+    def _coco_results(self) -> dict[str, CocoResults]:
+        """COCO RLE results under ``masks/`` by method: ``masks/<method>.json`` or ``masks/<method>/*.json``."""
+        if self._coco is None:
+            self._coco = {}
+            slugs = {_slug(m): m for m in self.methods}
+            for path in sorted((self.path / "masks").rglob("*.json")):
+                method = slugs.get(path.stem) or slugs.get(path.parent.name)
+                if method is None or method in self._coco:
+                    continue
+                try:
+                    self._coco[method] = CocoResults.load(path)
+                except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+                    raise RunError(f"{path}: not a readable COCO results file ({exc})") from exc
+        return self._coco
+
+    def mask_format(self) -> str | None:
+        """``"PNG"``, ``"COCO RLE"`` or None when the run saved no masks."""
+        folder = self.path / "masks"
+        if any((folder / _slug(m)).glob("*.png") for m in self.methods if (folder / _slug(m)).is_dir()):
+            return "PNG"
+        if folder.is_dir() and self._coco_results():
+            return "COCO RLE"
+        return None
+
+    def mask(self, method: str, image_id: str) -> np.ndarray | None:
+        """The saved ``(H, W)`` segment-id mask of ``method`` on ``image_id``, or None when not saved."""
+        png = self.path / "masks" / _slug(method) / f"{image_id.replace('/', '_')}.png"
+        if png.is_file():
+            try:
+                return read_mask_png(png)
+            except MaskFileError as exc:
+                raise RunError(f"{png}: unreadable mask ({exc})") from exc
+        results = self._coco_results().get(method)
+        if results is not None and image_id in results.image_ids:
+            try:
+                return results.mask(image_id)
+            except ValueError as exc:
+                raise RunError(f"{self.path / 'masks'}: the COCO RLE mask of {image_id} is broken ({exc})") from exc
+        return None
+
+    # ---------------------------------------------------------------------------------- image and label
+    def dataset_object(self) -> Any:
+        """The run's dataset, built from ``metrics.json["config"]`` (every id, no limit or shard)."""
+        if self._dataset is None:
+            node = ((self.metrics.get("config") or {}).get("dataset") or {}).get("dataset")
+            if not isinstance(node, dict) or "_target_" not in node:
+                raise RunError(f"{self.path / METRICS_FILE}: no dataset config recorded, so the images cannot be "
+                               "found")
+            node = {**node, "limit": None, "shard": None}
+            try:
+                self._dataset = build(OmegaConf.create(node))
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise RunError(f"the images of {self.path} are not available: {exc} (start the explorer from "
+                               "the folder the run was started in, or prepare the dataset)") from exc
+        return self._dataset
+
+    def image_and_label(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(uint8 (S, S, 3) image, int64 (S, S) label)`` as the run evaluated them (-1 = ignored pixels)."""
+        dataset = self.dataset_object()
+        if image_id not in set(getattr(dataset, "all_ids", dataset.ids)):
+            raise RunError(f"image {image_id} is not in the dataset at {getattr(dataset, 'root', '?')}")
+        saved = dataset.ids
+        try:
+            dataset.ids = [image_id]
+            image, label, _ = dataset[0]
+        except (OSError, ValueError) as exc:
+            raise RunError(f"image {image_id} of {getattr(dataset, 'root', '?')} cannot be read: {exc}") from exc
+        finally:
+            dataset.ids = saved
+        label = label.numpy()
+        pixels = ((image.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+        if pixels.shape[:2] != label.shape:
+            pixels = resize_nearest(pixels, label.shape)
+        return pixels, label
+
+
+def matched_colours(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Segment ids relabelled for display: a segment the metric matched to a class takes its id.
+
+    Unmatched segments get ids from ``num_classes`` up, so colours agree with the label's where the
+    per-image Hungarian matching pairs them. ``mask`` is resized (nearest) to the label's shape.
+    """
+    if mask.shape != label.shape:
+        mask = resize_nearest(mask, label.shape)
+    categories = matched_categories(mask, label, num_classes)
+    lut = {}
+    spare = num_classes
+    for segment in sorted(categories):
+        cls = categories[segment]
+        hit = cls is not None and bool(((mask == segment) & (label == cls)).any())
+        if hit:
+            lut[segment] = cls
+        else:
+            lut[segment] = spare
+            spare += 1
+    out = np.zeros_like(mask, dtype=np.int64)
+    for segment, value in lut.items():
+        out[mask == segment] = value
+    return out
+
+
+def compare_runs(a: RunFolder, b: RunFolder) -> tuple[pd.DataFrame, str]:
+    """Per-image mIoU of the methods both runs have, on the images both evaluated, sorted by B - A.
+
+    Returns the table (columns image, method, A, B, B - A; the largest drops first) and a note
+    on what it covers. Raises :class:`RunError` for runs of different datasets or with no method
+    or image in common.
+    """
+    if a.dataset != b.dataset:
+        raise RunError(f"{a.path} is a {a.dataset} run and {b.path} a {b.dataset} run: per-image differences "
+                       "need runs of one dataset")
+    methods = [m for m in a.methods if m in b.methods]
+    if not methods:
+        raise RunError(f"{a.path} ({', '.join(a.methods)}) and {b.path} ({', '.join(b.methods)}) have no method "
+                       "in common")
+    ids = sorted(set(a.ids) & set(b.ids))
+    if not ids:
+        raise RunError(f"{a.path} and {b.path} evaluated no image in common")
+    rows = []
+    for method in methods:
+        va, vb = per_image_miou(a.stats(method, ids)), per_image_miou(b.stats(method, ids))
+        for image_id, x, y in zip(ids, va, vb, strict=True):
+            rows.append({IMAGE_COLUMN: image_id, "method": method, f"A: {a.name}": round(float(x), 1),
+                         f"B: {b.name}": round(float(y), 1), "B - A": round(float(y - x), 1)})
+    frame = pd.DataFrame(rows).sort_values(["B - A", "method", IMAGE_COLUMN], na_position="last", kind="stable")
+    note = f"{len(ids)} images evaluated by both runs, methods {', '.join(methods)}"
+    dropped = len(set(a.ids) ^ set(b.ids))
+    if dropped:
+        note += f" ({dropped} images evaluated by only one run left out)"
+    return frame.reset_index(drop=True), note
