@@ -22,6 +22,7 @@ from diffseg.devices import resolve_dtype
 from eval.build import build
 from eval.cache import AttentionCache, input_key
 from eval.methods import FeaturePass, Method, weights_key
+from eval.protocols import protocol_settings
 
 __all__ = ["BackbonePasses", "segment_batch"]
 
@@ -48,6 +49,9 @@ class BackbonePasses:
             "device": device.type,  # CPU and CUDA kernels round differently
             "batch_size": int(cfg.batch_size),  # the UNet's floats depend on the batch (about 1e-6)
         }
+        geometry = protocol_settings(cfg).get("geometry")
+        if geometry is not None:  # another protocol's crop gives other attention (key unchanged under diffseg)
+            setting["geometry"] = geometry
         self.cache = AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
 
     def load(self):
