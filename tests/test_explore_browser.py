@@ -57,6 +57,18 @@ def browser():
         chrome.close()
 
 
+@pytest.fixture(autouse=True)
+def _telemetry_flag_restored():
+    """Gradio's server sets HF_HUB_DISABLE_TELEMETRY in the process environment; put it back as it was."""
+    key = "HF_HUB_DISABLE_TELEMETRY"
+    before = os.environ.get(key)
+    yield
+    if before is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = before
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
