@@ -382,6 +382,8 @@ def test_prepare_coco_end_to_end(prepare, server, tmp_path, monkeypatch, capsys)
 def test_prepare_coco_bad_checksum_exits_2(prepare, server, tmp_path, monkeypatch, capsys):
     _listed, blobs = _fake_coco_archives(tmp_path, server)
     _pin(monkeypatch, "coco_stuff27_list", url=f"{server.base}/list.txt", sha256="0" * 64, size=None)
+    _pin(monkeypatch, "coco_val2017", url=f"{server.base}/val2017.zip")  # every host is probed before any fetch
+    _pin(monkeypatch, "cocostuff_stuffthingmaps", url=f"{server.base}/maps.zip")
     code = prepare.main(["--quiet", "coco", "--root", str(tmp_path / "r"), "--downloads", str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert code == 2 and "checksum mismatch" in err and "0" * 64 in err
@@ -394,9 +396,12 @@ def test_prepare_coco_without_network_exits_2(prepare, tmp_path, monkeypatch, ca
     monkeypatch.setattr(dl.time, "sleep", lambda _s: None)
     code = prepare.main(["--quiet", "coco", "--root", str(tmp_path / "r"), "--downloads", str(tmp_path / "d")])
     err = capsys.readouterr().err
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "could not fetch Coco164kFull_Stuff_Coarse_7.txt" in err and url in err
+    assert code == 2 and "Traceback" not in err
+    # Every host is probed before anything is fetched: every file the step needs is named, no folder made.
+    assert "cannot reach 127.0.0.1" in err and url in err
+    for name in ("Coco164kFull_Stuff_Coarse_7.txt", "val2017.zip", "stuffthingmaps_trainval2017.zip"):
+        assert name in err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
 
 
 def test_prepare_cityscapes_missing_zips(prepare, tmp_path, capsys):
