@@ -17,7 +17,6 @@ protocol's scoring rules (the geometry of the source run stays, and is named).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,7 +32,6 @@ __all__ = [
     "ProtocolError",
     "apply_protocol",
     "geometry_differences",
-    "protocol_key",
     "protocol_settings",
     "torchvision_center_crop",
 ]
@@ -136,19 +134,6 @@ def apply_protocol(cfg: DictConfig, dataset: Any) -> str:
             f"dataset.size={cfg.dataset.size}; change protocol.size (dataset.size follows it), not dataset.size")
     dataset.geometry = geometry
     return name
-
-
-def protocol_key(run: Mapping[str, Any]) -> str:
-    """The protocol a metrics.json's numbers were produced under, as tables group them.
-
-    ``"diffseg"`` or ``"diffcut"`` for a run made under that protocol (runs from before
-    protocols were recorded count as ``diffseg``); a re-scored run (:mod:`eval.rescore`)
-    whose geometry is another protocol's reads ``"diffcut scoring, diffseg geometry"``.
-    """
-    info = run.get("run") or {}
-    name = str(info.get("protocol") or "diffseg")
-    geometry = str(info.get("geometry") or name)
-    return name if geometry == name else f"{name} scoring, {geometry} geometry"
 
 
 def geometry_differences(source: str, target: str) -> list[str]:

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_PROTOCOL",
     "banner",
     "build_provenance",
+    "protocol_key",
     "images_note",
     "load_protocol",
     "method_label",
@@ -223,3 +224,16 @@ def images_note(run: Mapping[str, Any]) -> str | None:
     if images.get("skipped"):
         text += f", {images['skipped']} skipped"
     return text
+
+
+def protocol_key(run: Mapping[str, Any]) -> str:
+    """The protocol a metrics.json's numbers were produced under, as tables group them.
+
+    ``"diffseg"`` or ``"diffcut"`` for a run made under that protocol (runs from before
+    protocols were recorded count as ``diffseg``); a re-scored run (:mod:`eval.rescore`)
+    whose geometry is another protocol's reads ``"diffcut scoring, diffseg geometry"``.
+    """
+    info = run.get("run") or {}
+    name = str(info.get("protocol") or "diffseg")
+    geometry = str(info.get("geometry") or name)
+    return name if geometry == name else f"{name} scoring, {geometry} geometry"

@@ -36,8 +36,7 @@ from eval.atomic import write_text_atomic
 from eval.compare import load_intervals
 from eval.data.classes import DATASET_TITLES
 from eval.ledger import Claim, claims_for, load_ledger, render_claims
-from eval.protocols import protocol_key
-from eval.provenance import banner, images_note, method_label
+from eval.provenance import banner, images_note, method_label, protocol_key
 from eval.stats.report import na_text
 
 MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "protocol", "claims", "notes"]
@@ -97,7 +96,7 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
                compare_dir: str | os.PathLike | None = None, protocol: str = "diffseg") -> pd.DataFrame:
     """Main table of ``dataset`` under ``protocol``: rows = methods of the runs without an ablation.
 
-    Only runs made under ``protocol`` (:func:`eval.protocols.protocol_key`) are rows.
+    Only runs made under ``protocol`` (:func:`eval.provenance.protocol_key`) are rows.
     Columns: ACC, mIoU, segments/img, images (unrounded, NaN where unknown), protocol,
     claims (the ledger's claims for the row's method, dataset and protocol, with ours minus
     each, :func:`eval.ledger.render_claims`) and notes (partial data, skipped images).
