@@ -28,12 +28,6 @@ def _set_tf32(state: tuple[bool, bool, str]) -> None:
     torch.set_float32_matmul_precision(state[2])
 
 
-# Set by libraries themselves, once per process, on first use (whichever test comes first in a random
-# order): torch's inductor caches its cache folder here, Gradio's server turns hub telemetry off.
-# Restored after each test like any other variable, but not blamed on the test.
-LIBRARY_SET = frozenset({"TORCHINDUCTOR_CACHE_DIR", "HF_HUB_DISABLE_TELEMETRY"})
-
-
 def _environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own, per phase
 
@@ -46,8 +40,7 @@ def process_state_unchanged():
     now = _environment()
     if now != env:
         changed = sorted(k for k in env.keys() | now.keys() if env.get(k) != now.get(k))
-        if set(changed) - LIBRARY_SET:
-            leaks.append(f"environment variables {changed}")
+        leaks.append(f"environment variables {changed}")
         for key in now.keys() - env.keys():
             del os.environ[key]
         os.environ.update(env)

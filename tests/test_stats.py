@@ -162,21 +162,30 @@ def test_analysis_modules_import_no_model_code():
     assert loaded == "[]", out.stdout
 
 
-def test_kmeans_c_seed_spread_over_three_seeds_is_reported(tmp_path):
-    """`-m seed=0,1,2` as three folders: compare groups them into one K-Means-C with its seed spread."""
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory) -> list[Path]:
+    """`-m seed=0,1,2` as three run folders of K-Means-C on the same synthetic images (module scope, as the
+    runner tests: the runner's first torch imports set process-wide defaults outside any one test)."""
     from hydra_compose import compose_eval
 
     from eval.data.synthetic import write_synthetic_coco_stuff
     from eval.run import evaluate
 
-    root = tmp_path / "coco"
+    tmp = tmp_path_factory.mktemp("seeds")
+    root = tmp / "coco"
     write_synthetic_coco_stuff(root, num_images=3, seed=3)
     folders = []
     for seed in (0, 1, 2):
-        folders.append(tmp_path / f"seed{seed}")
+        folders.append(tmp / f"seed{seed}")
         evaluate(compose_eval(["experiment=coco_stuff27_kmeans_c", "model=tiny", "dataset.size=128", "batch_size=2",
                                "num_workers=0", "progress=false", "device=cpu", "methods.kmeans_c.segmenter.n_init=1",
                                f"dataset.root={root}", f"paths.output_dir={folders[-1]}", f"seed={seed}"]))
+    return folders
+
+
+def test_kmeans_c_seed_spread_over_three_seeds_is_reported(seed_runs, tmp_path):
+    """compare groups the three seed folders into one K-Means-C with its seed spread."""
+    folders = seed_runs
     settings = [json.loads((f / "run.json").read_text())["settings"]["methods"]["kmeans_c"] for f in folders]
     assert [s["segmenter"]["seed"] for s in settings] == [0, 1, 2]
     result = compare_runs(folders, tmp_path / "cmp", resamples=50, permutations=50, min_images=1, min_class_images=1)
