@@ -125,10 +125,10 @@ def make_backbone(tiny: bool, dtype: torch.dtype, device: torch.device, attentio
     weights up to rounding.
     """
     if tiny:
-        from diffseg.tiny import tiny_backbone
+        from diffseg.testing.tiny import tiny_backbone
 
         return tiny_backbone(seed=0, dtype=dtype, device=device, attention_scale=attention_scale)
-    from diffseg.tiny import build_sd1_components
+    from diffseg.testing.tiny import build_sd1_components
 
     parts = build_sd1_components(seed=0, dtype=torch.float32, device=device)
     return StableDiffusionBackbone.from_components(*parts, dtype=dtype, device=device, name="sd1-random")

@@ -34,7 +34,7 @@ from diffseg.capture import (
     choose_head_chunk,
 )
 from diffseg.families import UnsupportedModelError, detect_family, self_attention_layout
-from diffseg.tiny import (
+from diffseg.testing.tiny import (
     build_tiny_family,
     save_tiny_pretrained,
     save_tiny_single_file,

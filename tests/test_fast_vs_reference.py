@@ -36,7 +36,7 @@ import pytest
 import torch
 
 from diffseg import DiffSeg, aggregate_attention, anchor_grid
-from diffseg.tiny import tiny_backbone
+from diffseg.testing.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import build_loader
 from eval.data.synthetic import write_synthetic_coco_stuff
