@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m eval.bench $(BENCH_ARGS)
-	$(PY) -m eval.bench_diffcut
+	$(PY) -m eval.bench.diffcut
 
 demo: $(STAMP)
 	$(PY) -m eval.demo

@@ -28,7 +28,7 @@ from diffseg.diffcut import (
 from diffseg.pamr import median_filter_3x3, neighbour_offsets, pamr, refine_masks
 from diffseg.testing.features import clustered_features
 from diffseg.testing.tiny import tiny_text_config, tiny_unet_config
-from eval.naive_diffcut import naive_diffcut
+from eval.bench.baselines.naive_diffcut import naive_diffcut
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Speed of DiffCut's clustering against the release-style port: ``python -m eval.bench_diffcut``.
+"""Speed of DiffCut's clustering against the release-style port: ``python -m eval.bench.diffcut``.
 
 Both sides get the same features: synthetic, well-separated clustered maps shaped like SSD-1B's
 DiffCut features (32 x 32 locations, 1280 channels;
@@ -6,13 +6,13 @@ DiffCut features (32 x 32 locations, 1280 channels;
 
 * fast: :class:`diffseg.DiffCut` (tau 0.5, alpha 10, mask 128; Lanczos Fiedler vectors, one matrix
   product for all thresholds, per-node submatrices), one image per call;
-* baseline: :func:`eval.naive_diffcut.naive_diffcut`, the release's procedure as it runs (float32
+* baseline: :func:`eval.bench.baselines.naive_diffcut.naive_diffcut`, the release's procedure as it runs (float32
   dense ``eigh`` per node, a Python loop over the 100 thresholds, full-size affinity copies).
 
 Both produce the (128, 128) cluster map of every image; the masks must be identical (checked,
-reported). Times are wall-clock seconds (CUDA synchronised), each side warmed up once first (the
-baseline on a small input). Output: a table on stdout; ``--out FILE`` also writes the numbers as JSON (refuses to
-overwrite an existing file).
+reported). Times are seconds measured by :class:`torch.utils.benchmark.Timer` (accelerator
+synchronised; :func:`eval.bench.timing.timed`), each after one untimed warm-up run. Output: a table on
+stdout; ``--out FILE`` also writes the numbers as JSON (refuses to overwrite an existing file).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from diffseg import DiffCut
 from diffseg.devices import resolve_device
 from diffseg.testing.features import clustered_features
 from eval.atomic import write_json_atomic
-from eval.bench import device_info, timed
-from eval.naive_diffcut import naive_diffcut
+from eval.bench.baselines.naive_diffcut import naive_diffcut
+from eval.bench.timing import device_info, timed
 from eval.run import versions
 
 __all__ = ["main", "run_bench"]
@@ -46,14 +46,12 @@ def run_bench(
     """Time both implementations on ``images`` feature maps; returns per-image seconds, medians, ratio, equality."""
     dev = resolve_device(device)
     fast = DiffCut(tau=0.5, alpha=10, mask_size=128)
-    fast(clustered_features(side, clusters, channels, seed=99)[0].to(dev))  # warm-ups (the baseline's
-    naive_diffcut(clustered_features(8, 2, channels, seed=99)[0][0].to(dev))  # on a small input: it is slow)
     rows = []
     for seed in range(images):
         features, _ = clustered_features(side, clusters, channels, seed=seed)
         features = features.to(dev)
-        fast_masks, fast_s = timed(lambda f=features: fast(f)[0], dev)
-        naive_masks, naive_s = timed(lambda f=features: naive_diffcut(f[0]), dev)
+        fast_masks, fast_s = timed(lambda f=features: fast(f)[0])
+        naive_masks, naive_s = timed(lambda f=features: naive_diffcut(f[0]))
         rows.append(
             {
                 "seed": seed,
@@ -105,7 +103,7 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.bench.diffcut", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=3, help="number of synthetic feature maps (default 3)")
     parser.add_argument("--side", type=int, default=32, help="feature map side (32 = SSD-1B at 1024 px)")
     parser.add_argument("--clusters", type=int, default=8)
