@@ -46,7 +46,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m eval.bench $(BENCH_ARGS)
-	$(PY) -m eval.bench_diffcut
+	$(PY) -m eval.bench.diffcut
 	$(PY) -m eval.bench_explore
 
 demo: $(STAMP)

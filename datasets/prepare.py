@@ -34,7 +34,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from eval.atomic import write_json_atomic  # noqa: E402
 from eval.data import ade20k, coco_object, context, voc  # noqa: E402
-from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, SUBSETS, read_id_list  # noqa: E402
+from eval.data.base import read_id_list  # noqa: E402
+from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR, SUBSETS  # noqa: E402
 from eval.data.download import (  # noqa: E402
     PINNED_FILES,
     ChecksumError,
@@ -211,20 +212,11 @@ def prepare_cityscapes(root: Path, zips: Path, verify: bool = True, progress: bo
             print(f"verifying {path} (md5) ...")
             verify_file(path, sha256=pinned.sha256, md5=pinned.md5)
     root.mkdir(parents=True, exist_ok=True)
-    safe_extract_zip(
-        zips / PINNED_FILES["cityscapes_gtfine"].name,
-        root,
-        members_prefix="gtFine/val/",
-        member_filter=lambda name: name.endswith("_gtFine_labelIds.png"),
-        progress=progress,
-    )
-    safe_extract_zip(
-        zips / PINNED_FILES["cityscapes_leftimg8bit"].name,
-        root,
-        members_prefix="leftImg8bit/val/",
-        member_filter=lambda name: name.endswith("_leftImg8bit.png"),
-        progress=progress,
-    )
+    # (pinned zip, the val folder inside it, the files kept from it)
+    for key, prefix, suffix in (("cityscapes_gtfine", "gtFine/val/", "_gtFine_labelIds.png"),
+                                ("cityscapes_leftimg8bit", "leftImg8bit/val/", "_leftImg8bit.png")):
+        safe_extract_zip(zips / PINNED_FILES[key].name, root, members_prefix=prefix,
+                         member_filter=lambda name, suffix=suffix: name.endswith(suffix), progress=progress)
     images, labelled = _cityscapes_counts(root)
     if images != CITYSCAPES_VAL_IMAGES or labelled != images:
         raise PrepareError(

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         segmenter = DiffSeg(kl_threshold=args.kl_threshold, num_points=args.num_points, refine=args.refine,
                             kl_precision=args.kl_precision)
         if args.tiny:
-            from diffseg.tiny import tiny_backbone
+            from diffseg.testing.tiny import tiny_backbone
 
             backbone = tiny_backbone(device=args.device)
             print(RANDOM_WEIGHTS_NOTE)

@@ -6,9 +6,13 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["build"]
+__all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset"]
+
+# Keys of a ``conf/dataset`` node that describe the benchmark (read by the runner, the methods and the
+# tables) rather than construct it; :func:`build_dataset` checks them against the dataset it builds.
+DESCRIPTIVE_KEYS = ("name", "num_classes", "background", "kl_threshold")
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -25,3 +29,22 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         if isinstance(cause, (OSError, ValueError, RuntimeError)):
             raise cause from None
         raise
+
+
+def build_dataset(node: DictConfig) -> Any:
+    """The dataset of a ``conf/dataset`` node: its ``_target_`` called with every key but :data:`DESCRIPTIVE_KEYS`.
+
+    A config saved by an older run (the class in a nested ``dataset:`` block) builds that block.
+    The node's ``num_classes`` and ``background`` must be the dataset's own (a config that disagrees
+    with its dataset class is a ``ValueError`` naming both values).
+    """
+    params = OmegaConf.to_container(node, resolve=True)
+    if "_target_" not in params and isinstance(params.get("dataset"), dict):  # a config saved before the node
+        params = {**{k: params[k] for k in DESCRIPTIVE_KEYS if k in params}, **params["dataset"]}  # was flattened
+    described = {key: params.pop(key) for key in DESCRIPTIVE_KEYS if key in params}
+    dataset = build(OmegaConf.create(params))
+    for key in ("num_classes", "background"):
+        if key in described and getattr(dataset, key, None) != described[key]:
+            raise ValueError(f"conf/dataset/{described.get('name')}.yaml says {key}: {described[key]}, but "
+                             f"{type(dataset).__name__} has {getattr(dataset, key, None)}: correct the config")
+    return dataset

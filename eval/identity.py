@@ -137,11 +137,8 @@ def result_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """Every setting of a composed config that can change a per-image result (plain, resolved)."""
     container = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig)
                  else cfg[key] for key in ("dataset", "model", "aggregation", "methods")}
-    dataset = _without(container["dataset"], _SELECTION_KEYS)
-    if isinstance(dataset.get("dataset"), dict):
-        dataset["dataset"] = _without(dataset["dataset"], _SELECTION_KEYS)
     return {
-        "dataset": dataset,
+        "dataset": _without(container["dataset"], _SELECTION_KEYS),
         "model": _without(container["model"], _SPEED_KEYS),
         "aggregation": container.get("aggregation"),
         "methods": {k: v for k, v in (container.get("methods") or {}).items() if v is not None},
@@ -410,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
 
     from diffseg.devices import resolve_device
-    from eval.build import build
+    from eval.build import build_dataset
     from eval.data.loader import DuplicateIdsError
 
     parser = argparse.ArgumentParser(prog="python -m eval.identity", description=main.__doc__)
@@ -420,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(_package_root() / "conf"), version_base="1.3"):
         cfg = compose("eval", overrides=list(args.overrides))
     try:
-        dataset = build(cfg.dataset.dataset)
+        dataset = build_dataset(cfg.dataset)
     except (FileNotFoundError, DuplicateIdsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from eval.build import build
+from eval.build import build_dataset
 from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, versions
 from eval.mask_files import load_saved_masks, read_saved_mask
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
@@ -73,7 +73,7 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     cfg = OmegaConf.create(source["config"])
     if data_root is not None:
         cfg.dataset.root = data_root
-    dataset = build(cfg.dataset.dataset)
+    dataset = build_dataset(cfg.dataset)
     source_protocol = apply_protocol(cfg, dataset)  # the masks were made at the source run's geometry
     info = dict(source.get("run") or {})
     source_geometry = str(info.get("geometry") or source_protocol)

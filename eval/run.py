@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
 from diffseg.preprocess import LabelFormatError
-from eval.build import build
+from eval.build import build_dataset
 from eval.data.loader import DuplicateIdsError, build_loader
 from eval.distributed import Dist, export_slurm_env, init_from_env, split
 from eval.figures import QualitativeSamples
@@ -231,7 +231,7 @@ def _new_record(image_id: str, identity: RunIdentity, cfg: DictConfig, dataset: 
 def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -> dict[str, Any]:
     num_classes = int(cfg.dataset.num_classes)
     methods = build_methods(cfg)
-    dataset = build(cfg.dataset.dataset)
+    dataset = build_dataset(cfg.dataset)
     protocol = apply_protocol(cfg, dataset)
     masks_out = MaskWriter(out_dir, mask_format(cfg.save_masks), num_classes, cfg.dataset.get("background"),
                            protocol, part=f".rank{ctx.rank}" if ctx.active else "")

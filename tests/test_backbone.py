@@ -8,7 +8,7 @@ from diffusers import UNet2DConditionModel
 
 from diffseg.backbone import BackboneLoadError, StableDiffusionBackbone
 from diffseg.capture import self_attention_layer_names
-from diffseg.tiny import (
+from diffseg.testing.tiny import (
     build_tiny_components,
     save_tiny_pretrained,
     sd1_unet_config,

@@ -34,7 +34,7 @@ from diffseg.capture import (
     choose_head_chunk,
 )
 from diffseg.families import UnsupportedModelError, detect_family, self_attention_layout
-from diffseg.tiny import (
+from diffseg.testing.tiny import (
     build_tiny_family,
     save_tiny_pretrained,
     save_tiny_single_file,
@@ -407,8 +407,8 @@ def test_model_configs_set_the_input_size_not_the_label_size(model, name, size, 
     cfg = compose_eval([f"experiment={dataset}", f"model={model}", f"paths.output_dir={tmp_path}"])
     assert cfg.model.name == name and cfg.model.size == size
     assert cfg.model.backbone.model_id == name and cfg.model.backbone.input_size == size
-    assert cfg.dataset.dataset.image_size == size
-    assert cfg.dataset.size == cfg.dataset.dataset.size == 512
+    assert cfg.dataset.image_size == size
+    assert cfg.dataset.size == 512
     assert cfg.methods.diffseg.segmenter.output_size == cfg.methods.kmeans_c.segmenter.output_size == 512
 
 
@@ -419,7 +419,7 @@ def test_ablation_backbone_sweeps_every_backbone(tmp_path):
     assert [k for k, v in cfg.methods.items() if v is not None] == ["diffseg", "kmeans_c", "kmeans_s"]
     job = compose_eval(["experiment=ablation_backbone", "model=vega", f"paths.output_dir={tmp_path}"])
     assert job.ablation.param == "backbone" and job.ablation.value == "segmind/Segmind-Vega"
-    assert job.dataset.dataset.image_size == 1024 and job.dataset.size == 512
+    assert job.dataset.image_size == 1024 and job.dataset.size == 512
 
 
 def test_runner_end_to_end_on_a_tiny_sdxl_folder(folders, tmp_path):
@@ -443,7 +443,7 @@ def test_runner_end_to_end_on_a_tiny_sdxl_folder(folders, tmp_path):
         masks = sorted((tmp_path / "out" / "masks" / name).glob("*.png"))
         assert len(masks) == 2
         assert all(np.array(Image.open(m)).shape == (64, 64) for m in masks)
-    assert result["config"]["dataset"]["dataset"]["image_size"] == 256
+    assert result["config"]["dataset"]["image_size"] == 256
     assert result["config"]["model"]["backbone"]["input_size"] == 256
 
 

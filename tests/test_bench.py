@@ -1,4 +1,4 @@
-"""The benchmark (eval/bench.py and its eval/bench_* pieces): where reports go, what they call
+"""The benchmark (eval/bench/pipeline.py and its eval/bench_* pieces): where reports go, what they call
 measured, and the mask comparison of the backbone precision check."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval import bench
-from eval.bench_postprocessing import postprocessing_headline
-from eval.bench_precision import matched_pixel_changes, summarise_changes
-from eval.bench_report import (
+from eval.bench import pipeline as bench
+from eval.bench.postprocessing import postprocessing_headline
+from eval.bench.precision import matched_pixel_changes, summarise_changes
+from eval.bench.report import (
     DEFAULT_OUT_DIR,
     E2E_SUM,
     MEASURED,
@@ -24,6 +24,7 @@ from eval.bench_report import (
     render_markdown,
     render_table,
 )
+from eval.bench.timing import timed
 
 REPO = Path(__file__).resolve().parents[1]
 KIND = "cuda" if torch.cuda.is_available() else "cpu"
@@ -272,3 +273,17 @@ def test_make_bench_writes_no_committed_file():
     recipe = lines[lines.index("bench: $(STAMP)") + 1]
     assert recipe.strip() == "$(PY) -m eval.bench $(BENCH_ARGS)"  # default output: a new file under outputs/
     assert bench.parse_args([]).out is None
+
+
+def test_timed_runs_through_the_benchmark_timer_after_one_warm_up():
+    calls = []
+    threads = torch.get_num_threads()
+
+    def work():
+        calls.append(torch.get_num_threads())
+        return len(calls)
+
+    result, seconds = timed(work, repeats=3)
+    assert calls == [threads] * 6  # per repeat: one untimed warm-up run and one timed run, the caller's threads
+    assert result == 6 and 0 < seconds < 5
+    assert torch.get_num_threads() == threads

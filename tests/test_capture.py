@@ -13,7 +13,7 @@ from diffseg.capture import (
     capture_self_attention_reference,
     self_attention_layer_names,
 )
-from diffseg.tiny import build_tiny_components, tiny_text_config
+from diffseg.testing.tiny import build_tiny_components, tiny_text_config
 
 SIDES = (64, 32, 16, 8)
 LAYERS_PER_SIDE = {64: 5, 32: 5, 16: 5, 8: 1}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eval.compare import ImageStats, analyse, compare_runs, load_intervals, main
-from eval.data.classes import COCO_STUFF27_CLASSES
+from eval.data.coco_stuff import COCO_STUFF27_CLASSES
 from eval.metrics import scores
 from eval.records import RunRecords, accumulate, method_scores, write_metrics
 

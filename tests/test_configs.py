@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.utils import instantiate
-from hydra_compose import EXPERIMENTS, compose_eval
+from hydra_compose import CONF_DIR, EXPERIMENTS, compose_eval
 from omegaconf import OmegaConf
 
 from diffseg import DiffCut, DiffSeg, KMeansSegmenter
@@ -19,7 +19,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     assert methods and len({m.name for m in methods}) == len(methods)
     for m in methods:
         assert isinstance(m.segmenter, (DiffSeg, KMeansSegmenter, DiffCut))
-    assert cfg.dataset.dataset._target_.startswith("eval.data.")
+    assert cfg.dataset._target_.startswith("eval.data.")
     assert cfg.model.backbone._target_.startswith("diffseg.")
 
 
@@ -89,3 +89,50 @@ def test_paper_experiments_run_the_backbone_in_float32_with_tf32_off(tmp_path):
     assert resolve_dtype("float16") is torch.float16
     with pytest.raises(ValueError, match="model.dtype"):
         resolve_dtype("auto")
+
+
+GROUPS = ("dataset", "model", "method", "methods", "aggregation", "cache")
+GROUP_OPTIONS = sorted((p.parent.name, p.stem) for group in GROUPS for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_group_option_composes(group, option, tmp_path):
+    override = f"+method@methods.extra={option}" if group == "method" else f"{group}={option}"
+    cfg = compose_eval([override, f"paths.output_dir={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    if (group, option) == ("methods", "none"):
+        with pytest.raises(ValueError, match="no method configured"):  # experiments add their own to it
+            build_methods(cfg)
+    elif group == "methods":
+        assert all(isinstance(m.segmenter, (DiffSeg, KMeansSegmenter)) for m in build_methods(cfg))
+    elif group == "method":
+        assert "extra" in [key for key, node in cfg.methods.items() if node is not None]
+    elif group in ("dataset", "model"):
+        assert cfg[group]._target_.startswith("eval.data.") if group == "dataset" else cfg.model.backbone._target_
+
+
+def test_methods_group_picks_the_rows(tmp_path):
+    def names(*overrides):
+        return [m.name for m in build_methods(compose_eval([*overrides, f"paths.output_dir={tmp_path}"]))]
+
+    assert names() == ["DiffSeg", "DiffSeg-fp32", "K-Means-C", "K-Means-S"]  # methods=paper, the default
+    assert names("methods=diffseg_only") == ["DiffSeg"]
+    assert names("methods=diffseg_kmeans") == ["DiffSeg", "K-Means-C", "K-Means-S"]
+    assert names("methods=none", "+method@methods.mine=kmeans_c") == ["K-Means-C"]
+    fp32 = build_methods(compose_eval(["experiment=ablation_kl_threshold_fp32", f"paths.output_dir={tmp_path}"]))
+    assert [m.name for m in fp32][0] == "DiffSeg-fp32@kl=0.5"
+    assert {m.segmenter.kl_precision for m in fp32} == {"float32"} and fp32[0].ablation["method"] == "DiffSeg-fp32"
+
+
+def test_dataset_config_that_disagrees_with_its_class_is_refused(tmp_path):
+    from eval.build import build_dataset
+    from eval.data.synthetic import write_synthetic_voc
+
+    ids = write_synthetic_voc(tmp_path / "voc", num_images=2, seed=0, size_range=(32, 48))
+    cfg = compose_eval(["dataset=voc21", f"dataset.root={tmp_path / 'voc'}", "dataset.size=16",
+                        f"paths.output_dir={tmp_path}"])
+    dataset = build_dataset(cfg.dataset)
+    assert dataset.ids == ids and dataset.num_classes == 21 and dataset.image_size == 512
+    with pytest.raises(ValueError, match="num_classes: 20"):
+        build_dataset(compose_eval(["dataset=voc21", f"dataset.root={tmp_path / 'voc'}", "dataset.num_classes=20",
+                                    f"paths.output_dir={tmp_path}"]).dataset)

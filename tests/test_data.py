@@ -9,16 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.data.cityscapes import Cityscapes27
-from eval.data.classes import (
-    CITYSCAPES27_CLASSES,
+from eval.data.base import contiguous_lut, read_id_list
+from eval.data.cityscapes import CITYSCAPES27_CLASSES, Cityscapes27
+from eval.data.coco_stuff import (
     COCO_STUFF27_CLASSES,
     COCO_STUFF_FINE_CLASSES,
     COCO_STUFF_FINE_NAMES,
-    cityscapes_label_id_lut,
+    CocoStuff27,
     coco_stuff_fine_to_coarse_lut,
 )
-from eval.data.coco_stuff import CocoStuff27, read_id_list
 from eval.data.loader import (
     Batch,
     DatasetNotFoundError,
@@ -104,7 +103,7 @@ def test_coco_lut_shape_and_ignore():
 
 
 def test_cityscapes_lut():
-    lut = cityscapes_label_id_lut()
+    lut = contiguous_lut(27, first=7)
     assert lut.dtype == np.int64 and lut.shape == (256,)
     assert len(CITYSCAPES27_CLASSES) == 27
     assert (lut[:7] == -1).all() and (lut[34:] == -1).all()
@@ -198,7 +197,7 @@ def test_cityscapes_dataset_items(city_root):
     ds = Cityscapes27(city_root, size=SIZE)
     assert len(ds) == 4
     assert ds.ids == sorted(ds.ids)
-    lut = cityscapes_label_id_lut()
+    lut = contiguous_lut(27, first=7)
     for k in range(len(ds)):
         image, label, image_id = ds[k]
         city = image_id.split("_")[0]

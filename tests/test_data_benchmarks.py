@@ -22,26 +22,26 @@ from test_download import _zip, closed_port_url
 from test_download import server as server  # noqa: F401 (the local HTTP server fixture)
 
 from eval.data import download as dl
-from eval.data.ade20k import Ade20k150
-from eval.data.classes import (
-    ADE20K150_CLASSES,
-    COCO_OBJECT81_CLASSES,
-    CONTEXT60_CLASSES,
-    CONTEXT_DETAIL_IDS,
-    VOC21_CLASSES,
-    ade20k_lut,
-    coco_stuffthing_to_object_lut,
-    voc_lut,
-)
+from eval.data.ade20k import ADE20K150_CLASSES, Ade20k150
+from eval.data.base import contiguous_lut
 from eval.data.coco_object import (
+    COCO_OBJECT81_CLASSES,
     INSTANCE_LABEL_DIR,
     CocoObject81,
     build_instance_labels,
+    coco_stuffthing_to_object_lut,
     instances_label,
     label_agreement,
     load_instances,
 )
-from eval.data.context import Context60, build_context_labels, context_label, load_detail
+from eval.data.context import (
+    CONTEXT60_CLASSES,
+    CONTEXT_DETAIL_IDS,
+    Context60,
+    build_context_labels,
+    context_label,
+    load_detail,
+)
 from eval.data.download import UnsafeArchiveError, safe_extract_tar
 from eval.data.loader import DatasetNotFoundError
 from eval.data.synthetic import (
@@ -51,7 +51,7 @@ from eval.data.synthetic import (
     write_synthetic_context,
     write_synthetic_voc,
 )
-from eval.data.voc import Voc21
+from eval.data.voc import VOC21_CLASSES, Voc21
 from eval.run import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def object_png_table(v):
 
 def test_class_tables():
     assert len(VOC21_CLASSES) == 21 and VOC21_CLASSES[0] == "background" and VOC21_CLASSES[20] == "tvmonitor"
-    lut = voc_lut()
+    lut = contiguous_lut(21)
     assert lut[0] == 0 and lut[20] == 20 and lut[21] == -1 and lut[255] == -1
     assert len(CONTEXT60_CLASSES) == 60 and CONTEXT60_CLASSES[0] == "background"
     # a few Detail ids of the standard 59-class conversion, and where they land
@@ -109,7 +109,7 @@ def test_class_tables():
     assert COCO_OBJECT81_CLASSES[80] == "toothbrush" and "street sign" not in COCO_OBJECT81_CLASSES
     np.testing.assert_array_equal(coco_stuffthing_to_object_lut(), [object_png_table(v) for v in range(256)])
     assert len(ADE20K150_CLASSES) == 150 and ADE20K150_CLASSES[0] == "wall" and ADE20K150_CLASSES[-1] == "flag"
-    np.testing.assert_array_equal(ade20k_lut(), [ade_table(v) for v in range(256)])
+    np.testing.assert_array_equal(contiguous_lut(150, first=1), [ade_table(v) for v in range(256)])
 
 
 # ----------------------------------------------------------------------------- VOC-21 and ADE20K-150

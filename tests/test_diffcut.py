@@ -26,9 +26,9 @@ from diffseg.diffcut import (
     recursive_ncut,
 )
 from diffseg.pamr import median_filter_3x3, neighbour_offsets, pamr, refine_masks
-from diffseg.tiny import tiny_text_config, tiny_unet_config
-from eval.bench_diffcut import clustered_features
-from eval.naive_diffcut import naive_diffcut
+from diffseg.testing.features import clustered_features
+from diffseg.testing.tiny import tiny_text_config, tiny_unet_config
+from eval.bench.baselines.naive_diffcut import naive_diffcut
 
 
 @pytest.fixture(autouse=True)

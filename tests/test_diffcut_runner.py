@@ -11,7 +11,7 @@ from hydra_compose import compose_eval
 from diffseg import DiffCut
 from diffseg.backbone import StableDiffusionBackbone
 from diffseg.masks import read_mask_png
-from diffseg.tiny import tiny_backbone
+from diffseg.testing.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.methods import upsample_ids

@@ -1,9 +1,9 @@
-"""The fast path against the reference path on the tiny model (issue 5); eval/bench.py is tested in test_bench.py.
+"""The fast path against the reference path on the tiny model (issue 5); the bench is tested in test_bench.py.
 
 Fast path: batched capture (``attention_maps``), batched ``aggregate_attention``,
 batched ``DiffSeg`` (float16 and float32), batched confusion histograms.
 Reference path: ``attention_maps(reference=True)`` one image at a time,
-``eval.naive`` (the plain port of the official segmentor), ``match_image``.
+``eval.bench.baselines.naive_diffseg`` (the plain port of the official segmentor), ``match_image``.
 
 Two comparisons:
 
@@ -36,12 +36,12 @@ import pytest
 import torch
 
 from diffseg import DiffSeg, aggregate_attention, anchor_grid
-from diffseg.tiny import tiny_backbone
+from diffseg.testing.tiny import tiny_backbone
+from eval.bench.baselines.naive_diffseg import naive_aggregate, naive_segment
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import build_loader
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.metrics import HungarianSegmentationMetric, match_image, metric_json, scores
-from eval.naive import naive_aggregate, naive_segment
 
 NUM_IMAGES = 2
 THRESHOLD = 1.1
@@ -56,7 +56,7 @@ def run(tmp_path_factory):
 
     Masks are ``LongTensor(B, 512, 512)`` per precision: ``fast`` (fast capture +
     fast post-processing), ``post`` (reference capture + fast post-processing),
-    ``ref`` (reference capture + eval.naive).
+    ``ref`` (reference capture + eval.bench.baselines.naive_diffseg).
     """
     root = tmp_path_factory.mktemp("coco")
     write_synthetic_coco_stuff(root, num_images=NUM_IMAGES, seed=0)

@@ -4,6 +4,7 @@ re-scoring saved masks, and masks saved as COCO results."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from reference_protocols import release_image, release_label_geometry, release_l
 
 from diffseg.masks import read_mask_png
 from eval.coco_results import CocoResults
-from eval.data.classes import coco_stuffthing_to_object_lut, context_lut, voc_lut
+from eval.data.base import contiguous_lut
+from eval.data.coco_object import coco_stuffthing_to_object_lut
 from eval.data.synthetic import write_synthetic_voc
 from eval.data.voc import Voc21
 from eval.identity import RunMismatchError
@@ -45,7 +47,8 @@ def _prediction(rng: np.random.Generator, side: int = 24) -> np.ndarray:
     return np.kron(blocks, np.ones((3, 3), dtype=np.int64))
 
 
-LUTS = {"voc": (voc_lut, 21), "context": (context_lut, 60), "coco_object": (coco_stuffthing_to_object_lut, 81)}
+LUTS = {"voc": (partial(contiguous_lut, 21), 21), "context": (partial(contiguous_lut, 60), 60),
+        "coco_object": (coco_stuffthing_to_object_lut, 81)}
 
 
 @pytest.mark.parametrize("dataset", sorted(LUTS))
@@ -111,7 +114,7 @@ def test_dataset_items_under_diffcuts_geometry(tmp_path):
     for index, image_id in enumerate(ids):
         raw = np.asarray(Image.open(tmp_path / "SegmentationClass" / f"{image_id}.png"))
         image, label, _ = data[index]
-        expected = voc_lut()[release_label_geometry(raw.astype(np.int64), 32, 32)]  # tiny: input = label side
+        expected = contiguous_lut(21)[release_label_geometry(raw.astype(np.int64), 32, 32)]  # tiny: input = label side
         assert np.array_equal(label.numpy(), expected) and image.shape == (3, 32, 32)
         assert torch.equal(data.label(image_id), label)
     bad = compose_eval(["experiment=voc21", "protocol=diffcut", "dataset.size=64", f"dataset.root={tmp_path}"])

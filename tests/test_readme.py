@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
-from diffseg.tiny import tiny_backbone
+from diffseg.testing.tiny import tiny_backbone
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

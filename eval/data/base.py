@@ -1,19 +1,50 @@
-"""Shared item logic of the segmentation datasets (COCO-Stuff-27, Cityscapes)."""
+"""What every benchmark dataset shares: items ``(image, label, image_id)`` of a folder of images
+with per-pixel label files, the label look-up tables and the id lists.
+
+A dataset module (``eval/data/<dataset>.py``) holds one subclass of :class:`LabelledImages` that
+states, as mmsegmentation's dataset classes do, its config ``name``, ``title``, ``classes``,
+``background``, the ``make`` target that prepares a root, where images and labels live
+(``image_dir``/``image_suffix``, ``label_dir``/``label_suffix``), how it finds its ids
+(:meth:`~LabelledImages.find_ids`) and how raw label values map to classes
+(:meth:`~LabelledImages.label_lut`).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
 from eval.data.loader import DatasetNotFoundError, UnreadableItemError, select_ids
 
-__all__ = ["UNKNOWN_LABEL", "LabelledImages"]
+__all__ = ["IGNORE_INDEX", "UNKNOWN_LABEL", "LabelledImages", "contiguous_lut", "make_hint", "read_id_list"]
+
+IGNORE_INDEX = -1
+
+
+def contiguous_lut(count: int, first: int = 0) -> np.ndarray:
+    """Length-256 int64 array: label file values ``first .. first+count-1`` -> classes ``0 .. count-1``,
+    every other value -> -1 (ignore)."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    lut[first : first + count] = np.arange(count)
+    return lut
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Ids of a list file, in file order: one per line, whitespace stripped, blank lines skipped."""
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
+
+
+def make_hint(target: str, variable: str, root: str | os.PathLike, action: str = "download and prepare it") -> str:
+    """How to get a missing root: ``run `make <target>` (or `make <target> <VARIABLE>=<root>`) to <action>``."""
+    return f"run `make {target}` (or `make {target} {variable}={root}`) to {action}"
 
 UNKNOWN_LABEL = -2
 """Label value of a pixel whose file value is neither a class nor an ignore value of the dataset.
@@ -26,37 +57,91 @@ above ``max_unknown_label_fraction``.
 class LabelledImages(Dataset):
     """Items ``(image, label, image_id)`` of a folder of images with per-pixel label files.
 
-    Subclasses set ``root``, ``size``, ``ids`` (the ids to evaluate, in order), ``_lut``
-    (an int64 tensor mapping raw label values 0..255 to class ids, -1 = ignore), optionally
-    ``image_size``, and implement ``image_path(id)`` / ``label_path(id)``. ``ignore_values``
-    are the file values the dataset defines as "not labelled" (255 unless a subclass says
-    otherwise); any other value the LUT does not map to a class is *unknown* (a recoded or
-    corrupt label) and becomes :data:`UNKNOWN_LABEL`. ``colour_map`` (``{(r, g, b): value}``)
-    is set by a dataset whose labels are colour images; without one a colour label is refused
-    (:func:`diffseg.preprocess.load_label`).
-
     * image: float32 (3, image_size, image_size) in [-1, 1] (centre crop + half-pixel bilinear),
       the backbone's input size (``image_size``; None = ``size``);
     * label: int64 (size, size), class ids, -1 = ignore, -2 = unknown value (centre crop +
-      nearest-exact), at the evaluation resolution ``size`` whatever the backbone's input size.
+      nearest-exact), at the evaluation resolution ``size`` whatever the backbone's input size;
+    * image_id: as :meth:`find_ids` lists them.
+
+    Args:
+        root: dataset root (layout in the dataset module's docstring).
+        size: side of the labels (the evaluation resolution), and of the images unless ``image_size``.
+        limit: keep only the first ``limit`` ids (applied before sharding).
+        shard: ``"i/n"`` or ``(i, n)``: keep list positions k with ``k % n == i``.
+        image_size: side of the images given to the backbone (its input size); None = ``size``.
+        **options: the subclass's own settings (its :attr:`options`, e.g. ``split``), set as attributes.
+
+    ``ignore_values`` are the file values the dataset defines as "not labelled" (255 unless a
+    subclass says otherwise); any other value the LUT does not map to a class is *unknown* (a
+    recoded or corrupt label) and becomes :data:`UNKNOWN_LABEL`. ``colour_map`` (``{(r, g, b): value}``)
+    is set by a dataset whose labels are colour images; without one a colour label is refused
+    (:func:`diffseg.preprocess.load_label`).
     """
 
-    root: Path
-    size: int
-    ids: list[str]
-    _lut: torch.Tensor
-    image_size: int | None = None
+    # Stated by each dataset class.
+    name: ClassVar[str]                      # its config, conf/dataset/<name>.yaml
+    title: ClassVar[str]                     # in tables and messages
+    classes: ClassVar[tuple[str, ...]]       # class names in id order
+    num_classes: ClassVar[int]               # len(classes), set for each subclass
+    background: ClassVar[int | None] = None  # class id of the background class, None when there is none
+    first_label_value: ClassVar[int] = 0     # the default label_lut: file values from this one -> 0, 1, ...
+    make_target: ClassVar[str]               # the `make` target that prepares a root
+    root_variable: ClassVar[str]             # the Makefile variable naming the root
+    prepare_action: ClassVar[str] = "download and prepare it"
+    options: ClassVar[dict[str, Any]] = {}   # keyword settings of the class and their defaults
     geometry: Any = None  # another protocol's crop and resize (eval.protocols.apply_protocol); None = the above
     ignore_values: tuple[int, ...] = (255,)
     colour_map: dict[tuple[int, int, int], int] | None = None
+    image_dir: str = ""
+    image_suffix: str = ".jpg"
+    label_dir: str = ""
+    label_suffix: str = ".png"
 
-    def _open_root(self, root: str | os.PathLike, size: int, image_size: int | None, title: str, hint: str) -> None:
-        """Set ``root``, ``size`` and ``image_size``; a missing root names its path and ``hint`` (how to get it)."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "classes" in cls.__dict__:
+            cls.num_classes = len(cls.classes)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        size: int = 512,
+        limit: int | None = None,
+        shard: str | tuple[int, int] | None = None,
+        image_size: int | None = None,
+        **options: Any,
+    ):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown settings {unknown}; it takes {sorted(self.options)}")
+        for key, default in self.options.items():
+            setattr(self, key, options.get(key, default))
         self.root = Path(root)
         self.size = int(size)
         self.image_size = int(image_size) if image_size else None
-        self._hint = hint
-        self._require(self.root, f"{title} root")
+        self._hint = self.prepare_hint()
+        self._require(self.root, f"{self.title} root")
+        self.all_ids = list(self.find_ids())
+        # an id listed twice is refused (eval.data.loader.DuplicateIdsError, naming the list file)
+        source = getattr(self, "list_path", None) or self.root
+        self.ids = select_ids(self.all_ids, limit=limit, shard=shard, source=source)
+        self._lut = torch.from_numpy(self.label_lut())
+        known = self._lut >= 0
+        known[list(self.ignore_values)] = True
+        self._known = known
+
+    def prepare_hint(self) -> str:
+        """How to prepare a missing root (named in every not-found error)."""
+        return make_hint(self.make_target, self.root_variable, self.root, self.prepare_action)
+
+    def find_ids(self) -> Sequence[str]:
+        """Every id of the split, in evaluation order (before ``limit``/``shard``)."""
+        raise NotImplementedError
+
+    def label_lut(self) -> np.ndarray:
+        """Length-256 int64 array: raw label file value -> class id, -1 = ignore (by default
+        :func:`contiguous_lut` of the classes from ``first_label_value``)."""
+        return contiguous_lut(self.num_classes, self.first_label_value)
 
     def _require(self, path: Path, what: str) -> Path:
         """``path`` when it exists; else :class:`DatasetNotFoundError` naming it and how to prepare it."""
@@ -64,18 +149,18 @@ class LabelledImages(Dataset):
             raise DatasetNotFoundError(f"{what} not found: {path}; {self._hint}")
         return path
 
-    def _select(self, all_ids: Sequence[str], limit: int | None, shard, lut) -> None:
-        """Keep the full id list, the ids to evaluate (limit, then shard) and the label map (a numpy LUT).
+    def _listed_ids(self, list_path: Path, what: str) -> list[str]:
+        """The ids of a list file (kept as ``list_path``), which must exist."""
+        self.list_path = self._require(list_path, what)
+        return read_id_list(self.list_path)
 
-        An id listed twice is refused (:class:`eval.data.loader.DuplicateIdsError`, naming the list file).
-        """
-        self.all_ids = list(all_ids)
-        source = getattr(self, "list_path", None) or self.root
-        self.ids = select_ids(self.all_ids, limit=limit, shard=shard, source=source)
-        self._lut = torch.from_numpy(lut)
-        known = self._lut >= 0
-        known[list(self.ignore_values)] = True
-        self._known = known
+    def _glob_ids(self, folder: Path, pattern: str, what: str) -> list[Path]:
+        """The files of ``folder`` matching ``pattern``, sorted; a missing folder or none found is an error."""
+        self._require(folder, what)
+        found = sorted(folder.glob(pattern))
+        if not found:
+            raise DatasetNotFoundError(f"no {pattern.split('/')[-1]} images under {folder}; {self._hint}")
+        return found
 
     @property
     def input_size(self) -> int:
@@ -83,10 +168,12 @@ class LabelledImages(Dataset):
         return int(self.image_size) if self.image_size else int(self.size)
 
     def image_path(self, image_id: str) -> Path:
-        raise NotImplementedError
+        """``<root>/<image_dir>/<id><image_suffix>``."""
+        return self.root / self.image_dir / f"{image_id}{self.image_suffix}"
 
     def label_path(self, image_id: str) -> Path:
-        raise NotImplementedError
+        """``<root>/<label_dir>/<id><label_suffix>``."""
+        return self.root / self.label_dir / f"{image_id}{self.label_suffix}"
 
     def __len__(self) -> int:
         return len(self.ids)

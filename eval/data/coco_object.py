@@ -3,7 +3,7 @@
 The root is the COCO-Stuff-27 root (``make data-coco``), with two label sources:
 
 * ``stuffthingmaps`` (default): ``<root>/annotation_val2017/<id>.png`` mapped by
-  :func:`~eval.data.classes.coco_stuffthing_to_object_lut`: thing ids kept (as 1..80),
+  :func:`coco_stuffthing_to_object_lut`: thing ids kept (as 1..80),
   every stuff id -> background (0), 255 (unlabelled) -> ignore, as DiffCut's release
   maps them (except that DiffCut also turns the unlabelled pixels into background).
 * ``instances``: ``<root>/annotation_object81_instances/<id>.png`` (0 = background,
@@ -30,24 +30,21 @@ import numpy as np
 from tqdm import tqdm
 
 from diffseg.preprocess import load_label
-from eval.data.base import LabelledImages
-from eval.data.classes import (
-    COCO_OBJECT81_CLASSES,
-    COCO_THING_IDS,
-    coco_object_lut,
-    coco_stuffthing_to_object_lut,
-)
+from eval.data.base import IGNORE_INDEX, LabelledImages, contiguous_lut, make_hint
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
-from eval.data.coco_stuff import IMAGE_DIR, LABEL_DIR, subset_ids
+from eval.data.coco_stuff import COCO_STUFF_FINE_CLASSES, IMAGE_DIR, LABEL_DIR, coco_hint, subset_ids
 
 __all__ = [
     "AGREEMENT_FILE",
+    "COCO_OBJECT81_CLASSES",
+    "COCO_THING_IDS",
     "CocoObject81",
     "INSTANCES_FILE",
     "INSTANCE_LABEL_DIR",
     "LABEL_SOURCES",
     "OVERLAP_RULES",
     "build_instance_labels",
+    "coco_stuffthing_to_object_lut",
     "instances_label",
     "label_agreement",
     "load_instances",
@@ -59,14 +56,32 @@ AGREEMENT_FILE = "object81_agreement.json"
 LABEL_SOURCES = ("stuffthingmaps", "instances")
 OVERLAP_RULES = ("smallest_on_top", "file_order")
 
+# COCO category ids (1..90) of the 80 annotated thing classes, in id order.
+_COCO_UNANNOTATED_THING_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91})
+COCO_THING_IDS: tuple[int, ...] = tuple(i for i in range(1, 92) if i not in _COCO_UNANNOTATED_THING_IDS)
+
+COCO_OBJECT81_CLASSES: tuple[str, ...] = ("background",) + tuple(
+    COCO_STUFF_FINE_CLASSES[i - 1][0] for i in COCO_THING_IDS
+)
+
+
+def coco_stuffthing_to_object_lut() -> np.ndarray:
+    """Length-256 int64 array mapping a stuffthingmaps value to a COCO-Object-81 class.
+
+    Thing values (COCO id - 1) -> 1..80 in COCO id order; every stuff value (91..181)
+    -> 0 (background); 255 (unlabelled), the 11 never-annotated thing values and the
+    unused 182..254 -> -1 (ignore).
+    """
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    lut[91:182] = 0
+    for k, coco_id in enumerate(COCO_THING_IDS, start=1):
+        lut[coco_id - 1] = k
+    return lut
+
+assert len(COCO_THING_IDS) == 80 and len(COCO_OBJECT81_CLASSES) == 81
+
 # COCO category id -> COCO-Object-81 class (1..80).
 _THING_TO_CLASS = {cat: k for k, cat in enumerate(COCO_THING_IDS, start=1)}
-
-
-def _make_hint(root: Path, source: str) -> str:
-    if source == "instances":
-        return f"run `make data-coco-object` (or `make data-coco-object COCO_ROOT={root}`) to build it"
-    return f"run `make data-coco` (or `make data-coco COCO_ROOT={root}`) to download and prepare it"
 
 
 # --------------------------------------------------------------------------- labels from the instances
@@ -156,7 +171,7 @@ def label_agreement(root: str | os.PathLike, ids: Sequence[str]) -> dict[str, An
     """
     root = Path(root)
     stuff_lut = coco_stuffthing_to_object_lut()
-    inst_lut = coco_object_lut()
+    inst_lut = contiguous_lut(len(COCO_OBJECT81_CLASSES))
     images = pixels = same = obj = obj_same = ignored = 0
     per_image = []
     for name in ids:
@@ -208,39 +223,30 @@ class CocoObject81(LabelledImages):
             (``subset="all"``: the 5000 val2017 images).
     """
 
+    name = "coco_object81"
+    title = "COCO-Object-81"
     classes = COCO_OBJECT81_CLASSES
-    num_classes = len(COCO_OBJECT81_CLASSES)
     background = 0
+    make_target, root_variable = "data-coco", "COCO_ROOT"
+    options = {"list_file": None, "label_source": "stuffthingmaps", "subset": "curated"}
+    image_dir = IMAGE_DIR
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        size: int = 512,
-        limit: int | None = None,
-        shard: str | tuple[int, int] | None = None,
-        list_file: str | None = None,
-        label_source: str = "stuffthingmaps",
-        image_size: int | None = None,
-        subset: str = "curated",
-    ):
-        if label_source not in LABEL_SOURCES:
-            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
-        self.label_source = label_source
-        self._open_root(root, size, image_size, "COCO-Object root (the COCO-Stuff-27 root)",
-                        _make_hint(Path(root), "coco"))
-        self.subset = subset
-        ids = subset_ids(self, subset, list_file, "COCO")
-        if label_source == "instances":
-            self._hint = _make_hint(self.root, "instances")
+    def prepare_hint(self) -> str:
+        return coco_hint(self.root, self.subset)
+
+    def find_ids(self) -> Sequence[str]:
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
+        ids = subset_ids(self, self.subset, self.list_file, "COCO")
+        if self.label_source == "instances":
+            self._hint = make_hint("data-coco-object", self.root_variable, self.root, "build it")
             self._require(self.root / INSTANCE_LABEL_DIR, "COCO-Object instance labels")
-        lut = coco_object_lut() if label_source == "instances" else coco_stuffthing_to_object_lut()
-        self._select(ids, limit, shard, lut)
+        return ids
 
-    def image_path(self, image_id: str) -> Path:
-        """``<root>/val2017/<id>.jpg``."""
-        return self.root / IMAGE_DIR / f"{image_id}.jpg"
+    def label_lut(self) -> np.ndarray:
+        return contiguous_lut(self.num_classes) if self.label_source == "instances" else coco_stuffthing_to_object_lut()
 
-    def label_path(self, image_id: str) -> Path:
-        """``<root>/annotation_val2017/<id>.png`` or ``<root>/annotation_object81_instances/<id>.png``."""
-        folder = INSTANCE_LABEL_DIR if self.label_source == "instances" else LABEL_DIR
-        return self.root / folder / f"{image_id}.png"
+    @property
+    def label_dir(self) -> str:
+        """``annotation_val2017`` (stuffthingmaps) or ``annotation_object81_instances`` (instances)."""
+        return INSTANCE_LABEL_DIR if self.label_source == "instances" else LABEL_DIR

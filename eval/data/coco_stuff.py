@@ -11,20 +11,38 @@ Layout of a root (the official DiffSeg release's; ``make data-coco`` builds it):
 ``subset`` chooses the image set: ``curated`` (default, the 2175 images DiffSeg, DiffCut and
 most papers report) or ``all`` (the 5000 val2017 images, as later papers such as Seg4Diff and
 EmerDiff evaluate).
+
+Classes: the 182 COCO-Stuff classes (file value = COCO id - 1, 255 = unlabelled) grouped into
+27 coarse classes = the 12 COCO thing supercategories followed by the 15 COCO-Stuff stuff
+supercategories.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Sequence
 
-from eval.data.base import LabelledImages
-from eval.data.classes import COCO_STUFF27_CLASSES, coco_stuff_fine_to_coarse_lut
+import numpy as np
+
+from eval.data.base import IGNORE_INDEX, LabelledImages, make_hint, read_id_list
 from eval.data.loader import DatasetNotFoundError
 from eval.identity import SYNTHETIC_MARKER
 
-__all__ = ["ALL_LIST_FILE", "DEFAULT_LIST_FILE", "SUBSETS", "VAL2017_IMAGES", "CocoStuff27", "read_id_list",
-           "subset_ids"]
+__all__ = [
+    "ALL_LIST_FILE",
+    "COCO_STUFF27_CLASSES",
+    "COCO_STUFF_FINE_CLASSES",
+    "COCO_STUFF_FINE_NAMES",
+    "COCO_STUFF_FINE_TO_COARSE",
+    "COCO_STUFF_UNLABELLED",
+    "DEFAULT_LIST_FILE",
+    "SUBSETS",
+    "VAL2017_IMAGES",
+    "CocoStuff27",
+    "coco_hint",
+    "coco_stuff_fine_to_coarse_lut",
+    "subset_ids",
+]
 
 DEFAULT_LIST_FILE = "Coco164kFull_Stuff_Coarse_7.txt"
 ALL_LIST_FILE = "val2017_all.txt"
@@ -32,17 +50,252 @@ SUBSETS = {"curated": DEFAULT_LIST_FILE, "all": ALL_LIST_FILE}
 VAL2017_IMAGES = 5000
 IMAGE_DIR = "val2017"
 LABEL_DIR = "annotation_val2017"
+COCO_STUFF_UNLABELLED = 255
+
+# 12 thing supercategories (0..11), then 15 stuff supercategories (12..26).
+COCO_STUFF27_CLASSES: tuple[str, ...] = (
+    "electronic",
+    "appliance",
+    "food",
+    "furniture",
+    "indoor",
+    "kitchen",
+    "accessory",
+    "animal",
+    "outdoor",
+    "person",
+    "sports",
+    "vehicle",
+    "ceiling",
+    "floor",
+    "food-stuff",
+    "furniture-stuff",
+    "rawmaterial",
+    "textile",
+    "wall",
+    "window",
+    "building",
+    "ground",
+    "plant",
+    "sky",
+    "solid",
+    "structural",
+    "water",
+)
+
+# (fine name, coarse name) in file-value order: index = COCO(-Stuff) id - 1.
+# 0..90 are the 91 COCO thing ids (11 of them never annotated: street sign, hat, shoe,
+# eye glasses, plate, mirror, window, desk, door, blender, hair brush), 91..181 stuff.
+COCO_STUFF_FINE_CLASSES: tuple[tuple[str, str], ...] = (
+    ("person", "person"),
+    ("bicycle", "vehicle"),
+    ("car", "vehicle"),
+    ("motorcycle", "vehicle"),
+    ("airplane", "vehicle"),
+    ("bus", "vehicle"),
+    ("train", "vehicle"),
+    ("truck", "vehicle"),
+    ("boat", "vehicle"),
+    ("traffic light", "outdoor"),
+    ("fire hydrant", "outdoor"),
+    ("street sign", "outdoor"),
+    ("stop sign", "outdoor"),
+    ("parking meter", "outdoor"),
+    ("bench", "outdoor"),
+    ("bird", "animal"),
+    ("cat", "animal"),
+    ("dog", "animal"),
+    ("horse", "animal"),
+    ("sheep", "animal"),
+    ("cow", "animal"),
+    ("elephant", "animal"),
+    ("bear", "animal"),
+    ("zebra", "animal"),
+    ("giraffe", "animal"),
+    ("hat", "accessory"),
+    ("backpack", "accessory"),
+    ("umbrella", "accessory"),
+    ("shoe", "accessory"),
+    ("eye glasses", "accessory"),
+    ("handbag", "accessory"),
+    ("tie", "accessory"),
+    ("suitcase", "accessory"),
+    ("frisbee", "sports"),
+    ("skis", "sports"),
+    ("snowboard", "sports"),
+    ("sports ball", "sports"),
+    ("kite", "sports"),
+    ("baseball bat", "sports"),
+    ("baseball glove", "sports"),
+    ("skateboard", "sports"),
+    ("surfboard", "sports"),
+    ("tennis racket", "sports"),
+    ("bottle", "kitchen"),
+    ("plate", "kitchen"),
+    ("wine glass", "kitchen"),
+    ("cup", "kitchen"),
+    ("fork", "kitchen"),
+    ("knife", "kitchen"),
+    ("spoon", "kitchen"),
+    ("bowl", "kitchen"),
+    ("banana", "food"),
+    ("apple", "food"),
+    ("sandwich", "food"),
+    ("orange", "food"),
+    ("broccoli", "food"),
+    ("carrot", "food"),
+    ("hot dog", "food"),
+    ("pizza", "food"),
+    ("donut", "food"),
+    ("cake", "food"),
+    ("chair", "furniture"),
+    ("couch", "furniture"),
+    ("potted plant", "furniture"),
+    ("bed", "furniture"),
+    ("mirror", "furniture"),
+    ("dining table", "furniture"),
+    ("window", "furniture"),
+    ("desk", "furniture"),
+    ("toilet", "furniture"),
+    ("door", "furniture"),
+    ("tv", "electronic"),
+    ("laptop", "electronic"),
+    ("mouse", "electronic"),
+    ("remote", "electronic"),
+    ("keyboard", "electronic"),
+    ("cell phone", "electronic"),
+    ("microwave", "appliance"),
+    ("oven", "appliance"),
+    ("toaster", "appliance"),
+    ("sink", "appliance"),
+    ("refrigerator", "appliance"),
+    ("blender", "appliance"),
+    ("book", "indoor"),
+    ("clock", "indoor"),
+    ("vase", "indoor"),
+    ("scissors", "indoor"),
+    ("teddy bear", "indoor"),
+    ("hair drier", "indoor"),
+    ("toothbrush", "indoor"),
+    ("hair brush", "indoor"),
+    # --- stuff (COCO-Stuff ids 92..182) ---
+    ("banner", "textile"),
+    ("blanket", "textile"),
+    ("branch", "plant"),
+    ("bridge", "building"),
+    ("building-other", "building"),
+    ("bush", "plant"),
+    ("cabinet", "furniture-stuff"),
+    ("cage", "structural"),
+    ("cardboard", "rawmaterial"),
+    ("carpet", "floor"),
+    ("ceiling-other", "ceiling"),
+    ("ceiling-tile", "ceiling"),
+    ("cloth", "textile"),
+    ("clothes", "textile"),
+    ("clouds", "sky"),
+    ("counter", "furniture-stuff"),
+    ("cupboard", "furniture-stuff"),
+    ("curtain", "textile"),
+    ("desk-stuff", "furniture-stuff"),
+    ("dirt", "ground"),
+    ("door-stuff", "furniture-stuff"),
+    ("fence", "structural"),
+    ("floor-marble", "floor"),
+    ("floor-other", "floor"),
+    ("floor-stone", "floor"),
+    ("floor-tile", "floor"),
+    ("floor-wood", "floor"),
+    ("flower", "plant"),
+    ("fog", "water"),
+    ("food-other", "food-stuff"),
+    ("fruit", "food-stuff"),
+    ("furniture-other", "furniture-stuff"),
+    ("grass", "plant"),
+    ("gravel", "ground"),
+    ("ground-other", "ground"),
+    ("hill", "solid"),
+    ("house", "building"),
+    ("leaves", "plant"),
+    ("light", "furniture-stuff"),
+    ("mat", "textile"),
+    ("metal", "rawmaterial"),
+    ("mirror-stuff", "furniture-stuff"),
+    ("moss", "plant"),
+    ("mountain", "solid"),
+    ("mud", "ground"),
+    ("napkin", "textile"),
+    ("net", "structural"),
+    ("paper", "rawmaterial"),
+    ("pavement", "ground"),
+    ("pillow", "textile"),
+    ("plant-other", "plant"),
+    ("plastic", "rawmaterial"),
+    ("platform", "ground"),
+    ("playingfield", "ground"),
+    ("railing", "structural"),
+    ("railroad", "ground"),
+    ("river", "water"),
+    ("road", "ground"),
+    ("rock", "solid"),
+    ("roof", "building"),
+    ("rug", "textile"),
+    ("salad", "food-stuff"),
+    ("sand", "ground"),
+    ("sea", "water"),
+    ("shelf", "furniture-stuff"),
+    ("sky-other", "sky"),
+    ("skyscraper", "building"),
+    ("snow", "ground"),
+    ("solid-other", "solid"),
+    ("stairs", "furniture-stuff"),
+    ("stone", "solid"),
+    ("straw", "plant"),
+    ("structural-other", "structural"),
+    ("table", "furniture-stuff"),
+    ("tent", "building"),
+    ("textile-other", "textile"),
+    ("towel", "textile"),
+    ("tree", "plant"),
+    ("vegetable", "food-stuff"),
+    ("wall-brick", "wall"),
+    ("wall-concrete", "wall"),
+    ("wall-other", "wall"),
+    ("wall-panel", "wall"),
+    ("wall-stone", "wall"),
+    ("wall-tile", "wall"),
+    ("wall-wood", "wall"),
+    ("water-other", "water"),
+    ("waterdrops", "water"),
+    ("window-blind", "window"),
+    ("window-other", "window"),
+    ("wood", "solid"),
+)
+
+COCO_STUFF_FINE_NAMES: tuple[str, ...] = tuple(name for name, _ in COCO_STUFF_FINE_CLASSES)
+
+_COARSE_INDEX = {name: i for i, name in enumerate(COCO_STUFF27_CLASSES)}
+
+# Fine index (0..181) -> coarse index (0..26).
+COCO_STUFF_FINE_TO_COARSE: tuple[int, ...] = tuple(_COARSE_INDEX[c] for _, c in COCO_STUFF_FINE_CLASSES)
+
+assert len(COCO_STUFF27_CLASSES) == 27
+assert len(COCO_STUFF_FINE_CLASSES) == 182
 
 
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Ids of a list file, in file order: one per line, whitespace stripped, blank lines skipped."""
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+def coco_stuff_fine_to_coarse_lut() -> np.ndarray:
+    """Length-256 int64 array: fine file value (0..181) -> coarse index (0..26).
+
+    255 (unlabelled) and every unused value (182..254) map to -1 (ignore).
+    """
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    lut[: len(COCO_STUFF_FINE_TO_COARSE)] = COCO_STUFF_FINE_TO_COARSE
+    return lut
 
 
-def _make_hint(root: Path, subset: str = "curated") -> str:
-    extra = " COCO_SUBSET=all" if subset == "all" else ""
-    return f"run `make data-coco{extra}` (or `make data-coco{extra} COCO_ROOT={root}`) to download and prepare it"
+def coco_hint(root: str | os.PathLike, subset: str = "curated") -> str:
+    """How to prepare a COCO root of ``subset`` (``make data-coco``, with ``COCO_SUBSET=all`` for all)."""
+    return make_hint("data-coco" + (" COCO_SUBSET=all" if subset == "all" else ""), "COCO_ROOT", root)
 
 
 def subset_ids(dataset: LabelledImages, subset: str, list_file: str | None, title: str) -> list[str]:
@@ -55,7 +308,6 @@ def subset_ids(dataset: LabelledImages, subset: str, list_file: str | None, titl
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {sorted(SUBSETS)}, got {subset!r}")
-    dataset._hint = _make_hint(dataset.root, subset)
     path = dataset._require(dataset.root / (list_file or SUBSETS[subset]), f"{title} list file ({subset} subset)")
     ids = read_id_list(path)
     if subset == "all" and len(ids) != VAL2017_IMAGES and not (dataset.root / SYNTHETIC_MARKER).is_file():
@@ -72,39 +324,23 @@ class CocoStuff27(LabelledImages):
     * label: int64 (size, size), coarse class 0..26, -1 = ignore (fine 255/unused);
     * image_id: the 12-digit id string from the list file.
 
-    Args:
-        root: dataset root (layout in the module docstring).
-        size: side of the labels (the evaluation resolution), and of the images unless ``image_size``.
-        image_size: side of the images given to the backbone (its input size); None = ``size``.
-        limit: keep only the first ``limit`` ids of the list (applied before sharding).
-        shard: ``"i/n"`` or ``(i, n)``: keep list positions k with ``k % n == i``.
-        list_file: list file name inside ``root`` (or an absolute path); default: the subset's.
-        subset: ``curated`` (2175 images) or ``all`` (5000 val2017 images), module docstring.
+    ``root``, ``size``, ``limit``, ``shard``, ``image_size`` as in :class:`~eval.data.base.LabelledImages`;
+    ``list_file``: list file name inside ``root`` (or an absolute path), default: the subset's;
+    ``subset``: ``curated`` (2175 images) or ``all`` (5000 val2017 images), module docstring.
     """
 
+    name = "coco_stuff27"
+    title = "COCO-Stuff-27"
     classes = COCO_STUFF27_CLASSES
-    num_classes = len(COCO_STUFF27_CLASSES)
+    make_target, root_variable = "data-coco", "COCO_ROOT"
+    options = {"list_file": None, "subset": "curated"}
+    image_dir, label_dir = IMAGE_DIR, LABEL_DIR
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        size: int = 512,
-        limit: int | None = None,
-        shard: str | tuple[int, int] | None = None,
-        list_file: str | None = None,
-        image_size: int | None = None,
-        subset: str = "curated",
-    ):
-        self._open_root(root, size, image_size, "COCO-Stuff-27", _make_hint(Path(root), subset))
-        self.subset = subset
-        ids = subset_ids(self, subset, list_file, "COCO-Stuff-27")
-        self._select(ids, limit, shard, coco_stuff_fine_to_coarse_lut())
+    def prepare_hint(self) -> str:
+        return coco_hint(self.root, self.subset)
 
+    def find_ids(self) -> Sequence[str]:
+        return subset_ids(self, self.subset, self.list_file, self.title)
 
-    def image_path(self, image_id: str) -> Path:
-        """``<root>/val2017/<id>.jpg``."""
-        return self.root / IMAGE_DIR / f"{image_id}.jpg"
-
-    def label_path(self, image_id: str) -> Path:
-        """``<root>/annotation_val2017/<id>.png``."""
-        return self.root / LABEL_DIR / f"{image_id}.png"
+    def label_lut(self) -> np.ndarray:
+        return coco_stuff_fine_to_coarse_lut()

@@ -15,7 +15,7 @@ Label construction (:func:`context_label`), the standard 59-class conversion: pa
 segmentation annotation of the image in file order (a later annotation overwrites an
 earlier one, as the Detail API's ``getMask``), with its Detail category id; pixels of no
 annotation get 0. Then id 0 -> class 0 (background) and the k-th id of
-:data:`~eval.data.classes.CONTEXT_DETAIL_IDS` -> class k; any other id is an error (the
+:data:`CONTEXT_DETAIL_IDS` -> class k; any other id is an error (the
 reference conversion asserts the same). The masks are RLE in COCO's encoding (or
 polygons) and are decoded with pycocotools, not with the Detail API fork.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,12 @@ from tqdm import tqdm
 
 from eval.atomic import write_text_atomic
 from eval.data.base import LabelledImages
-from eval.data.classes import CONTEXT60_CLASSES, CONTEXT_DETAIL_IDS, context_lut
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
-from eval.data.coco_stuff import read_id_list
 
 __all__ = [
     "ANNOTATION_FILE",
+    "CONTEXT60_CLASSES",
+    "CONTEXT_DETAIL_IDS",
     "Context60",
     "DETAIL_TO_CLASS",
     "IMAGE_DIR",
@@ -56,6 +57,80 @@ LABEL_DIR = "SegmentationClassContext"
 ANNOTATION_FILE = "trainval_merged.json"
 VAL_IMAGES = 5105
 
+# The 59 PASCAL in Detail (PASCAL-Context) category ids of the 59-class benchmark, sorted:
+# class k (1..59) of Context-60 is the k-th id; every other pixel is background (0).
+CONTEXT_DETAIL_IDS: tuple[int, ...] = (
+    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98,
+    104, 105, 113, 115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308,
+    324, 326, 347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
+)  # fmt: skip
+
+CONTEXT60_CLASSES: tuple[str, ...] = (
+    "background",
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
+    "wood",
+)
+
+assert len(CONTEXT_DETAIL_IDS) == 59 and list(CONTEXT_DETAIL_IDS) == sorted(set(CONTEXT_DETAIL_IDS))
+assert len(CONTEXT60_CLASSES) == 60
+
 # Detail category id -> Context-60 class (0 = background, also for unannotated pixels).
 DETAIL_TO_CLASS: dict[int, int] = {0: 0, **{cat: k for k, cat in enumerate(CONTEXT_DETAIL_IDS, start=1)}}
 
@@ -63,10 +138,6 @@ DETAIL_TO_CLASS: dict[int, int] = {0: 0, **{cat: k for k, cat in enumerate(CONTE
 def split_list(root: str | os.PathLike, split: str = "val") -> Path:
     """``<root>/ImageSets/SegmentationContext/<split>.txt``."""
     return Path(root) / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-
-
-def _make_hint(root: Path) -> str:
-    return f"run `make data-context` (or `make data-context CONTEXT_ROOT={root}`) to prepare it"
 
 
 # --------------------------------------------------------------------------- building the labels
@@ -184,33 +255,19 @@ class Context60(LabelledImages):
       a built PNG never holds);
     * image_id: the VOC2010 id (e.g. ``2008_000002``), in list-file order.
 
-    ``limit``/``shard`` as in :class:`eval.data.coco_stuff.CocoStuff27`.
+    Arguments as in :class:`~eval.data.base.LabelledImages`; ``split`` names the list file.
     """
 
+    name = "context60"
+    title = "PASCAL Context-60"
     ignore_values = ()  # the built PNGs hold 0..59 only
-
     classes = CONTEXT60_CLASSES
-    num_classes = len(CONTEXT60_CLASSES)
     background = 0
+    make_target, root_variable = "data-context", "CONTEXT_ROOT"
+    prepare_action = "prepare it"
+    options = {"split": "val"}
+    image_dir, label_dir = IMAGE_DIR, LABEL_DIR
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        size: int = 512,
-        limit: int | None = None,
-        shard: str | tuple[int, int] | None = None,
-        split: str = "val",
-        image_size: int | None = None,
-    ):
-        self._open_root(root, size, image_size, "PASCAL-Context (VOC2010)", _make_hint(Path(root)))
-        self.list_path = self._require(split_list(self.root, split),
-                                       f"PASCAL-Context list file (the labels are built from {ANNOTATION_FILE})")
-        self._select(read_id_list(self.list_path), limit, shard, context_lut())
-
-    def image_path(self, image_id: str) -> Path:
-        """``<root>/JPEGImages/<id>.jpg``."""
-        return self.root / IMAGE_DIR / f"{image_id}.jpg"
-
-    def label_path(self, image_id: str) -> Path:
-        """``<root>/SegmentationClassContext/<id>.png``."""
-        return self.root / LABEL_DIR / f"{image_id}.png"
+    def find_ids(self) -> Sequence[str]:
+        return self._listed_ids(split_list(self.root, self.split),
+                                f"PASCAL-Context list file (the labels are built from {ANNOTATION_FILE})")

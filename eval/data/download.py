@@ -335,6 +335,50 @@ def _fetch_into(url: str, part: Path, timeout: float, progress: bool, desc: str)
     return total
 
 
+def _fetch_with_retries(url: str, part: Path, name: str, timeout: float, progress: bool, retries: int,
+                        backoff: float) -> int | None:
+    """:func:`_fetch_into` with ``retries`` resuming retries of transient failures (network errors,
+    HTTP 408/429/5xx; ``backoff * attempt`` seconds apart); returns the size the server announced."""
+    attempt = 0
+    while True:
+        try:
+            return _fetch_into(url, part, timeout, progress, desc=name)
+        except DownloadError:
+            raise
+        except urllib.error.HTTPError as exc:
+            if exc.code in (408, 429) or exc.code >= 500:
+                reason = f"HTTP {exc.code} {exc.reason}"
+            else:
+                raise DownloadError(f"could not fetch {name} from {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, socket.gaierror):  # no DNS: offline or a wrong host; a retry cannot help
+                raise DownloadError(f"could not fetch {name} from {url}: the host name cannot be resolved "
+                                    f"({reason}); are you offline?") from None
+            reason = f"{type(exc).__name__}: {reason}"
+        attempt += 1
+        if attempt > retries:
+            kept = f" (partial data kept in {part} for a later resume)" if part.exists() else ""
+            raise DownloadError(f"could not fetch {name} from {url}: {reason}{kept}")
+        time.sleep(backoff * attempt)
+
+
+def _check_transfer_size(part: Path, name: str, url: str, expected_size: int | None) -> None:
+    """A ``.part`` shorter than ``expected_size`` is kept for a resume, a longer one deleted; both raise."""
+    have = part.stat().st_size if part.exists() else 0
+    if expected_size is None or have == expected_size:
+        return
+    if have > expected_size:
+        part.unlink()
+        raise DownloadError(
+            f"{name} from {url}: got {have} bytes, more than the expected {expected_size}; "
+            "the partial file was deleted, run again"
+        )
+    raise DownloadError(
+        f"{name} from {url}: transfer incomplete ({have} of {expected_size} bytes); run again to resume from {part}"
+    )
+
+
 def download(
     url: str,
     dest: str | os.PathLike,
@@ -376,43 +420,8 @@ def download(
                 return dest
         except ChecksumError:
             pass  # re-fetch; dest is only replaced once the new copy verifies
-    attempt = 0
-    while True:
-        try:
-            total = _fetch_into(url, part, timeout, progress, desc=dest.name)
-            break
-        except DownloadError:
-            raise
-        except urllib.error.HTTPError as exc:
-            if exc.code in (408, 429) or exc.code >= 500:
-                reason = f"HTTP {exc.code} {exc.reason}"
-            else:
-                raise DownloadError(f"could not fetch {dest.name} from {url}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            if isinstance(reason, socket.gaierror):  # no DNS: offline or a wrong host; a retry cannot help
-                raise DownloadError(f"could not fetch {dest.name} from {url}: the host name cannot be resolved "
-                                    f"({reason}); are you offline?") from None
-            reason = f"{type(exc).__name__}: {reason}"
-        attempt += 1
-        if attempt > retries:
-            kept = f" (partial data kept in {part} for a later resume)" if part.exists() else ""
-            raise DownloadError(f"could not fetch {dest.name} from {url}: {reason}{kept}")
-        time.sleep(backoff * attempt)
-
-    have = part.stat().st_size if part.exists() else 0
-    expected_size = size if size is not None else total
-    if expected_size is not None and have != expected_size:
-        if have > expected_size:
-            part.unlink()
-            raise DownloadError(
-                f"{dest.name} from {url}: got {have} bytes, more than the expected {expected_size}; "
-                "the partial file was deleted, run again"
-            )
-        raise DownloadError(
-            f"{dest.name} from {url}: transfer incomplete ({have} of {expected_size} bytes); "
-            f"run again to resume from {part}"
-        )
+    total = _fetch_with_retries(url, part, dest.name, timeout, progress, retries, backoff)
+    _check_transfer_size(part, dest.name, url, size if size is not None else total)
     try:
         verify_file(part, sha256=sha256, md5=md5, sha1=sha1)
     except ChecksumError as exc:

@@ -19,8 +19,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from eval.data.classes import ADE20K150_CLASSES, COCO_THING_IDS, CONTEXT_DETAIL_IDS, VOC21_CLASSES
+from eval.data.ade20k import ADE20K150_CLASSES
+from eval.data.coco_object import COCO_THING_IDS
 from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR
+from eval.data.context import CONTEXT_DETAIL_IDS
+from eval.data.voc import VOC21_CLASSES
 from eval.identity import SYNTHETIC_MARKER
 
 __all__ = [
@@ -400,6 +403,31 @@ def _random_ellipse(rng: np.random.Generator, h: int, w: int) -> tuple[float, fl
 # --------------------------------------------------------------------------- Context-60
 
 
+def _random_detail_shapes(rng: np.random.Generator, h: int, w: int) -> list[SyntheticShape]:
+    """3 to 5 shapes of Detail categories of the 59 classes, encoded in turn as polygon, RLE and
+    uncompressed RLE (polygons are rectangles; the others ellipses 70% of the time)."""
+    encodings = ("polygon", "rle", "rle_counts")
+    shapes = []
+    for j in range(int(rng.integers(3, 6))):
+        encoding = encodings[j % 3]
+        kind = "rectangle" if encoding == "polygon" else ("ellipse" if rng.random() < 0.7 else "rectangle")
+        params = _random_rectangle(rng, h, w) if kind == "rectangle" else _random_ellipse(rng, h, w)
+        shapes.append(SyntheticShape(kind, params, int(rng.choice(CONTEXT_DETAIL_IDS)), encoding))
+    return shapes
+
+
+def _interleaved(per_image: list[list[dict[str, Any]]], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The annotations of all images in one shuffled list (ids 1, 2, ...), each image's kept in its order."""
+    order = [i for i, anns in enumerate(per_image) for _ in anns]
+    rng.shuffle(order)
+    cursors = [0] * len(per_image)
+    annos = []
+    for i in order:
+        annos.append(dict(per_image[i][cursors[i]], id=len(annos) + 1))
+        cursors[i] += 1
+    return annos
+
+
 def write_synthetic_context(
     root: str | os.PathLike,
     num_images: int = 4,
@@ -423,18 +451,12 @@ def write_synthetic_context(
     rng = np.random.default_rng(seed)
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     images, per_image, expected = [], [], {}
-    encodings = ("polygon", "rle", "rle_counts")
     for k in range(num_images + 1):
         name = f"{2008 + k % 3}_{int(rng.integers(0, 10000)):06d}"
         while name in expected or any(img["file_name"] == f"{name}.jpg" for img in images):
             name = f"{2008 + k % 3}_{int(rng.integers(0, 10000)):06d}"
         h, w = _random_size(rng, size_range)
-        shapes = []
-        for j in range(int(rng.integers(3, 6))):
-            encoding = encodings[j % 3]
-            kind = "rectangle" if encoding == "polygon" else ("ellipse" if rng.random() < 0.7 else "rectangle")
-            params = _random_rectangle(rng, h, w) if kind == "rectangle" else _random_ellipse(rng, h, w)
-            shapes.append(SyntheticShape(kind, params, int(rng.choice(CONTEXT_DETAIL_IDS)), encoding))
+        shapes = _random_detail_shapes(rng, h, w)
         detail = np.zeros((h, w), dtype=np.int64)
         for shape in shapes:
             detail[shape_mask(shape, h, w)] = shape.category_id
@@ -457,15 +479,7 @@ def write_synthetic_context(
         per_image.append(anns)
         if phase == "val":
             expected[name] = shapes
-    # interleave the images' annotations, keeping each image's order
-    order = [i for i, anns in enumerate(per_image) for _ in anns]
-    rng.shuffle(order)
-    cursors = [0] * len(per_image)
-    annos = []
-    for i in order:
-        ann = dict(per_image[i][cursors[i]], id=len(annos) + 1)
-        cursors[i] += 1
-        annos.append(ann)
+    annos = _interleaved(per_image, rng)
     categories = [
         {"category_id": cat, "name": f"class{cat}", "supercategory": "object", "onlysemantic": 0, "parts": []}
         for cat in (*CONTEXT_DETAIL_IDS, 1, 3)  # plus two ids of the full set that no pixel uses
@@ -485,6 +499,41 @@ def write_synthetic_context(
 
 
 # --------------------------------------------------------------------------- COCO-Object-81
+
+
+def _random_instances(rng: np.random.Generator, h: int, w: int) -> tuple[list[SyntheticShape], list[np.ndarray]]:
+    """2 to 4 thing instances (rectangles as polygons, ellipses as RLE) and one crowd ellipse
+    (uncompressed RLE), with their (h, w) bool masks; shapes that are empty or share an area with
+    another are dropped, so "smallest on top" has no ties to break."""
+    shapes = []
+    for j in range(int(rng.integers(2, 5))):
+        category = int(rng.choice(COCO_THING_IDS))
+        if j % 2 == 0:
+            shapes.append(SyntheticShape("rectangle", _random_rectangle(rng, h, w), category, "polygon"))
+        else:
+            shapes.append(SyntheticShape("ellipse", _random_ellipse(rng, h, w), category, "rle"))
+    crowd = SyntheticShape("ellipse", _random_ellipse(rng, h, w), int(rng.choice(COCO_THING_IDS)),
+                           "rle_counts", iscrowd=1)  # fmt: skip
+    shapes.append(crowd)
+    masks = [shape_mask(shape, h, w) for shape in shapes]
+    areas = [int(m.sum()) for m in masks]
+    keep = [i for i in range(len(shapes)) if areas[i] > 0 and areas.count(areas[i]) == 1]
+    return [shapes[i] for i in keep], [masks[i] for i in keep]
+
+
+def _instance_annotation(shape: SyntheticShape, ann_id: int, image_id: int, h: int, w: int) -> dict[str, Any]:
+    """One COCO instance record of ``shape`` on an (h, w) image (area and bbox from its mask)."""
+    mask = shape_mask(shape, h, w)
+    ys, xs = np.nonzero(mask)
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": shape.category_id,
+        "segmentation": _segmentation(shape, h, w),
+        "area": float(mask.sum()),
+        "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)],
+        "iscrowd": shape.iscrowd,
+    }
 
 
 def write_synthetic_coco_object(
@@ -521,22 +570,7 @@ def write_synthetic_coco_object(
         top, bottom = _COCO_BACKGROUNDS[k % len(_COCO_BACKGROUNDS)]
         stuff = np.full((h, w), top, dtype=np.uint8)
         stuff[int(h * rng.uniform(0.4, 0.6)) :] = bottom
-        shapes = []
-        for j in range(int(rng.integers(2, 5))):
-            category = int(rng.choice(COCO_THING_IDS))
-            if j % 2 == 0:
-                shapes.append(SyntheticShape("rectangle", _random_rectangle(rng, h, w), category, "polygon"))
-            else:
-                shapes.append(SyntheticShape("ellipse", _random_ellipse(rng, h, w), category, "rle"))
-        crowd = SyntheticShape("ellipse", _random_ellipse(rng, h, w), int(rng.choice(COCO_THING_IDS)),
-                               "rle_counts", iscrowd=1)  # fmt: skip
-        shapes.append(crowd)
-        masks = [shape_mask(shape, h, w) for shape in shapes]
-        # distinct areas, so "smallest on top" has no ties to break
-        areas = [int(m.sum()) for m in masks]
-        keep = [i for i in range(len(shapes)) if areas[i] > 0 and areas.count(areas[i]) == 1]
-        shapes = [shapes[i] for i in keep]
-        masks = [masks[i] for i in keep]
+        shapes, masks = _random_instances(rng, h, w)
         label = stuff.copy()
         for i in sorted(range(len(shapes)), key=lambda i: -int(masks[i].sum())):
             label[masks[i]] = shapes[i].category_id - 1
@@ -553,18 +587,7 @@ def write_synthetic_coco_object(
         order = rng.permutation(len(shapes))
         shapes = [shapes[i] for i in order]
         for shape in shapes:
-            mask = shape_mask(shape, h, w)
-            ys, xs = np.nonzero(mask)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": shape.category_id,
-                "segmentation": _segmentation(shape, h, w),
-                "area": float(mask.sum()),
-                "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                         float(ys.max() - ys.min() + 1)],
-                "iscrowd": shape.iscrowd,
-            })  # fmt: skip
+            annotations.append(_instance_annotation(shape, len(annotations) + 1, image_id, h, w))
         if k < num_images:
             listed.append(name)
             expected[name] = shapes

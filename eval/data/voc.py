@@ -12,26 +12,49 @@ the val part of it)::
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from eval.data.base import LabelledImages
-from eval.data.classes import VOC21_CLASSES, voc_lut
-from eval.data.coco_stuff import read_id_list
 
-__all__ = ["IMAGE_DIR", "LABEL_DIR", "VAL_IMAGES", "Voc21", "split_list"]
+__all__ = ["IMAGE_DIR", "LABEL_DIR", "VAL_IMAGES", "VOC21_CLASSES", "VOC_IGNORE", "Voc21", "split_list"]
 
 IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClass"
 VAL_IMAGES = 1449
+VOC_IGNORE = 255
+
+# SegmentationClass palette index -> class (index 0 = background).
+VOC21_CLASSES: tuple[str, ...] = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+assert len(VOC21_CLASSES) == 21
 
 
 def split_list(root: str | os.PathLike, split: str = "val") -> Path:
     """``<root>/ImageSets/Segmentation/<split>.txt``."""
     return Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
-
-
-def _make_hint(root: Path) -> str:
-    return f"run `make data-voc` (or `make data-voc VOC_ROOT={root}`) to download and prepare it"
 
 
 class Voc21(LabelledImages):
@@ -42,31 +65,17 @@ class Voc21(LabelledImages):
       (palette index 255: object boundaries and difficult regions);
     * image_id: the VOC id (e.g. ``2007_000033``), in list-file order.
 
-    ``limit``/``shard`` as in :class:`eval.data.coco_stuff.CocoStuff27`; ``split`` names the
-    list file under ``ImageSets/Segmentation/``.
+    Arguments as in :class:`~eval.data.base.LabelledImages`; ``split`` names the list file under
+    ``ImageSets/Segmentation/``.
     """
 
+    name = "voc21"
+    title = "PASCAL VOC-21"
     classes = VOC21_CLASSES
-    num_classes = len(VOC21_CLASSES)
     background = 0
+    make_target, root_variable = "data-voc", "VOC_ROOT"
+    options = {"split": "val"}
+    image_dir, label_dir = IMAGE_DIR, LABEL_DIR
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        size: int = 512,
-        limit: int | None = None,
-        shard: str | tuple[int, int] | None = None,
-        split: str = "val",
-        image_size: int | None = None,
-    ):
-        self._open_root(root, size, image_size, "VOC2012", _make_hint(Path(root)))
-        self.list_path = self._require(split_list(self.root, split), "VOC2012 list file")
-        self._select(read_id_list(self.list_path), limit, shard, voc_lut())
-
-    def image_path(self, image_id: str) -> Path:
-        """``<root>/JPEGImages/<id>.jpg``."""
-        return self.root / IMAGE_DIR / f"{image_id}.jpg"
-
-    def label_path(self, image_id: str) -> Path:
-        """``<root>/SegmentationClass/<id>.png``."""
-        return self.root / LABEL_DIR / f"{image_id}.png"
+    def find_ids(self) -> Sequence[str]:
+        return self._listed_ids(split_list(self.root, self.split), "VOC2012 list file")

@@ -32,7 +32,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from diffseg.masks import MaskFileError, read_mask_png
-from eval.build import build
+from eval.build import build_dataset
 from eval.coco_results import CocoResults, matched_categories
 from eval.compare import ImageStats, per_image_miou
 from eval.data.classes import DATASET_CLASSES
@@ -242,13 +242,15 @@ class RunFolder:
     def dataset_object(self) -> Any:
         """The run's dataset, built from ``metrics.json["config"]`` (every id, no limit or shard)."""
         if self._dataset is None:
-            node = ((self.metrics.get("config") or {}).get("dataset") or {}).get("dataset")
-            if not isinstance(node, dict) or "_target_" not in node:
+            node = (self.metrics.get("config") or {}).get("dataset")
+            if not isinstance(node, dict) or not ("_target_" in node or isinstance(node.get("dataset"), dict)):
                 raise RunError(f"{self.path / METRICS_FILE}: no dataset config recorded, so the images cannot be "
                                "found")
             node = {**node, "limit": None, "shard": None}
+            if isinstance(node.get("dataset"), dict):  # a config saved before the dataset node was flattened
+                node["dataset"] = {**node["dataset"], "limit": None, "shard": None}
             try:
-                self._dataset = build(OmegaConf.create(node))
+                self._dataset = build_dataset(OmegaConf.create(node))
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RunError(f"the images of {self.path} are not available: {exc} (start the explorer from "
                                "the folder the run was started in, or prepare the dataset)") from exc

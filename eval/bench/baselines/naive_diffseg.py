@@ -15,7 +15,7 @@ This is what a direct port of the official TensorFlow segmentor (google/diffseg,
   then argmax).
 
 It must give the same masks as :class:`diffseg.DiffSeg` (the equivalence test
-uses it as the reference path) and is the baseline of ``eval/bench.py``. It
+uses it as the reference path) and is the baseline of ``eval/bench/pipeline.py``. It
 shares no code with the ``diffseg`` package. Two deliberate departures from
 the official code, both as in ``diffseg`` (diffseg/REFERENCE.md section 1, step 6): the first-iteration KL
 of the ``float16`` setting is computed in float32 on float16-rounded inputs

@@ -1,4 +1,4 @@
-"""DiffCut clustering written the way the public release runs it: the baseline of ``eval/bench_diffcut.py``.
+"""DiffCut clustering written the way the public release runs it: the baseline of ``eval/bench/diffcut.py``.
 
 A plain per-image port of the procedure in PaulCouairon/DiffCut (``diffcut/recursive_normalized_cut.py``,
 ``generate_masks``), kept deliberately close to its cost structure:

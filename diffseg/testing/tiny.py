@@ -42,8 +42,8 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffseg.backbone import SD_SCHEDULER_CONFIG, StableDiffusionBackbone
-from diffseg.ldm_checkpoint import save_sd1_single_file
 from diffseg.pipelines import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffseg.testing.ldm_checkpoint import save_sd1_single_file
 
 __all__ = [
     "TINY_FAMILIES",
@@ -511,6 +511,6 @@ def save_tiny_pretrained(path: str | Path, seed: int = 0, family: str = "sd1") -
 
 def save_tiny_single_file(path: str | Path, seed: int = 0) -> Path:
     """Write the tiny SD 1.x model (the weights of ``save_tiny_pretrained(seed=seed)``) as one
-    original-layout ``.safetensors`` file (:mod:`diffseg.ldm_checkpoint`); returns the path."""
+    original-layout ``.safetensors`` file (:mod:`diffseg.testing.ldm_checkpoint`); returns the path."""
     vae, unet, text_encoder, _ = build_tiny_components(seed)
     return save_sd1_single_file(path, unet, vae, text_encoder)

@@ -175,7 +175,8 @@ def _postprocessing_markdown(post: dict[str, Any]) -> list[str]:
         "| implementation | seconds/image | ratio vs ours |",
         "|---|---:|---:|",
         f"| ours (aggregate_attention + DiffSeg float16) | {_fmt(post['ours_s'])} | 1.00x |",
-        f"| naive port (eval.naive, per image) | {_fmt(post['naive_s'])} | {_fmt(post['ratio_vs_naive'], 2)}x |",
+        f"| naive port (eval.bench.baselines.naive_diffseg, per image) | {_fmt(post['naive_s'])} "
+        f"| {_fmt(post['ratio_vs_naive'], 2)}x |",
     ]
     if post["official_s"] is not None:
         lines.append(

@@ -2,8 +2,8 @@
 
 Aggregation + DiffSeg float16 merge + NMS of one image with SD 1.x-sized attention
 (sides 64/32/16/8) from :func:`realistic_attention`, timed for ``aggregate_attention`` +
-``DiffSeg``, for the naive port (``eval.naive.naive_segment``) and, when TensorFlow is importable
-and ``DIFFSEG_OFFICIAL_SEGMENTOR`` names a copy of the official ``diffseg/segmentor.py``, for the
+``DiffSeg``, for the naive port (``eval.bench.baselines.naive_diffseg.naive_segment``) and, when TensorFlow is
+importable and ``DIFFSEG_OFFICIAL_SEGMENTOR`` names a copy of the official ``diffseg/segmentor.py``, for the
 official segmentor itself.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from diffseg import DiffSeg, aggregate_attention
-from eval.bench_timing import log, median_time
-from eval.naive import naive_segment
+from eval.bench.baselines.naive_diffseg import naive_segment
+from eval.bench.timing import log, timed
 
-__all__ = ["OFFICIAL_ENV", "SD_SIDES", "postprocessing_headline", "realistic_attention", "small_maps"]
+__all__ = ["OFFICIAL_ENV", "SD_SIDES", "postprocessing_headline", "realistic_attention"]
 
 OFFICIAL_ENV = "DIFFSEG_OFFICIAL_SEGMENTOR"
 
@@ -62,11 +62,6 @@ def realistic_attention(
         logits[peaked] *= 6.0
         maps[s] = torch.softmax(logits, dim=-1).float().to(device)
     return maps
-
-
-def small_maps(device: torch.device) -> dict[int, torch.Tensor]:
-    """Tiny attention (sides 16/8/4/2) for cheap warm-ups on CPU: ``{s: (1, s*s, s*s)}``."""
-    return {s: m[None] for s, m in realistic_attention(1, (16, 8, 4, 2), device).items()}
 
 
 # ------------------------------------------------------------------------------------------- the headline
@@ -111,13 +106,8 @@ def postprocessing_headline(
 
     repeats = 3
     naive_repeats = 3 if cuda else 1
-    ours()  # warm-up at full size (cheap)
-    if cuda:
-        naive()
-    else:
-        naive_segment({s: m[0] for s, m in small_maps(device).items()}, thresholds, num_points, "float16", 128)
-    mask, ours_s = median_time(ours, device, repeats)
-    naive_mask, naive_s = median_time(naive, device, naive_repeats)
+    mask, ours_s = timed(ours, repeats=repeats)
+    naive_mask, naive_s = timed(naive, repeats=naive_repeats)
     result: dict[str, Any] = {
         "what": "aggregation + DiffSeg float16 merge + NMS to 512x512, one image, "
                 f"sides {'/'.join(str(s) for s in sides)}, no refinement",
@@ -151,8 +141,7 @@ def postprocessing_headline(
 
     official = _load_official(path)(thresholds, False, num_points)
     weights = [maps[s].cpu().numpy()[None, None] for s in SD_SIDES]  # (B=1, heads=1, s*s, s*s)
-    official.segment(*weights)  # warm-up
-    official_mask, result["official_s"] = median_time(lambda: official.segment(*weights)[0], device, naive_repeats)
+    official_mask, result["official_s"] = timed(lambda: official.segment(*weights)[0], repeats=naive_repeats)
     result["official_repeats"] = naive_repeats
     result["ratio_vs_official"] = result["official_s"] / ours_s
     result["agreement_vs_official"] = float((official_mask == mask.cpu().numpy()).mean())

@@ -1,23 +1,23 @@
-"""Speed of DiffCut's clustering against the release-style port: ``python -m eval.bench_diffcut``.
+"""Speed of DiffCut's clustering against the release-style port: ``python -m eval.bench.diffcut``.
 
 Both sides get the same features: synthetic, well-separated clustered maps shaped like SSD-1B's
-DiffCut features (32 x 32 locations, 1280 channels; :func:`clustered_features`). Timed per image:
+DiffCut features (32 x 32 locations, 1280 channels;
+:func:`diffseg.testing.features.clustered_features`). Timed per image:
 
 * fast: :class:`diffseg.DiffCut` (tau 0.5, alpha 10, mask 128; Lanczos Fiedler vectors, one matrix
   product for all thresholds, per-node submatrices), one image per call;
-* baseline: :func:`eval.naive_diffcut.naive_diffcut`, the release's procedure as it runs (float32
+* baseline: :func:`eval.bench.baselines.naive_diffcut.naive_diffcut`, the release's procedure as it runs (float32
   dense ``eigh`` per node, a Python loop over the 100 thresholds, full-size affinity copies).
 
 Both produce the (128, 128) cluster map of every image; the masks must be identical (checked,
-reported). Times are wall-clock seconds (CUDA synchronised), each side warmed up once first (the
-baseline on a small input). Output: a table on stdout; ``--out FILE`` also writes the numbers as JSON (refuses to
-overwrite an existing file).
+reported). Times are seconds measured by :class:`torch.utils.benchmark.Timer` (accelerator
+synchronised; :func:`eval.bench.timing.timed`), each after one untimed warm-up run. Output: a table on
+stdout; ``--out FILE`` also writes the numbers as JSON (refuses to overwrite an existing file).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -27,43 +27,13 @@ import torch
 
 from diffseg import DiffCut
 from diffseg.devices import resolve_device
+from diffseg.testing.features import clustered_features
 from eval.atomic import write_json_atomic
-from eval.bench import device_info, timed
-from eval.naive_diffcut import naive_diffcut
+from eval.bench.baselines.naive_diffcut import naive_diffcut
+from eval.bench.timing import device_info, timed
 from eval.run import versions
 
-__all__ = ["clustered_features", "main", "run_bench"]
-
-
-def clustered_features(
-    side: int = 32,
-    clusters: int = 8,
-    channels: int = 1280,
-    seed: int = 0,
-    shared_dim: int = 3,
-    own: float = 0.6,
-    noise: float = 0.25,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic DiffCut features with known clusters: ``(features (1, side*side, channels), labels (side, side))``.
-
-    The side x side map is split into ``clusters`` Voronoi regions of random seed points. Region k
-    has a unit centre c_k = normalise(s_k + own * e_k): s_k a random unit vector in a
-    ``shared_dim``-dimensional subspace (so some regions resemble each other more than others, as
-    in real features) and e_k an orthonormal own direction. A location's feature is its region's
-    centre plus isotropic Gaussian noise of total norm about ``noise``. With the defaults the
-    regions are well separated: DiffCut (tau 0.5) finds exactly them. float32, CPU, seeded.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    points = torch.rand(clusters, 2, generator=gen) * side
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    grid = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float() + 0.5
-    labels = torch.cdist(grid, points).argmin(dim=1)
-    basis = torch.linalg.qr(torch.randn(channels, shared_dim + clusters, generator=gen))[0]
-    shared = torch.randn(clusters, shared_dim, generator=gen) @ basis[:, :shared_dim].T
-    centres = shared / shared.norm(dim=1, keepdim=True) + own * basis[:, shared_dim:].T
-    centres = centres / centres.norm(dim=1, keepdim=True)
-    features = centres[labels] + noise * torch.randn(side * side, channels, generator=gen) / math.sqrt(channels)
-    return features[None], labels.reshape(side, side)
+__all__ = ["main", "run_bench"]
 
 
 def run_bench(
@@ -76,14 +46,12 @@ def run_bench(
     """Time both implementations on ``images`` feature maps; returns per-image seconds, medians, ratio, equality."""
     dev = resolve_device(device)
     fast = DiffCut(tau=0.5, alpha=10, mask_size=128)
-    fast(clustered_features(side, clusters, channels, seed=99)[0].to(dev))  # warm-ups (the baseline's
-    naive_diffcut(clustered_features(8, 2, channels, seed=99)[0][0].to(dev))  # on a small input: it is slow)
     rows = []
     for seed in range(images):
         features, _ = clustered_features(side, clusters, channels, seed=seed)
         features = features.to(dev)
-        fast_masks, fast_s = timed(lambda f=features: fast(f)[0], dev)
-        naive_masks, naive_s = timed(lambda f=features: naive_diffcut(f[0]), dev)
+        fast_masks, fast_s = timed(lambda f=features: fast(f)[0])
+        naive_masks, naive_s = timed(lambda f=features: naive_diffcut(f[0]))
         rows.append(
             {
                 "seed": seed,
@@ -135,7 +103,7 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.bench.diffcut", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=3, help="number of synthetic feature maps (default 3)")
     parser.add_argument("--side", type=int, default=32, help="feature map side (32 = SSD-1B at 1024 px)")
     parser.add_argument("--clusters", type=int, default=8)

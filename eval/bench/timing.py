@@ -6,37 +6,27 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.benchmark import Timer
 
-__all__ = ["device_info", "load_average", "log", "median_time", "timed"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+__all__ = ["device_info", "load_average", "log", "timed"]
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    """Run ``fn()`` once; returns its result and the wall-clock seconds (CUDA synchronised)."""
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, time.perf_counter() - start
+def timed(fn: Callable[[], Any], *, repeats: int = 1) -> tuple[Any, float]:
+    """Time ``fn()`` with :class:`torch.utils.benchmark.Timer`; returns its last result and the median seconds.
 
-
-def median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[Any, float]:
-    """Median seconds of ``repeats`` runs of ``fn`` (and the last result)."""
-    times = []
-    out = None
-    for _ in range(repeats):
-        out, seconds = timed(fn, device)
-        times.append(seconds)
-    return out, statistics.median(times)
+    Each of the ``repeats`` measurements is ``Timer.blocked_autorange(min_run_time=0)``: one untimed
+    warm-up run (the Timer's block-size estimate), then one timed run; the Timer synchronises the
+    accelerator around it and runs with the caller's torch thread count.
+    """
+    last: list[Any] = []  # only the latest result is held (a stage's outputs can be large)
+    timer = Timer(stmt="last.clear()\nlast.append(fn())", globals={"fn": fn, "last": last},
+                  num_threads=torch.get_num_threads())
+    times = [timer.blocked_autorange(min_run_time=0.0).median for _ in range(repeats)]
+    return last[0], statistics.median(times)
 
 
 def log(message: str) -> None:

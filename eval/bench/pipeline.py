@@ -10,7 +10,7 @@ stage                     fast path                                   baseline
 decode+preprocess         loader with workers, batched                ``num_workers=0``, one image at a time
 VAE encode                ``--dtype`` (default float32), batched      float32, batch 1
 UNet+capture              fused capture, ``--dtype``, batched         reference capture, float32, batch 1
-aggregation               ``aggregate_attention``, batched            ``eval.naive.naive_aggregate``
+aggregation               ``aggregate_attention``, batched            ``naive_aggregate`` (``baselines.naive_diffseg``)
 DiffSeg float16/float32   ``DiffSeg``, batched                        ``naive_merge`` + NMS per image
 K-Means-C / K-Means-S     ``KMeansSegmenter``, batched                the same, one image per call
 matching                  batched histograms + Hungarian              ``match_image`` per image
@@ -49,13 +49,13 @@ evidence. ``--out PATH`` writes ``PATH.md`` and ``PATH.json`` (e.g. ``--out
 results/bench/bench_cpu`` to publish); it refuses to replace a report that has
 rows the new one lacks (e.g. the official-segmentor row) unless ``--force``.
 
-The pieces: ``eval.bench_timing`` (timers, device description), ``eval.bench_postprocessing``
-(the headline), ``eval.bench_precision`` (the mask comparison), ``eval.bench_report`` (file names,
+The pieces: ``eval.bench.timing`` (timers, device description), ``eval.bench.postprocessing``
+(the headline), ``eval.bench.precision`` (the mask comparison), ``eval.bench.report`` (file names,
 Markdown); this module holds the stages and the command line.
 
-Times are wall-clock seconds with ``torch.cuda.synchronize()`` around timed
-regions; each timed function is warmed up once first. On CPU the warm-ups use
-small inputs (a full warm-up of the baseline would double a long run).
+Times are seconds measured by :class:`torch.utils.benchmark.Timer` (:func:`eval.bench.timing.timed`:
+the accelerator synchronised, the caller's thread count), each after one untimed warm-up run of
+the same work.
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ from diffseg import DiffSeg, KMeansSegmenter, aggregate_attention
 from diffseg.backbone import StableDiffusionBackbone
 from diffseg.capture import capture_self_attention, capture_self_attention_reference
 from diffseg.devices import resolve_device, resolve_dtype
-from eval.bench_postprocessing import OFFICIAL_ENV, postprocessing_headline, realistic_attention, small_maps
-from eval.bench_precision import matched_pixel_changes, summarise_changes
-from eval.bench_report import (
+from eval.bench.baselines.naive_diffseg import naive_aggregate, naive_merge, naive_nms
+from eval.bench.postprocessing import OFFICIAL_ENV, postprocessing_headline, realistic_attention
+from eval.bench.precision import matched_pixel_changes, summarise_changes
+from eval.bench.report import (
     E2E_SUM,
     MEASURED,
     dropped_rows,
@@ -88,14 +89,13 @@ from eval.bench_report import (
     report_paths,
     write_report,
 )
-from eval.bench_timing import device_info, load_average, log, timed
+from eval.bench.timing import device_info, load_average, log, timed
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import Batch, build_loader
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.identity import versions
 from eval.methods import ground_truth_class_counts
 from eval.metrics import NUM_CLASSES, confusion_histograms, match_image, match_stats
-from eval.naive import naive_aggregate, naive_merge, naive_nms
 
 __all__ = ["STAGES", "main", "precision_check", "realistic_attention", "run_bench"]
 
@@ -125,10 +125,10 @@ def make_backbone(tiny: bool, dtype: torch.dtype, device: torch.device, attentio
     weights up to rounding.
     """
     if tiny:
-        from diffseg.tiny import tiny_backbone
+        from diffseg.testing.tiny import tiny_backbone
 
         return tiny_backbone(seed=0, dtype=dtype, device=device, attention_scale=attention_scale)
-    from diffseg.tiny import build_sd1_components
+    from diffseg.testing.tiny import build_sd1_components
 
     parts = build_sd1_components(seed=0, dtype=torch.float32, device=device)
     return StableDiffusionBackbone.from_components(*parts, dtype=dtype, device=device, name="sd1-random")
@@ -275,17 +275,10 @@ def bench_decode(setup: Setup, stage: Stage, dataset: CocoStuff27, base_dataset:
     def base() -> list[Batch]:
         return list(build_loader(base_dataset, batch_size=1, num_workers=0))
 
-    base()  # warm-up (also fills the page cache)
-    fast()
-    batches, stage.fast_s = timed(fast, setup.device)
-    base_batches, stage.baseline_s = timed(base, setup.device)
+    batches, stage.fast_s = timed(fast)
+    base_batches, stage.baseline_s = timed(base)
     stage.fast_images, stage.baseline_images = setup.images, setup.base_images
     return batches, base_batches
-
-
-def _warm_image(setup: Setup) -> torch.Tensor:
-    """A small (1, 3, 128, 128) float32 image for CPU warm-ups."""
-    return torch.zeros(1, 3, 128, 128, device=setup.device)
 
 
 def bench_vae(
@@ -297,14 +290,12 @@ def bench_vae(
     base_inputs: list[torch.Tensor],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """VAE encode of every batch (fast) and every image (baseline); returns both latent lists."""
-    fast_bb.encode(fast_inputs[0] if setup.cuda else _warm_image(setup))
-    latents, stage.fast_s = timed(lambda: [fast_bb.encode(x) for x in fast_inputs], setup.device)
+    latents, stage.fast_s = timed(lambda: [fast_bb.encode(x) for x in fast_inputs])
     stage.fast_images = setup.images
     if base_bb is None:
         stage.baseline_how = "not run (--skip-baseline-backbone)"
         return latents, None
-    base_bb.encode(base_inputs[0] if setup.cuda else _warm_image(setup))
-    base_latents, stage.baseline_s = timed(lambda: [base_bb.encode(x) for x in base_inputs], setup.device)
+    base_latents, stage.baseline_s = timed(lambda: [base_bb.encode(x) for x in base_inputs])
     stage.baseline_images = setup.base_images
     return latents, base_latents
 
@@ -322,18 +313,14 @@ def bench_unet(
     Returns the fast maps ``[{s: (B, s*s, s*s)}]`` per batch and the baseline maps ``[{s: (s*s, s*s)}]``
     per image (taken from the fast maps when the baseline backbone is skipped).
     """
-    warm = latents[0] if setup.cuda else fast_bb.encode(_warm_image(setup))
-    unet_capture(fast_bb, warm, reference=False)
-    fast_maps, stage.fast_s = timed(lambda: [unet_capture(fast_bb, z, False) for z in latents], setup.device)
+    fast_maps, stage.fast_s = timed(lambda: [unet_capture(fast_bb, z, False) for z in latents])
     stage.fast_images = setup.images
     if base_bb is None or base_latents is None:
         stage.baseline_how = "not run (--skip-baseline-backbone)"
         stage.note = "baseline skipped (--skip-baseline-backbone); baseline stages below use the fast maps"
         per_image = [{s: m[i] for s, m in maps.items()} for maps in fast_maps for i in range(len(maps[max(maps)]))]
         return fast_maps, per_image[: setup.base_images]
-    warm = base_latents[0] if setup.cuda else base_bb.encode(_warm_image(setup))
-    unet_capture(base_bb, warm, reference=True)
-    base_maps, stage.baseline_s = timed(lambda: [unet_capture(base_bb, z, True) for z in base_latents], setup.device)
+    base_maps, stage.baseline_s = timed(lambda: [unet_capture(base_bb, z, True) for z in base_latents])
     stage.baseline_images = setup.base_images
     return fast_maps, [{s: m[0] for s, m in maps.items()} for maps in base_maps]
 
@@ -342,18 +329,10 @@ def bench_aggregation(
     setup: Setup, stage: Stage, fast_maps: list[dict[int, torch.Tensor]], base_maps: list[dict[int, torch.Tensor]]
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Aggregation: batched ``(B, S, S, S, S)`` float32 per batch vs ``naive_aggregate`` float64 per image."""
-    small = None if setup.cuda else small_maps(setup.device)
-    aggregate_attention(fast_maps[0] if small is None else small)
-    naive_aggregate(base_maps[0] if small is None else {s: m[0] for s, m in small.items()})
-    attention, stage.fast_s = timed(lambda: [aggregate_attention(m) for m in fast_maps], setup.device)
-    base_attention, stage.baseline_s = timed(lambda: [naive_aggregate(m) for m in base_maps], setup.device)
+    attention, stage.fast_s = timed(lambda: [aggregate_attention(m) for m in fast_maps])
+    base_attention, stage.baseline_s = timed(lambda: [naive_aggregate(m) for m in base_maps])
     stage.fast_images, stage.baseline_images = setup.images, setup.base_images
     return attention, base_attention
-
-
-def _warm_attention(setup: Setup, attention: list[torch.Tensor]) -> torch.Tensor:
-    """``(1, S, S, S, S)`` for warm-ups: the first image on CUDA, small maps on CPU."""
-    return attention[0][:1] if setup.cuda else aggregate_attention(small_maps(setup.device))
 
 
 def bench_diffseg(
@@ -361,13 +340,8 @@ def bench_diffseg(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """DiffSeg at one KL precision: batched masks ``(B, size, size)`` vs the naive port per image."""
     segmenter = setup.methods.diffseg[precision]
-    warm = _warm_attention(setup, attention)
-    segmenter(warm)
-    setup.methods.naive(base_attention[0] if setup.cuda else warm[0].double(), precision)
-    masks, stage.fast_s = timed(lambda: [segmenter(a) for a in attention], setup.device)
-    base_masks, stage.baseline_s = timed(
-        lambda: [setup.methods.naive(a, precision) for a in base_attention], setup.device
-    )
+    masks, stage.fast_s = timed(lambda: [segmenter(a) for a in attention])
+    base_masks, stage.baseline_s = timed(lambda: [setup.methods.naive(a, precision) for a in base_attention])
     stage.fast_images, stage.baseline_images = setup.images, setup.base_images
     agree = (torch.cat(masks)[: setup.base_images] == torch.stack(base_masks)).double().mean().item()
     stage.note = f"fast vs baseline masks: {100 * agree:.3f}% identical pixels"
@@ -386,12 +360,8 @@ def bench_kmeans(
     per-image masks (for the matching stage)."""
     per_image = [(a[i : i + 1], lab[i : i + 1]) for a, lab in zip(attention, labels, strict=True)
                  for i in range(a.shape[0])]
-    warm_labels = labels[0][:1] if setup.cuda else torch.zeros(1, 16, 16, dtype=torch.long, device=setup.device)
-    method(_warm_attention(setup, attention), warm_labels)
-    masks, stage.fast_s = timed(
-        lambda: [method(a, lab) for a, lab in zip(attention, labels, strict=True)], setup.device
-    )
-    base_masks, stage.baseline_s = timed(lambda: [method(a, lab)[0] for a, lab in per_image], setup.device)
+    masks, stage.fast_s = timed(lambda: [method(a, lab) for a, lab in zip(attention, labels, strict=True)])
+    base_masks, stage.baseline_s = timed(lambda: [method(a, lab)[0] for a, lab in per_image])
     stage.fast_images, stage.baseline_images = setup.images, setup.images
     return masks, base_masks[: setup.base_images]
 
@@ -405,10 +375,6 @@ def bench_matching(
     base_labels: list[torch.Tensor],
 ) -> None:
     """Hungarian matching of every method's masks: batched histograms vs ``match_image`` per image."""
-    first = next(iter(masks))
-    fast_match(masks[first][0], labels[0])
-    match_image(base_masks[first][0].cpu(), base_labels[0][0].cpu())
-
     def fast() -> list:
         return [fast_match(m[b], labels[b]) for m in masks.values() for b in range(len(labels))]
 
@@ -416,8 +382,8 @@ def bench_matching(
         return [match_image(m[i].cpu(), base_labels[i][0].cpu()) for m in base_masks.values()
                 for i in range(setup.base_images)]
 
-    _, stage.fast_s = timed(fast, setup.device)
-    _, stage.baseline_s = timed(base, setup.device)
+    _, stage.fast_s = timed(fast)
+    _, stage.baseline_s = timed(base)
     stage.fast_images, stage.baseline_images = setup.images, setup.base_images
 
 
@@ -463,7 +429,6 @@ def bench_end_to_end(
     base_bb: StableDiffusionBackbone | None,
     dataset: CocoStuff27,
     base_dataset: CocoStuff27,
-    root: str,
     measure_baseline: bool,
 ) -> None:
     """The fast chain, measured; the baseline chain measured when asked, else the sum of its stages.
@@ -472,17 +437,14 @@ def bench_end_to_end(
     the chain is sequential, so it is what running it would cost up to loop overhead.
     """
     stage = stages["end to end"]
-    if setup.cuda:
-        fast_chain(setup, fast_bb, CocoStuff27(root, size=setup.image_size, limit=setup.batch_size), setup.batch_size)
-    stage.fast_images, stage.fast_s = timed(lambda: fast_chain(setup, fast_bb, dataset, setup.batch_size), setup.device)
+    stage.fast_images, stage.fast_s = timed(lambda: fast_chain(setup, fast_bb, dataset, setup.batch_size))
     if base_bb is None:
         stage.baseline_how = "not run (--skip-baseline-backbone)"
         stage.note = "no baseline (--skip-baseline-backbone)"
         return
     if measure_baseline:
         stage.baseline = "the baseline chain, one image at a time (measured)"
-        stage.baseline_images, stage.baseline_s = timed(lambda: baseline_chain(setup, base_bb, base_dataset),
-                                                        setup.device)
+        stage.baseline_images, stage.baseline_s = timed(lambda: baseline_chain(setup, base_bb, base_dataset))
         return
     label_as_sum(stages, setup.base_images)
 
@@ -543,12 +505,11 @@ def precision_check(args: argparse.Namespace, setup: Setup, batches: list[Batch]
         log(f"backbone precision: {name}")
         backbone = _precision_backbone(args, dtype, setup.device)
         model = backbone.name
-        backbone.attention_maps(inputs[0][:1].to(setup.device))  # warm-up
 
         def attention(bb: StableDiffusionBackbone = backbone) -> list[torch.Tensor]:
             return [aggregate_attention(bb.attention_maps(x.to(setup.device))) for x in inputs]
 
-        attn, seconds[name] = timed(attention, setup.device)
+        attn, seconds[name] = timed(attention)
         masks[name] = {p: torch.cat([seg(a) for a in attn]).cpu() for p, seg in setup.methods.diffseg.items()}
         del backbone, attn
         if setup.cuda:
@@ -663,7 +624,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         bench_matching(setup, stages["matching"], masks, base_masks, labels, base_labels)
         del masks, base_masks
         log("end to end")
-        bench_end_to_end(setup, stages, fast_bb, base_bb, dataset, base_dataset, tmp, measure_e2e)
+        bench_end_to_end(setup, stages, fast_bb, base_bb, dataset, base_dataset, measure_e2e)
         if setup.cuda:
             log("peak GPU memory")
             report["peak_gpu_memory"] = peak_gpu_memory(setup, fast_bb, tmp)
