@@ -47,7 +47,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m eval.bench $(BENCH_ARGS)
 	$(PY) -m eval.bench.diffcut
-	$(PY) -m eval.bench_explore
+	$(PY) -m eval.bench.explore
 
 demo: $(STAMP)
 	$(PY) -m eval.demo

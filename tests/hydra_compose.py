@@ -15,3 +15,13 @@ def compose_eval(overrides: list[str], return_hydra_config: bool = False) -> Dic
     """The ``eval`` config with ``overrides`` (pass ``paths.output_dir=...`` to run it)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("eval", overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+# One method (DiffSeg) on 128 px images with the tiny backbone: a few seconds per run.
+FAST_DIFFSEG = ["experiment=coco_stuff27_diffseg", "model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0",
+                "progress=false", "device=cpu"]
+
+
+def totals(result: dict) -> dict:
+    """Per method, the summed matching counts of a result (what two equal runs share exactly)."""
+    return {name: (m["tp"], m["fp"], m["fn"], m["valid"], m["images"]) for name, m in result["methods"].items()}

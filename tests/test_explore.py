@@ -204,7 +204,7 @@ def test_run_errors_name_the_path(tmp_path, synthetic_run):
     moved = tmp_path / "moved"
     shutil.copytree(synthetic_run, moved)
     metrics = json.loads((moved / "metrics.json").read_text())
-    metrics["config"]["dataset"]["dataset"]["root"] = str(tmp_path / "gone")
+    metrics["config"]["dataset"]["root"] = str(tmp_path / "gone")
     (moved / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(RunError, match="not available"):
         RunFolder.open(moved).image_and_label(RunFolder.open(moved).ids[0])

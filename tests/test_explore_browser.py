@@ -96,7 +96,7 @@ def _count(page) -> int:
 
 
 def test_one_image_slider_and_click(browser, tmp_path):
-    from diffseg.tiny import tiny_backbone
+    from diffseg.testing.tiny import tiny_backbone
     from eval.data.synthetic import write_synthetic_coco_stuff
     from eval.explore.__main__ import TINY_ATTENTION_SCALE
     from eval.explore.image_app import build_image_app

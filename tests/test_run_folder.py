@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra_compose import compose_eval
+from hydra_compose import FAST_DIFFSEG, compose_eval, totals
 from omegaconf import OmegaConf
 
 from eval import run_folder
@@ -22,8 +22,7 @@ from eval.run import evaluate, hydra_quote, run_cli
 from eval.run_folder import CheckRunFolder, FolderLock, FolderLockedError, RunFolderError
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["experiment=coco_stuff27_diffseg", "model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0",
-        "progress=false", "device=cpu"]
+FAST = FAST_DIFFSEG
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +36,7 @@ def cfg(root: Path, out: Path, *extra: str):
     return compose_eval([*FAST, f"dataset.root={root}", f"paths.output_dir={out}", *extra])
 
 
-def scores(result: dict) -> dict:
-    return {name: (m["tp"], m["fp"], m["fn"], m["valid"], m["images"]) for name, m in result["methods"].items()}
+scores = totals
 
 
 @pytest.fixture(scope="module")

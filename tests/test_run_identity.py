@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra_compose import compose_eval
+from hydra_compose import FAST_DIFFSEG, compose_eval, totals
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
@@ -32,9 +32,7 @@ from eval.run import NoImagesError, evaluate, run_cli
 from eval.tables import collect_runs, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
-# One method (DiffSeg) on 128 px images: a few seconds per run with the tiny backbone.
-FAST = ["experiment=coco_stuff27_diffseg", "model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0",
-        "progress=false", "device=cpu"]
+FAST = FAST_DIFFSEG
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +46,7 @@ def run(root: Path, out: Path, *extra: str) -> dict:
     return evaluate(compose_eval([*FAST, f"dataset.root={root}", f"paths.output_dir={out}", *extra]))
 
 
-def scores(result: dict) -> dict:
-    return {name: (m["tp"], m["fp"], m["fn"], m["valid"], m["images"]) for name, m in result["methods"].items()}
+scores = totals
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import diffseg.segment
-import diffseg.tiny
+import diffseg.testing.tiny
 from diffseg.masks import read_mask_png
 from diffseg.segment import main, output_names
 
@@ -67,8 +67,8 @@ def test_segment_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
 
 
 def test_inputs_sharing_a_stem_get_distinct_outputs(tmp_path, capsys, monkeypatch):
-    small = diffseg.tiny.tiny_backbone
-    monkeypatch.setattr(diffseg.tiny, "tiny_backbone", lambda **kw: small(**kw, input_size=128))  # fast: 128 px
+    small = diffseg.testing.tiny.tiny_backbone
+    monkeypatch.setattr(diffseg.testing.tiny, "tiny_backbone", lambda **kw: small(**kw, input_size=128))  # fast: 128 px
     rng = np.random.default_rng(4)
     paths = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png", tmp_path / "a" / "photo.jpg",
              tmp_path / "a" / "other.png"]

@@ -23,7 +23,7 @@ import eval.data.base
 import eval.data.network
 from diffseg import DiffSeg, KMeansSegmenter, resolution_weights
 from diffseg.preprocess import LabelFormatError, load_label, preprocess_label
-from diffseg.tiny import tiny_backbone
+from diffseg.testing.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.download import DownloadError, download
 from eval.data.loader import SkipCorrupt, Skipped
@@ -249,8 +249,8 @@ def test_sweep_rows_come_from_each_methods_recorded_setting_not_the_tag(tmp_path
 
 
 def test_no_torchvision_notice_on_import():
-    proc = subprocess.run([sys.executable, "-c", "import diffseg.tiny, eval.run"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", "import diffseg.testing.tiny, eval.run"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "requires torchvision" not in proc.stderr + proc.stdout
 

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 def load_backbone(model: str, device: str | None = None) -> tuple[Any, str | None]:
     """``(backbone, banner)``: the tiny random backbone or a pretrained one; the banner says random weights."""
     if model == "tiny":
-        from diffseg.tiny import tiny_backbone
+        from diffseg.testing.tiny import tiny_backbone
         from eval.provenance import RANDOM_BANNER
 
         return tiny_backbone(attention_scale=TINY_ATTENTION_SCALE, device=device), RANDOM_BANNER

@@ -1,4 +1,4 @@
-"""Speed of the explorer's re-segmentation from kept attention: ``python -m eval.bench_explore``.
+"""Speed of the explorer's re-segmentation from kept attention: ``python -m eval.bench.explore``.
 
 At SD 1.x sizes: the tiny random backbone at 512 px gives the 64, 32, 16 and 8 self-attention maps
 of SD 1.x (one backbone pass, kept), the anchor grid is 16 x 16. Timed per re-segmentation (median
@@ -65,7 +65,7 @@ def _image(size: int, seed: int) -> np.ndarray:
 
 def run_bench(repeats: int = 5, size: int = 512, seed: int = 0) -> dict[str, Any]:
     """Time the cases of the module docstring; returns ``{"cases": [...], ...}``."""
-    from diffseg.tiny import tiny_backbone
+    from diffseg.testing.tiny import tiny_backbone
 
     AttentionCache.clear_memory()
     backbone = tiny_backbone(attention_scale=TINY_ATTENTION_SCALE, device="cpu", input_size=size)
@@ -126,7 +126,7 @@ def run_bench(repeats: int = 5, size: int = 512, seed: int = 0) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_explore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.bench.explore", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON (not replaced)")
     args = parser.parse_args(argv)
