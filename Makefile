@@ -1,7 +1,7 @@
 # DiffSeg reproduction harness. Every target installs what it needs into $(VENV).
 # torch is installed first with an exact spec: on CPU-only machines of this project
 # 2.13.0 is a local CPU build; on a GPU machine pass TORCH_SPEC to pick a CUDA build.
-# The reproduce targets run in outputs/<experiment>/<fingerprint of the settings> (eval/identity.py):
+# The reproduce targets run in outputs/<experiment>/<fingerprint of the settings> (eval/run/identity.py):
 # the same command resumes, other RUN_ARGS get their own folder, results are never mixed.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -88,13 +88,13 @@ data-ade20k: $(STAMP)
 	$(PY) datasets/prepare.py ade20k --root $(ADE20K_ROOT) --downloads $(DATA_DOWNLOADS)
 
 reproduce-coco: data-coco
-	@run_dir=$$($(PY) -m eval.identity experiment=coco_stuff27 dataset.root=$(COCO_ROOT) $(RUN_ARGS) --prefix outputs/coco_stuff27) && \
+	@run_dir=$$($(PY) -m eval.run.identity experiment=coco_stuff27 dataset.root=$(COCO_ROOT) $(RUN_ARGS) --prefix outputs/coco_stuff27) && \
 	$(PY) -m eval.run experiment=coco_stuff27 dataset.root=$(COCO_ROOT) hydra.run.dir=$$run_dir $(RUN_ARGS) && \
 	$(PY) -m eval.compare $$run_dir --out results/coco_stuff27/compare && \
 	$(PY) -m eval.tables $$run_dir --out results/coco_stuff27
 
 reproduce-cityscapes: data-cityscapes
-	@run_dir=$$($(PY) -m eval.identity experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) $(RUN_ARGS) --prefix outputs/cityscapes) && \
+	@run_dir=$$($(PY) -m eval.run.identity experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) $(RUN_ARGS) --prefix outputs/cityscapes) && \
 	$(PY) -m eval.run experiment=cityscapes dataset.root=$(CITYSCAPES_ROOT) hydra.run.dir=$$run_dir $(RUN_ARGS) && \
 	$(PY) -m eval.compare $$run_dir --out results/cityscapes/compare && \
 	$(PY) -m eval.tables $$run_dir --out results/cityscapes

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.atomic import write_json_atomic
-from eval.data.classes import DATASET_TITLES
+from eval.data.classes import dataset_title
 from eval.stats.analysis import INTERVALS, ImageStats, analyse, per_image_miou
 from eval.stats.report import fmt_interval, fmt_p, write_report
 from eval.stats.runs import CompareError, class_names, comparable_ids, load_run, method_groups
@@ -107,7 +107,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     }
     out = Path(out_dir)
     stats = {k: v[0][2] for k, v in groups.items()}
-    written = write_report(compare, stats, ids, out, _banner(runs, notes), DATASET_TITLES.get(dataset, dataset))
+    written = write_report(compare, stats, ids, out, _banner(runs, notes), dataset_title(dataset))
     compare["files"] = sorted(p.name for p in written) + [COMPARE_FILE]
     write_json_atomic(out / COMPARE_FILE, compare)
     compare["_seconds"] = seconds  # not written: the file must not depend on the machine

@@ -21,8 +21,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from eval.data.synthetic import write_synthetic_coco_stuff
+from eval.report.tables import collect_runs, write_tables
 from eval.run import evaluate
-from eval.tables import collect_runs, write_tables
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEMO_IDS = ["000000000139", "000000000285", "000000000632", "000000000724", "000000000776",

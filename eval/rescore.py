@@ -3,7 +3,7 @@
 ``python -m eval.rescore RUN_DIR --protocol diffcut --out DIR``
 
 Reads ``RUN_DIR/metrics.json`` (its config, methods and evaluated images) and the masks the
-run saved (``save_masks=png`` or ``coco``, :mod:`eval.mask_files`), rebuilds the run's labels
+run saved (``save_masks=png`` or ``coco``, :mod:`eval.run.mask_files`), rebuilds the run's labels
 with the run's own geometry (the masks were made at it), scores every image with
 :func:`eval.metrics.image_stats` under ``--protocol``'s rules and writes a new run folder
 (``run.json``, ``per_image.jsonl``, ``metrics.json``). Its provenance names the source run
@@ -28,13 +28,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from eval.build import build_dataset
-from eval.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, versions
-from eval.mask_files import load_saved_masks, read_saved_mask
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
-from eval.protocols import ProtocolError, apply_protocol, geometry_differences
-from eval.provenance import build_provenance
-from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
+from eval.metrics.protocols import ProtocolError, apply_protocol, geometry_differences
+from eval.run.build import build_dataset
+from eval.run.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, versions
+from eval.run.mask_files import load_saved_masks, read_saved_mask
+from eval.run.provenance import build_provenance
+from eval.run.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
 
 __all__ = ["RescoreError", "main", "rescore"]
 

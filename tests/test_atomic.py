@@ -10,7 +10,7 @@ import pytest
 
 from diffseg.masks import write_mask_png
 from eval.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from eval.figures import save_figure
+from eval.report.figures import save_figure
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hydra_compose import compose_eval
 
-from eval.cache import AttentionCache, input_key
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate
+from eval.run.cache import AttentionCache, input_key
 
 FAST = ["experiment=coco_stuff27_diffseg", "model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0",
         "progress=false", "device=cpu", "dataset.limit=4"]
@@ -61,7 +61,7 @@ def test_a_damaged_disk_entry_is_never_used_and_is_overwritten(tmp_path, caplog,
         path.write_bytes(bytes(data))
     else:
         path.write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="eval.cache"):
+    with caplog.at_level(logging.WARNING, logger="eval.run.cache"):
         assert cache.get(key) is None
     assert str(path) in caplog.text and "recomputing and overwriting" in caplog.text
     assert (cache.hits, cache.misses, cache.rejected) == (0, 1, 1)
@@ -109,7 +109,7 @@ def test_a_truncated_entry_in_a_run_is_recomputed_with_the_same_numbers(tmp_path
     assert len(entries) == 4
     victim = entries[0]
     victim.write_bytes(victim.read_bytes()[:1000])
-    with caplog.at_level(logging.WARNING, logger="eval.cache"):
+    with caplog.at_level(logging.WARNING, logger="eval.run.cache"):
         second = run(root, tmp_path / "second", *cache)
     assert str(victim) in caplog.text
     assert second["cache"] == {"mode": "disk", "hits": 3, "misses": 1, "rejected": 1}

@@ -11,7 +11,9 @@ from hydra_compose import compose_eval
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from eval.coco_results import (
+from eval.data.synthetic import write_synthetic_voc
+from eval.data.voc import Voc21
+from eval.report.coco_results import (
     CocoResults,
     main,
     mask_to_records,
@@ -20,8 +22,6 @@ from eval.coco_results import (
     segment_categories,
     write_pngs,
 )
-from eval.data.synthetic import write_synthetic_voc
-from eval.data.voc import Voc21
 from eval.run import evaluate
 
 

@@ -11,7 +11,7 @@ import pytest
 from eval.compare import ImageStats, analyse, compare_runs, load_intervals, main
 from eval.data.coco_stuff import COCO_STUFF27_CLASSES
 from eval.metrics import scores
-from eval.records import RunRecords, accumulate, method_scores, write_metrics
+from eval.run.records import RunRecords, accumulate, method_scores, write_metrics
 
 C = 5  # classes of the synthetic runs
 

@@ -8,7 +8,7 @@ from hydra_compose import CONF_DIR, EXPERIMENTS, compose_eval
 from omegaconf import OmegaConf
 
 from diffseg import DiffCut, DiffSeg, KMeansSegmenter
-from eval.methods import build_methods
+from eval.run.methods import build_methods
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -125,8 +125,8 @@ def test_methods_group_picks_the_rows(tmp_path):
 
 
 def test_dataset_config_that_disagrees_with_its_class_is_refused(tmp_path):
-    from eval.build import build_dataset
     from eval.data.synthetic import write_synthetic_voc
+    from eval.run.build import build_dataset
 
     ids = write_synthetic_voc(tmp_path / "voc", num_images=2, seed=0, size_range=(32, 48))
     cfg = compose_eval(["dataset=voc21", f"dataset.root={tmp_path / 'voc'}", "dataset.size=16",

@@ -14,9 +14,9 @@ from diffseg.masks import read_mask_png
 from diffseg.testing.tiny import tiny_backbone
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.methods import upsample_ids
 from eval.metrics import HungarianSegmentationMetric, metric_json
 from eval.run import evaluate
+from eval.run.methods import upsample_ids
 
 FAST = ["experiment=coco_stuff27", "+method@methods.diffcut=diffcut", "model=tiny", "dataset.size=128",
         "batch_size=2", "num_workers=0", "progress=false", "device=cpu", "save_masks=true",

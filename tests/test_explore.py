@@ -14,12 +14,12 @@ from PIL import Image
 from diffseg import DiffSeg, aggregate_attention
 from diffseg.families import BackboneFamily
 from diffseg.masks import read_mask_png
-from eval.cache import AttentionCache
-from eval.coco_results import CocoResults
 from eval.explore.__main__ import main as explore_main
 from eval.explore.runs import ALL_CLASSES, RunError, RunFolder, compare_runs, matched_colours
 from eval.explore.session import ImageSession, SegmentParams, weights_from
-from eval.records import read_records
+from eval.report.coco_results import CocoResults
+from eval.run.cache import AttentionCache
+from eval.run.records import read_records
 
 SIDES = (16, 8, 4)
 

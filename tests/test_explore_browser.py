@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from explore_fixtures import synthetic_run_folder
 
-from eval.cache import AttentionCache
+from eval.run.cache import AttentionCache
 
 CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 SCREENSHOTS = os.environ.get("EXPLORE_SCREENSHOTS")
@@ -101,7 +101,7 @@ def test_one_image_slider_and_click(browser, tmp_path):
     from eval.explore.__main__ import TINY_ATTENTION_SCALE
     from eval.explore.image_app import build_image_app
     from eval.explore.session import ImageSession
-    from eval.provenance import RANDOM_BANNER
+    from eval.run.provenance import RANDOM_BANNER
 
     AttentionCache.clear_memory()
     write_synthetic_coco_stuff(tmp_path, num_images=1, seed=7, size_range=(300, 360))

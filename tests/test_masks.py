@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import diffseg.segment
-import eval.figures
+import eval.report.figures
 from diffseg.masks import (
     MaskFileError,
     colorize,
@@ -31,8 +31,8 @@ def test_palette_is_fixed_distinct_and_never_black():
 
 def test_one_palette_and_overlay_everywhere():
     # figures and the segment CLI use this module's functions, not copies
-    assert eval.figures.colorize is colorize and eval.figures.overlay is overlay
-    assert eval.figures.default_palette is default_palette
+    assert eval.report.figures.colorize is colorize and eval.report.figures.overlay is overlay
+    assert eval.report.figures.default_palette is default_palette
     assert diffseg.segment.overlay is overlay and diffseg.segment.write_mask_png is write_mask_png
     assert not hasattr(diffseg.segment, "_palette")
 

@@ -321,7 +321,7 @@ def test_metric_iou_nan_for_absent_classes_and_miou_over_present():
 
 
 def _old_runner_records(mask, labels, num_classes):
-    """The per-image records eval/run.py wrote before this metric (_batch_records/_image_stats)."""
+    """The per-image records eval/run/runner.py wrote before this metric (_batch_records/_image_stats)."""
     num_pred = int(mask.max()) + 1 if mask.numel() else 1
     hists = confusion_histograms(mask, labels, num_classes, num_pred=num_pred).cpu().numpy()
     out = []

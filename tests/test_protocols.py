@@ -15,16 +15,16 @@ from PIL import Image
 from reference_protocols import release_image, release_label_geometry, release_labels, to_project_order
 
 from diffseg.masks import read_mask_png
-from eval.coco_results import CocoResults
 from eval.data.base import contiguous_lut
 from eval.data.coco_object import coco_stuffthing_to_object_lut
 from eval.data.synthetic import write_synthetic_voc
 from eval.data.voc import Voc21
-from eval.identity import RunMismatchError
 from eval.metrics import image_stats
-from eval.protocols import DiffCutGeometry, ProtocolError, apply_protocol, torchvision_center_crop
+from eval.metrics.protocols import DiffCutGeometry, ProtocolError, apply_protocol, torchvision_center_crop
+from eval.report.coco_results import CocoResults
 from eval.rescore import main as rescore_main
 from eval.run import evaluate
+from eval.run.identity import RunMismatchError
 
 # --------------------------------------------------------------------------- scoring
 

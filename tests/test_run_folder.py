@@ -15,11 +15,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_compose import FAST_DIFFSEG, compose_eval, totals
 from omegaconf import OmegaConf
 
-from eval import run_folder
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.identity import RunMismatchError
-from eval.run import evaluate, hydra_quote, run_cli
-from eval.run_folder import CheckRunFolder, FolderLock, FolderLockedError, RunFolderError
+from eval.run import evaluate, hydra_quote, run_cli, run_folder
+from eval.run.identity import RunMismatchError
+from eval.run.run_folder import CheckRunFolder, FolderLock, FolderLockedError, RunFolderError
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = FAST_DIFFSEG

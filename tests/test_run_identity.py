@@ -18,18 +18,17 @@ from hydra_compose import FAST_DIFFSEG, compose_eval, totals
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
-from eval import identity
 from eval.compare import main as compare_main
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import DuplicateIdsError
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.identity import CodeVersionError, ContentMismatchError, RunMismatchError, code_version_of
-from eval.identity import main as identity_main
-from eval.interrupt import RunInterrupted
-from eval.merge import MergeError, merge_runs
-from eval.merge import main as merge_main
-from eval.run import NoImagesError, evaluate, run_cli
-from eval.tables import collect_runs, write_tables
+from eval.report.tables import collect_runs, write_tables
+from eval.run import NoImagesError, evaluate, identity, run_cli
+from eval.run.identity import CodeVersionError, ContentMismatchError, RunMismatchError, code_version_of
+from eval.run.identity import main as identity_main
+from eval.run.interrupt import RunInterrupted
+from eval.run.merge import MergeError, merge_runs
+from eval.run.merge import main as merge_main
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = FAST_DIFFSEG

@@ -15,9 +15,9 @@ from diffseg.backbone import StableDiffusionBackbone
 from diffseg.masks import read_mask_png
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff
-from eval.merge import merge_runs
 from eval.metrics import HungarianSegmentationMetric, metric_json
 from eval.run import evaluate
+from eval.run.merge import merge_runs
 
 # Small images keep the tiny backbone fast: 128 px -> 16x16 latents -> attention sides 16, 8, 4, 2.
 FAST = [

@@ -153,7 +153,7 @@ def test_power_and_holm_marks_in_the_output():
 
 
 def test_analysis_modules_import_no_model_code():
-    code = ("import sys, time; t = time.perf_counter(); import eval.compare, eval.tables, eval.stats.analysis; "
+    code = ("import sys, time; t = time.perf_counter(); import eval.compare, eval.report.tables, eval.stats.analysis; "
             "print(time.perf_counter() - t); print(sorted(m for m in ('torch', 'diffusers', 'transformers', "
             "'torchmetrics') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,

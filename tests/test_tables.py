@@ -1,4 +1,4 @@
-"""Tests of the result tables and figures (eval.tables, eval.figures)."""
+"""Tests of the result tables and figures (eval.report.tables, eval.report.figures)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval.figures import colorize, default_palette, overlay, qualitative_grid
-from eval.ledger import Claim, load_ledger
-from eval.provenance import RANDOM_BANNER, UNKNOWN_BANNER
-from eval.tables import (
+from eval.report.figures import colorize, default_palette, overlay, qualitative_grid
+from eval.report.ledger import Claim, load_ledger
+from eval.report.tables import (
     ablation_tables,
     collect_runs,
     main,
@@ -20,6 +19,7 @@ from eval.tables import (
     protocol_sensitivity_tables,
     write_tables,
 )
+from eval.run.provenance import RANDOM_BANNER, UNKNOWN_BANNER
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,8 @@ import pytest
 from hydra_compose import compose_eval
 
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.records import load_run_records
 from eval.run import evaluate
+from eval.run.records import load_run_records
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -92,7 +92,7 @@ def test_killed_two_rank_run_resumes_with_one_process_to_the_same_totals(root, s
 
 
 def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
-    from eval.distributed import export_slurm_env
+    from eval.run.distributed import export_slurm_env
 
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
         # setenv first: it records the current value (or its absence), so the variables

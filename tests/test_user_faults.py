@@ -28,10 +28,10 @@ from eval.data.coco_stuff import CocoStuff27
 from eval.data.download import DownloadError, download
 from eval.data.loader import SkipCorrupt, Skipped
 from eval.data.synthetic import write_synthetic_coco_stuff
+from eval.report.tables import ablation_tables, collect_runs
 from eval.run import evaluate
-from eval.settings import SettingError, validate
-from eval.tables import ablation_tables, collect_runs
-from eval.unknown_labels import UnknownLabelsError
+from eval.run.settings import SettingError, validate
+from eval.run.unknown_labels import UnknownLabelsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -249,7 +249,7 @@ def test_sweep_rows_come_from_each_methods_recorded_setting_not_the_tag(tmp_path
 
 
 def test_no_torchvision_notice_on_import():
-    proc = subprocess.run([sys.executable, "-c", "import diffseg.testing.tiny, eval.run"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", "import diffseg.testing.tiny, eval.run.runner"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "requires torchvision" not in proc.stderr + proc.stdout

@@ -33,8 +33,8 @@ import torch
 
 from diffseg import DiffSeg, aggregate_attention
 from eval.atomic import write_json_atomic
-from eval.cache import AttentionCache
 from eval.explore.session import ImageSession, SegmentParams, weights_from
+from eval.run.cache import AttentionCache
 
 __all__ = ["TARGET_SECONDS", "main", "run_bench"]
 

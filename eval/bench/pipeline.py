@@ -93,9 +93,9 @@ from eval.bench.timing import device_info, load_average, log, timed
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import Batch, build_loader
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.identity import versions
-from eval.methods import ground_truth_class_counts
 from eval.metrics import NUM_CLASSES, confusion_histograms, match_image, match_stats
+from eval.run.identity import versions
+from eval.run.methods import ground_truth_class_counts
 
 __all__ = ["STAGES", "main", "precision_check", "realistic_attention", "run_bench"]
 

@@ -89,7 +89,7 @@ class LabelledImages(Dataset):
     root_variable: ClassVar[str]             # the Makefile variable naming the root
     prepare_action: ClassVar[str] = "download and prepare it"
     options: ClassVar[dict[str, Any]] = {}   # keyword settings of the class and their defaults
-    geometry: Any = None  # another protocol's crop and resize (eval.protocols.apply_protocol); None = the above
+    geometry: Any = None  # another protocol's crop and resize (eval.metrics.protocols.apply_protocol); None = the above
     ignore_values: tuple[int, ...] = (255,)
     colour_map: dict[tuple[int, int, int], int] | None = None
     image_dir: str = ""

@@ -26,7 +26,7 @@ import numpy as np
 
 from eval.data.base import IGNORE_INDEX, LabelledImages, make_hint, read_id_list
 from eval.data.loader import DatasetNotFoundError
-from eval.identity import SYNTHETIC_MARKER
+from eval.run.identity import SYNTHETIC_MARKER
 
 __all__ = [
     "ALL_LIST_FILE",

@@ -24,7 +24,7 @@ from eval.data.coco_object import COCO_THING_IDS
 from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR
 from eval.data.context import CONTEXT_DETAIL_IDS
 from eval.data.voc import VOC21_CLASSES
-from eval.identity import SYNTHETIC_MARKER
+from eval.run.identity import SYNTHETIC_MARKER
 
 __all__ = [
     "SyntheticShape",

@@ -50,7 +50,7 @@ def load_backbone(model: str, device: str | None = None) -> tuple[Any, str | Non
     """``(backbone, banner)``: the tiny random backbone or a pretrained one; the banner says random weights."""
     if model == "tiny":
         from diffseg.testing.tiny import tiny_backbone
-        from eval.provenance import RANDOM_BANNER
+        from eval.run.provenance import RANDOM_BANNER
 
         return tiny_backbone(attention_scale=TINY_ATTENTION_SCALE, device=device), RANDOM_BANNER
     from diffseg.backbone import StableDiffusionBackbone

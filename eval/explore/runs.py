@@ -8,10 +8,10 @@ tp / fp / fn per class on every image). From them :class:`RunFolder` gives
   image's label or prediction, :func:`eval.compare.per_image_miou`) and the classes present in
   the label (``tp + fn > 0``), sortable and filterable by class;
 * the run's per-class IoU (``metrics.json``) and its provenance banner (random weights,
-  synthetic data, partial data, settings other than the paper's; :mod:`eval.provenance`);
+  synthetic data, partial data, settings other than the paper's; :mod:`eval.run.provenance`);
 * an image, its label (through the run's own dataset config) and each method's saved mask:
   ``masks/<method>/<id>.png`` (``save_masks=true``) or COCO RLE results (a JSON list of
-  :mod:`eval.coco_results` records under ``masks/``), coloured by the class each segment is
+  :mod:`eval.report.coco_results` records under ``masks/``), coloured by the class each segment is
   matched to (the metric's Hungarian matching).
 
 :func:`compare_runs` lists the per-image differences of two runs of one dataset, sorted.
@@ -32,13 +32,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from diffseg.masks import MaskFileError, read_mask_png
-from eval.build import build_dataset
-from eval.coco_results import CocoResults, matched_categories
 from eval.compare import ImageStats, per_image_miou
-from eval.data.classes import DATASET_CLASSES
+from eval.data.classes import dataset_classes
 from eval.explore.render import resize_nearest
-from eval.provenance import banner, images_note
-from eval.records import METRICS_FILE, load_run_records
+from eval.report.coco_results import CocoResults, matched_categories
+from eval.run.build import build_dataset
+from eval.run.provenance import banner, images_note
+from eval.run.records import METRICS_FILE, load_run_records
 
 __all__ = ["ALL_CLASSES", "RunError", "RunFolder", "compare_runs", "matched_colours"]
 
@@ -113,7 +113,7 @@ class RunFolder:
 
     @property
     def class_names(self) -> list[str]:
-        names = DATASET_CLASSES.get(self.dataset)
+        names = dataset_classes(self.dataset)
         if names is not None and len(names) == self.num_classes:
             return list(names)
         return [f"class {i}" for i in range(self.num_classes)]

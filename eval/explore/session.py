@@ -1,7 +1,7 @@
 """One image, kept: the backbone pass runs once per image and timestep, everything else re-draws from it.
 
 :class:`ImageSession` holds images (from a path or an upload) and, through the project's
-attention cache (:class:`eval.cache.AttentionCache`, memory mode), each image's per-resolution
+attention cache (:class:`eval.run.cache.AttentionCache`, memory mode), each image's per-resolution
 self-attention ``{s: (s*s, s*s)}`` per timestep. A change of the KL threshold, the anchor grid,
 the aggregation weights, the KL precision or the refinement re-segments from that kept
 attention with the library's own steps (:mod:`diffseg.merging`, :class:`diffseg.DiffSeg`,
@@ -33,7 +33,7 @@ from diffseg.merging import FirstMergeDistances, anchor_grid, first_merge_distan
 from diffseg.nms import nms_mask
 from diffseg.preprocess import load_image, preprocess_image
 from diffseg.segmenter import DiffSeg
-from eval.cache import AttentionCache
+from eval.run.cache import AttentionCache
 
 __all__ = ["ImageSession", "SegmentParams", "Segmentation", "StoredImage", "image_key", "weights_from"]
 

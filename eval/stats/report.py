@@ -148,7 +148,7 @@ def _load_masks(run_path: Path, method: str, ids: Sequence[str]) -> dict[str, np
 def _figures(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Sequence[str], out: Path,
              banner: str | None) -> tuple[list[Path], list[str], dict[str, Any]]:
     """Per-class bars, per-image distribution and worst / best grids; returns paths, Markdown, extremes."""
-    from eval.figures import image_extremes, per_class_iou_bars, per_image_distribution
+    from eval.report.figures import image_extremes, per_class_iou_bars, per_image_distribution
 
     methods = compare["methods"]
     labels = {k: methods[k]["label"] for k in stats}

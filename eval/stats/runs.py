@@ -1,7 +1,7 @@
 """Run folders as inputs of a comparison: loading, comparability checks, seed groups.
 
-A run folder holds ``metrics.json`` and ``per_image.jsonl`` (:mod:`eval.records`) and,
-from the runner, ``run.json`` (:mod:`eval.identity`) with every setting that can change
+A run folder holds ``metrics.json`` and ``per_image.jsonl`` (:mod:`eval.run.records`) and,
+from the runner, ``run.json`` (:mod:`eval.run.identity`) with every setting that can change
 a per-image result. Runs whose settings differ only in seeds (any setting whose name
 ends in ``seed``, e.g. the folders of ``-m seed=0,1,2``) are one setting run several
 times: their methods become one method with several seed runs.
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.data.classes import DATASET_CLASSES
-from eval.records import load_run_records
+from eval.data.classes import dataset_classes
+from eval.run.records import load_run_records
 from eval.stats.analysis import ImageStats
 
 __all__ = ["CompareError", "Run", "class_names", "comparable_ids", "load_run", "method_groups", "seed_groups"]
@@ -97,7 +97,7 @@ class Run:
             if list(map(int, saved[key])) != ours.tolist():
                 raise CompareError(f"{self.path}: metrics.json {key} of {method!r} differs from the sums of the "
                                    "per-image records; re-create metrics.json from the records (re-run the "
-                                   "evaluation in this folder, or eval.merge for shards)")
+                                   "evaluation in this folder, or eval.run.merge for shards)")
         if int(saved.get("valid", stats.valid.sum())) != int(stats.valid.sum()):
             raise CompareError(f"{self.path}: metrics.json valid of {method!r} differs from the per-image records")
 
@@ -216,7 +216,7 @@ def method_groups(runs: list[Run], ids: Sequence[str]) -> dict[str, list[tuple[R
 
 def class_names(dataset: str, num_classes: int) -> list[str]:
     """The dataset's class names, or ``class i`` where unknown."""
-    names = DATASET_CLASSES.get(dataset)
+    names = dataset_classes(dataset)
     if names is not None and len(names) == num_classes:
         return list(names)
     return [f"class {i}" for i in range(num_classes)]

@@ -14,7 +14,7 @@ A method on UNet features instead of attention (DiffCut) adds::
                                                # pass when the settings are the same)
     output_size: 512                           # cluster maps upsampled to the evaluation size
 
-Every method of a run is scored under the run's protocol (``cfg.protocol``, :mod:`eval.protocols`).
+Every method of a run is scored under the run's protocol (``cfg.protocol``, :mod:`eval.metrics.protocols`).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Attention methods (DiffSeg, the K-Means baselines) read the self-attention maps of the
 run's pass (``model.timestep``, ``model.noise``), from the attention cache when it has
-them (keyed by the content of each pre-processed image, :func:`eval.cache.input_key`).
+them (keyed by the content of each pre-processed image, :func:`eval.run.cache.input_key`).
 Feature methods (DiffCut) read the output of the last encoder self-attention layer of
-their own pass (:class:`eval.methods.FeaturePass`: DiffCut's release runs t = 50 with
+their own pass (:class:`eval.run.methods.FeaturePass`: DiffCut's release runs t = 50 with
 one seeded noise for the batch). Methods that need the same pass share it, and a feature
 method whose ``features.timestep`` is null reads the attention pass itself: one UNet pass
 then feeds both captures.
@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffseg import aggregate_attention
 from diffseg.devices import resolve_dtype
-from eval.build import build
-from eval.cache import AttentionCache, input_key
-from eval.methods import FeaturePass, Method, weights_key
-from eval.protocols import protocol_settings
+from eval.metrics.protocols import protocol_settings
+from eval.run.build import build
+from eval.run.cache import AttentionCache, input_key
+from eval.run.methods import FeaturePass, Method, weights_key
 
 __all__ = ["BackbonePasses", "segment_batch"]
 

@@ -37,22 +37,17 @@ background, boundary and unlabelled pixels all counted as background.
 
 from __future__ import annotations
 
-import functools
-import math
-import warnings
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchmetrics import Metric
 
 from eval.stats.scores import scores as stats_scores
 
 NUM_CLASSES = 27
-PROTOCOLS = ("diffseg", "diffcut")  # scoring rules; eval.protocols adds each one's geometry
+PROTOCOLS = ("diffseg", "diffcut")  # scoring rules; eval.metrics.protocols adds each one's geometry
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -310,170 +305,3 @@ def scores(tp: Any, fp: Any, fn: Any, valid: int) -> dict[str, Any]:
     one (torch-free) implementation that the bootstrap of :mod:`eval.compare` shares.
     """
     return stats_scores(_to_numpy(tp), _to_numpy(fp), _to_numpy(fn), int(valid))
-
-
-_STAT_KEYS = ("tp", "fp", "fn", "valid", "segments")
-_EMPTY_COMPUTE_WARNING = r"The ``compute`` method of metric .* was called before the ``update`` method"
-
-
-class HungarianSegmentationMetric(Metric):
-    """The matching metric as a ``torchmetrics.Metric``: dataset-level sums, summed across ranks.
-
-    States (int64, ``dist_reduce_fx="sum"``): ``tp``, ``fp``, ``fn`` of shape (C,), and the
-    scalars ``valid`` (pixels with a valid label), ``images`` and ``segments`` (distinct
-    predicted ids, summed over images). Predictions may live on any device: matching runs
-    on the host and the sums are added on the metric's own device (move the metric with
-    ``.to(device)`` where the process group needs it, e.g. NCCL).
-
-    Two ways in, one accumulation: :meth:`update` matches a batch with :func:`image_stats`;
-    :meth:`add_stats` adds per-image stats computed earlier (replay of stored records on
-    resume). Both go through torchmetrics' ``update`` wrapper. The stats of the last
-    ``update`` batch are kept in :attr:`last_stats` (same order as the batch).
-    ``protocol`` and ``background`` choose the scoring rules (:func:`image_stats`).
-
-    Calling :meth:`compute` on a metric without data is well defined here (NaN scores), so
-    torchmetrics' "compute before update" warning is silenced for this metric; this also
-    covers a rank that received no image in a data-parallel run.
-    """
-
-    full_state_update = False
-    higher_is_better = True
-    is_differentiable = False
-
-    tp: torch.Tensor
-    fp: torch.Tensor
-    fn: torch.Tensor
-    valid: torch.Tensor
-    images: torch.Tensor
-    segments: torch.Tensor
-
-    def __init__(self, num_classes: int = NUM_CLASSES, background: int | None = None, protocol: str = "diffseg",
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if background is not None and not 0 <= background < num_classes:
-            raise ValueError(f"background must be a class id in [0, {num_classes}), got {background!r}")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        self.num_classes = num_classes
-        self.background = background
-        self.protocol = protocol
-        for name in ("tp", "fp", "fn"):
-            self.add_state(name, default=torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
-        for name in ("valid", "images", "segments"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        self.last_stats: list[dict[str, Any]] = []
-
-    def update(self, preds: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
-               stats: Iterable[Mapping[str, Any]] | None = None) -> None:
-        """Add a batch: ``update(preds, labels)`` with (B, H, W) ids / labels, or ``update(stats=...)``.
-
-        ``stats`` (what :meth:`add_stats` passes) are per-image dicts as :func:`image_stats`
-        returns them; give either a batch or stats, not both.
-        """
-        if stats is None:
-            if preds is None or labels is None:
-                raise ValueError("update needs preds and labels (or stats=...)")
-            stats = image_stats(preds, labels, self.num_classes, self.background, self.protocol)
-            self.last_stats = stats
-        elif preds is not None or labels is not None:
-            raise ValueError("give either preds and labels or stats, not both")
-        self._accumulate(list(stats))
-
-    def add_stats(self, stats: Iterable[Mapping[str, Any]]) -> None:
-        """Add per-image stats already computed by :func:`image_stats` (e.g. stored records)."""
-        self.update(stats=stats)
-
-    def _accumulate(self, stats: list[Mapping[str, Any]]) -> None:
-        if not stats:
-            return
-        sums = {}
-        for key in _STAT_KEYS:
-            try:
-                values = [s[key] for s in stats]
-            except KeyError:
-                raise ValueError(f"per-image stats need the keys {list(_STAT_KEYS)}; one lacks {key!r}") from None
-            arr = np.asarray(values, dtype=np.int64)
-            if key in ("tp", "fp", "fn") and arr.shape != (len(stats), self.num_classes):
-                raise ValueError(
-                    f"per-image {key!r} must be {self.num_classes} counts (num_classes); got shape {arr.shape[1:]}"
-                )
-            sums[key] = torch.as_tensor(arr.sum(axis=0), dtype=torch.int64)
-        for key in ("tp", "fp", "fn", "valid", "segments"):
-            state = getattr(self, key)
-            setattr(self, key, state + sums[key].to(state.device))
-        self.images = self.images + len(stats)
-
-    def compute(self) -> dict[str, Any]:
-        """Scores of the accumulated (and, when distributed, synced) sums.
-
-        Returns:
-            ``acc`` and ``miou`` (x100 floats, NaN when undefined), ``iou`` (float64 CPU
-            tensor (C,), x100, NaN for classes with ``tp + fp + fn == 0``; torchmetrics
-            squeezes it to 0-d when C == 1), ``mean_segments`` (float, NaN without images),
-            and the raw sums ``tp``, ``fp``, ``fn`` (lists of int), ``valid``, ``images``,
-            ``segments`` (int). Values are those of :func:`scores`.
-        """
-        tp, fp, fn = (getattr(self, k).cpu().numpy() for k in ("tp", "fp", "fn"))
-        valid, images, segments = int(self.valid), int(self.images), int(self.segments)
-        out = scores(tp, fp, fn, valid)
-        return {
-            "acc": math.nan if out["acc"] is None else out["acc"],
-            "miou": math.nan if out["miou"] is None else out["miou"],
-            "iou": torch.tensor([math.nan if v is None else v for v in out["iou"]], dtype=torch.float64),
-            "mean_segments": segments / images if images else math.nan,
-            "tp": tp.tolist(),
-            "fp": fp.tolist(),
-            "fn": fn.tolist(),
-            "valid": valid,
-            "images": images,
-            "segments": segments,
-        }
-
-    def reset(self) -> None:
-        """Clear the sums and :attr:`last_stats`."""
-        super().reset()
-        self.last_stats = []
-
-    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
-        """Add another metric's (or state dict's) sums; also drops a cached ``compute`` result."""
-        super().merge_state(incoming_state)
-        self._computed = None  # torchmetrics keeps the cached value after a merge otherwise
-
-    def _wrap_compute(self, compute: Callable) -> Callable:
-        wrapped = super()._wrap_compute(compute)
-
-        @functools.wraps(wrapped)
-        def compute_without_empty_warning(*args: Any, **kwargs: Any) -> Any:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_EMPTY_COMPUTE_WARNING, category=UserWarning)
-                return wrapped(*args, **kwargs)
-
-        return compute_without_empty_warning
-
-
-def metric_json(computed: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-safe form of :meth:`HungarianSegmentationMetric.compute` (NaN -> None).
-
-    Returns the keys and values the runner's ``metrics.json`` holds per method:
-    ``acc``, ``miou``, ``iou`` (list, None where undefined), ``tp``, ``fp``, ``fn``,
-    ``valid``, ``images``, ``mean_segments``.
-    """
-
-    def number(x: Any) -> float | None:
-        x = float(x)
-        return None if math.isnan(x) else x
-
-    iou = torch.as_tensor(computed["iou"], dtype=torch.float64).reshape(-1).tolist()
-    return {
-        "acc": number(computed["acc"]),
-        "miou": number(computed["miou"]),
-        "iou": [number(v) for v in iou],
-        "tp": [int(v) for v in computed["tp"]],
-        "fp": [int(v) for v in computed["fp"]],
-        "fn": [int(v) for v in computed["fn"]],
-        "valid": int(computed["valid"]),
-        "images": int(computed["images"]),
-        "mean_segments": number(computed["mean_segments"]),
-    }

@@ -14,7 +14,7 @@ A run folder holds ``run.json``::
 node (label mapping, evaluation size) without its root, limit and shard; the whole
 model node (name, dtype, timestep, noise and its seed, backbone) without
 ``head_chunk``; the aggregation weights; every method's node; the protocol
-(:mod:`eval.protocols`: geometry and scoring rules); the device type
+(:mod:`eval.metrics.protocols`: geometry and scoring rules); the device type
 (CPU and CUDA kernels round differently). ``data`` names the image universe (the
 hash of the dataset's full id list) and whether it is synthetic. Settings that only
 choose which images (``dataset.limit``, ``dataset.shard``, ``dataset.root``) or how
@@ -35,7 +35,7 @@ extended with ``allow_code_change=true``. Each record also carries the content h
 of its image and label files, checked on resume (:func:`check_contents`), so a folder
 never mixes two datasets that share ids.
 
-``python -m eval.identity OVERRIDES... --prefix outputs/coco_stuff27`` prints the
+``python -m eval.run.identity OVERRIDES... --prefix outputs/coco_stuff27`` prints the
 folder ``<prefix>/<fingerprint>`` of a configuration; the Makefile's reproduce
 targets use it, so runs with other settings never share a folder.
 """
@@ -60,7 +60,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval.atomic import write_json_atomic
-from eval.protocols import protocol_settings
+from eval.metrics.protocols import protocol_settings
 
 __all__ = [
     "IDENTITY_FILE",
@@ -319,7 +319,7 @@ def check_contents(out_dir: str | os.PathLike, records: dict[str, dict[str, Any]
 
 
 def _package_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def code_id(code: dict[str, Any]) -> str:
@@ -407,10 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
 
     from diffseg.devices import resolve_device
-    from eval.build import build_dataset
     from eval.data.loader import DuplicateIdsError
+    from eval.run.build import build_dataset
 
-    parser = argparse.ArgumentParser(prog="python -m eval.identity", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m eval.run.identity", description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to `python -m eval.run`")
     parser.add_argument("--prefix", required=True, help="parent folder of the run folders")
     args = parser.parse_intermixed_args(argv)

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 __all__ = ["DEFAULT_LEDGER", "STATUSES", "Claim", "claims_for", "load_ledger", "render_claims"]
 
-DEFAULT_LEDGER = Path(__file__).resolve().parents[1] / "conf" / "paper" / "numbers.yaml"
+DEFAULT_LEDGER = Path(__file__).resolve().parents[2] / "conf" / "paper" / "numbers.yaml"
 STATUSES = ("confirmed", "secondary")
 _REQUIRED = ("method", "dataset", "protocol", "source", "status")
 
@@ -76,7 +76,7 @@ def load_ledger(path: str | os.PathLike | None = None) -> list[Claim]:
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
     entries = data.get("claims") if isinstance(data, Mapping) else None
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a top-level `claims:` list (see eval/ledger.py)")
+        raise ValueError(f"{path}: expected a top-level `claims:` list (see eval/report/ledger.py)")
     claims = []
     for i, entry in enumerate(entries):
         missing = [k for k in _REQUIRED if not entry.get(k)]

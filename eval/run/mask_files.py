@@ -2,7 +2,7 @@
 
 * ``save_masks=true`` or ``png``: ``masks/<method>/<image id>.png`` (8-bit, 16-bit above 255 ids),
   one file per image, so ranks and resumed runs never collide.
-* ``save_masks=coco``: ``masks/<method>.json``, a COCO results list (:mod:`eval.coco_results`:
+* ``save_masks=coco``: ``masks/<method>.json``, a COCO results list (:mod:`eval.report.coco_results`:
   one pycocotools RLE per segment, ``category_id`` = the class the run's protocol matched it
   to). Each batch is appended to ``masks/<method>[.rank<k>].coco.jsonl``, one line per image
   (fsynced; a resumed run continues them, a later line for an image replaces an earlier one),
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from diffseg.masks import read_mask_png, write_mask_png
-from eval.coco_results import CocoResults, mask_to_records
 from eval.metrics import diffcut_match
+from eval.report.coco_results import CocoResults, mask_to_records
 
 __all__ = ["MASK_DIR", "MaskWriter", "load_saved_masks", "mask_format", "method_stem"]
 

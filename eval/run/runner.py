@@ -11,9 +11,9 @@ directly); :func:`main` is the thin Hydra entry point. Data flow per batch:
 A run started again in the same output folder skips the images already done
 (skipped images are tried again); totals are recomputed from the records, so they
 equal an uninterrupted run's. The folder belongs to one set of settings
-(:mod:`eval.identity`): other settings are refused before any work. The numbers in
+(:mod:`eval.run.identity`): other settings are refused before any work. The numbers in
 ``metrics.json`` rest on the images the invocation selected (``dataset.limit``,
-``dataset.shard``) and carry their provenance (:mod:`eval.provenance`).
+``dataset.shard``) and carry their provenance (:mod:`eval.run.provenance`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ from tqdm.auto import tqdm
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
 from diffseg.preprocess import LabelFormatError
-from eval.build import build_dataset
 from eval.data.loader import DuplicateIdsError, build_loader
-from eval.distributed import Dist, export_slurm_env, init_from_env, split
-from eval.figures import QualitativeSamples
-from eval.identity import (
+from eval.metrics import HungarianSegmentationMetric, metric_json, scores
+from eval.metrics.protocols import ProtocolError, apply_protocol, protocol_settings
+from eval.report.figures import QualitativeSamples
+from eval.run.build import build_dataset
+from eval.run.distributed import Dist, export_slurm_env, init_from_env, split
+from eval.run.identity import (
     IDENTITY_FILE,
     CodeVersionError,
     ContentMismatchError,
@@ -56,17 +58,15 @@ from eval.identity import (
     read_run_json,
     versions,
 )
-from eval.interrupt import GracefulStop, RunInterrupted
-from eval.mask_files import MaskWriter, mask_format
-from eval.methods import build_methods
-from eval.metrics import HungarianSegmentationMetric, metric_json, scores
-from eval.passes import BackbonePasses, segment_batch
-from eval.protocols import ProtocolError, apply_protocol, protocol_settings
-from eval.provenance import banner, build_provenance, tally
-from eval.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
-from eval.run_folder import FolderLock, FolderLockedError, RunFolderError, storage_error
-from eval.settings import SettingError, validate
-from eval.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
+from eval.run.interrupt import GracefulStop, RunInterrupted
+from eval.run.mask_files import MaskWriter, mask_format
+from eval.run.methods import build_methods
+from eval.run.passes import BackbonePasses, segment_batch
+from eval.run.provenance import banner, build_provenance, tally
+from eval.run.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
+from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, storage_error
+from eval.run.settings import SettingError, validate
+from eval.run.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
 
 __all__ = ["NoImagesError", "evaluate", "main", "run_cli", "versions"]
 
@@ -137,15 +137,15 @@ class _RunLog:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run every configured method on a dataset and write the run folder.
 
-    Writes ``run.json`` (the run's identity, :mod:`eval.identity`), ``per_image.jsonl``
+    Writes ``run.json`` (the run's identity, :mod:`eval.run.identity`), ``per_image.jsonl``
     (appended after each batch; ``per_image.rank<k>.jsonl`` per rank under torchrun),
-    ``metrics.json`` (with its provenance record, :mod:`eval.provenance`), ``run.log``,
+    ``metrics.json`` (with its provenance record, :mod:`eval.run.provenance`), ``run.log``,
     optionally ``masks/<method>/<id>.png``, and ``qualitative.png``. Under ``torchrun``
-    each rank evaluates its share of the images (:mod:`eval.distributed`) and rank 0
+    each rank evaluates its share of the images (:mod:`eval.run.distributed`) and rank 0
     alone writes ``run.json``, ``metrics.json``, the log and the grid.
 
     Raises:
-        SettingError: a setting is outside its allowed range (:mod:`eval.settings`; before anything is written).
+        SettingError: a setting is outside its allowed range (:mod:`eval.run.settings`; before anything is written).
         RunMismatchError: the folder holds results of other settings (before any work).
         NoImagesError: no image could be evaluated, or more than ``max_skipped`` were skipped.
         RunInterrupted: SIGTERM/SIGINT; the batch in flight was finished and recorded.
@@ -449,7 +449,7 @@ def run_cli(cfg: DictConfig) -> int:
     """:func:`evaluate` as the command line runs it: its exit status, with one line on stderr for a refusal.
 
     Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 a setting outside
-    its allowed range (:mod:`eval.settings`, before the folder is created), missing data or
+    its allowed range (:mod:`eval.run.settings`, before the folder is created), missing data or
     weights, a folder holding results of other settings, code versions or files, a folder
     in use by another run, a duplicated id, an unusable ``run.json``, a full disk or an
     unwritable folder, unreadable or unknown labels (one clear line on stderr, no
@@ -486,7 +486,7 @@ def run_cli(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all work is in :func:`evaluate` (exit statuses: :func:`run_cli`)."""
     status = run_cli(cfg)

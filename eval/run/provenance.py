@@ -41,7 +41,7 @@ __all__ = [
     "tally",
 ]
 
-DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "conf" / "paper" / "protocol.yaml"
+DEFAULT_PROTOCOL = Path(__file__).resolve().parents[2] / "conf" / "paper" / "protocol.yaml"
 RANDOM_BANNER = "RANDOM WEIGHTS: backbone without pretrained weights: these numbers say nothing about DiffSeg"
 SYNTHETIC_BANNER = "SYNTHETIC DATA: generated images and labels, not the benchmark"
 UNKNOWN_BANNER = "UNKNOWN PROVENANCE: some results predate provenance records (settings and weights unchecked)"

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from eval.build import build
 from eval.metrics import PROTOCOLS
+from eval.run.build import build
 
 __all__ = [
     "PROTOCOLS",

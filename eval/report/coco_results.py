@@ -9,7 +9,7 @@ A results file holds the masks of one method for a whole run, as a JSON list of 
 
 Decoding the records of an image (:func:`records_to_mask`) gives back the exact
 (H, W) segment-id mask, so ``masks/<method>/<id>.png`` can be rebuilt from the JSON
-(``python -m eval.coco_results results.json --png-dir out/``). For 2175 images and a few
+(``python -m eval.report.coco_results results.json --png-dir out/``). For 2175 images and a few
 methods this is a few MB instead of thousands of files.
 """
 
@@ -188,7 +188,7 @@ def write_pngs(results: str | os.PathLike | CocoResults, out_dir: str | os.PathL
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m eval.coco_results RESULTS.json --png-dir DIR``: decode a results file to PNGs."""
+    """``python -m eval.report.coco_results RESULTS.json --png-dir DIR``: decode a results file to PNGs."""
     parser = argparse.ArgumentParser(description="Decode a COCO results JSON of predicted masks to PNGs.")
     parser.add_argument("results", type=Path, help="results JSON (a list of RLE records)")
     parser.add_argument("--png-dir", type=Path, required=True, help="folder for <image id>.png")

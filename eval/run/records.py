@@ -1,7 +1,7 @@
 """Per-image results of a run, kept as JSON lines so an interrupted run resumes.
 
 ``<run dir>/per_image.jsonl`` gets one line per image, appended (and fsynced)
-after each batch; ``"fp"`` is the run's fingerprint (:mod:`eval.identity`), ``"code"``
+after each batch; ``"fp"`` is the run's fingerprint (:mod:`eval.run.identity`), ``"code"``
 the code version that made the record, ``"batch_size"`` the batch size it was computed
 at, ``"root"`` the dataset root and ``"files"`` the sha256 of its image and label file::
 

@@ -1,0 +1,607 @@
+"""Result tables from run JSON: ``python -m eval.tables RUN_DIR [RUN_DIR ...] --out OUT_DIR``.
+
+Every ``metrics.json`` below the given paths (recursively, so a Hydra multirun folder
+works) is read. Runs without an ablation give one main table per dataset and protocol
+(rows = methods, with the published claims of the same protocol beside ours, from the
+ledger ``conf/paper/numbers.yaml``, :mod:`eval.report.ledger`); rows under different protocols
+never share a table. Runs with ``run.ablation`` give one table and one sweep figure per
+ablation. Runs re-scored from the same masks (:mod:`eval.rescore`) give a
+protocol-sensitivity table (methods x protocols, same predictions). Markdown and CSV are written atomically,
+plus a ``README.md`` index. Scores are x100 and rounded only here, when written.
+
+Labels are derived from each run's provenance record (:mod:`eval.run.provenance`), never
+from a flag: files made from random weights or synthetic data start with a banner; a
+row produced under settings other than the paper's names each difference; a number
+resting on part of a dataset says how many images (and skipped images) it rests on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import numbers
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eval.atomic import write_text_atomic
+from eval.compare import load_intervals
+from eval.data.classes import dataset_title
+from eval.report.ledger import Claim, claims_for, load_ledger, render_claims
+from eval.run.provenance import banner, images_note, method_label, protocol_key
+from eval.stats.report import na_text
+
+MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "protocol", "claims", "notes"]
+PAPER_NOTE = ("Claims: numbers published by others for the same method, dataset and protocol "
+              "(conf/paper/numbers.yaml), quoted, never ours, as ACC / mIoU with ours minus the claim "
+              "and the claim's status (confirmed: read in the primary text; secondary: quoted from elsewhere); "
+              "sources below.")
+METRIC_NOTE = ("ACC = pixel accuracy, mIoU = mean IoU, both x100 (per-image Hungarian matching, "
+               "dataset-level IoU).")
+
+
+def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Load every ``metrics.json`` found (recursively) below ``paths``.
+
+    A path may also be a ``metrics.json`` file itself. Each returned dict is the file's
+    content plus ``"_path"``, the file it came from.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(sorted(p.rglob("metrics.json")))
+        else:
+            raise FileNotFoundError(f"no such run folder or file: {p}")
+    runs, seen = [], set()
+    for f in files:
+        key = f.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{f}: not valid JSON ({err})") from err
+        data["_path"] = str(f)
+        runs.append(data)
+    return runs
+
+
+def _info(run: dict[str, Any]) -> dict[str, Any]:
+    """The ``run`` section of a metrics.json (empty dict if missing)."""
+    return run.get("run") or {}
+
+
+def _num(value: Any) -> float:
+    """A metric value as float, NaN where unknown."""
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+
+
+def _run_dir(run: dict[str, Any]) -> str:
+    """Folder of a run's metrics.json, as given."""
+    return str(Path(run.get("_path", "metrics.json")).parent)
+
+
+def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Claim] | None = None,
+               compare_dir: str | os.PathLike | None = None, protocol: str = "diffseg") -> pd.DataFrame:
+    """Main table of ``dataset`` under ``protocol``: rows = methods of the runs without an ablation.
+
+    Only runs made under ``protocol`` (:func:`eval.run.provenance.protocol_key`) are rows.
+    Columns: ACC, mIoU, segments/img, images (unrounded, NaN where unknown), protocol,
+    claims (the ledger's claims for the row's method, dataset and protocol, with ours minus
+    each, :func:`eval.report.ledger.render_claims`) and notes (partial data, skipped images).
+    ``df.attrs["claims"]`` holds the claims of each row (dicts with ``d_acc``, ``d_miou``)
+    and ``df.attrs["sources"]`` the numbered claims shown. Row labels come from
+    the run's provenance (:func:`eval.run.provenance.method_label`): a method run under
+    settings other than the paper's names them, a random-weight run says so. A label
+    found in several runs is followed by its model (and its run folder if still ambiguous).
+    Where ``compare_dir`` holds an ``eval.compare`` output over a run's images, the
+    columns ``ACC 95% CI`` and ``mIoU 95% CI`` give its bootstrap intervals, labelled with the
+    level the compare output used (``ACC 90% CI`` after ``--confidence 0.9``); a refused
+    interval reads ``n/a (3 images)``.
+    """
+    ledger = load_ledger() if ledger is None else ledger
+    entries = []
+    for run in runs:
+        info = _info(run)
+        if info.get("dataset") != dataset or info.get("ablation") is not None or protocol_key(run) != protocol:
+            continue
+        for method, m in (run.get("methods") or {}).items():
+            entries.append((method, method_label(method, run), str(info.get("model", "?")), _run_dir(run), m,
+                            images_note(run), info.get("subset")))
+    counts: dict[Any, int] = {}
+    for _, label, model, _, _, _, _ in entries:
+        counts[label] = counts.get(label, 0) + 1
+        counts[(label, model)] = counts.get((label, model), 0) + 1
+    intervals = {d: load_intervals(compare_dir, d) if compare_dir is not None else {}
+                 for d in {e[3] for e in entries}}
+    rows, labels, row_claims, numbers = [], [], [], {}
+    subsets = {e[3]: e[6] for e in entries}
+    for method, label, model, run_dir, m, note, _ in entries:
+        if counts[label] > 1:
+            unique_model = counts[(label, model)] == 1
+            label = f"{label} ({model})" if unique_model else f"{label} ({model}, {run_dir})"
+        claims = claims_for(ledger, method, dataset, protocol, subsets[run_dir])
+        for claim in claims:
+            numbers.setdefault(claim, len(numbers) + 1)
+        cell, structured = render_claims(claims, _num(m.get("acc")), _num(m.get("miou")), numbers)
+        labels.append(label)
+        row_claims.append(structured)
+        rows.append({
+            "ACC": _num(m.get("acc")),
+            "mIoU": _num(m.get("miou")),
+            "segments/img": _num(m.get("mean_segments")),
+            "images": m.get("images"),
+            "protocol": protocol,
+            "claims": cell,
+            "notes": note or "",
+        })
+        ci = intervals[run_dir].get(method)
+        if ci is not None:
+            rows[-1].update(_interval_cells(ci))
+    columns = list(MAIN_COLUMNS)
+    columns[2:2] = list(dict.fromkeys(k for r in rows for k in r if k.endswith(" CI")))
+    df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=columns)
+    df.attrs.update(dataset=dataset, protocol=protocol, methods=[e[0] for e in entries], claims=row_claims,
+                    sources=[f"[{n}] {c.describe()}" for c, n in numbers.items()])
+    return df
+
+
+def _interval_cells(ci: dict[str, Any]) -> dict[str, str]:
+    """``{"ACC 95% CI": "[42.1, 45.0]", "mIoU 95% CI": "n/a (3 images)"}``: the level is the compare output's."""
+    level = f"{100 * float(ci.get('confidence', 0.95)):g}%"
+    cells = {}
+    for column, metric in (("ACC", "acc"), ("mIoU", "miou")):
+        bounds, refused = ci.get(metric), (ci.get("refused") or {}).get(metric)
+        if bounds is not None:
+            cells[f"{column} {level} CI"] = f"[{bounds[0]:.1f}, {bounds[1]:.1f}]"
+        elif refused is not None:
+            cells[f"{column} {level} CI"] = na_text(refused)
+    return cells
+
+
+def _value_key(value: Any) -> tuple[int, Any]:
+    """Sort key of swept values: numbers first (numerically), then strings."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def _hashable(value: Any) -> Any:
+    """Swept value usable as an index label (lists / dicts become their JSON text)."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def _slug(text: str) -> str:
+    """File-name-safe version of ``text``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "ablation"
+
+
+def expand_method_ablations(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Split runs whose methods carry ``ablation`` tags into one virtual run per value.
+
+    A run may evaluate several variants of a method on the same attention (e.g.
+    DiffSeg at five KL thresholds); each such method entry has
+    ``"ablation": {"param", "value", "method"}``. They become runs with
+    ``run.ablation = {param, value}`` whose methods are named by the base method,
+    so :func:`ablation_tables` treats both kinds of sweep alike. Untagged methods
+    stay in the original run.
+    """
+    out: list[dict[str, Any]] = []
+    for run in runs:
+        methods = run.get("methods") or {}
+        tagged = {name: m for name, m in methods.items() if isinstance(m, dict) and m.get("ablation")}
+        if not tagged:
+            out.append(run)
+            continue
+        plain = {name: m for name, m in methods.items() if name not in tagged}
+        if plain:
+            out.append({**run, "methods": plain})
+        virtual: dict[tuple[str, Any], dict[str, Any]] = {}
+        for name, metrics in tagged.items():
+            tag = metrics["ablation"]
+            key = (str(tag["param"]), _hashable(tag.get("value")))
+            if key not in virtual:
+                info = {**_info(run), "ablation": {"param": tag["param"], "value": tag.get("value")}}
+                # _in_run: the tag sits in the method's own config node, beside the setting it names
+                virtual[key] = {**run, "run": info, "methods": {}, "_in_run": True}
+            virtual[key]["methods"][str(tag.get("method", name))] = metrics
+        out.extend(virtual.values())
+    return out
+
+
+_ABSENT = object()  # a method without the swept setting (e.g. K-Means in a KL-threshold sweep)
+_UNRECORDED = object()  # no recorded setting names the swept parameter: the run's tag is all there is
+
+
+def _find_leaf(node: Any, key: str) -> Any:
+    """The value at dotted ``key`` of ``node``, else of the unique leaf named ``key`` below it; else _UNRECORDED."""
+    here = node
+    for part in key.split("."):
+        if not isinstance(here, dict) or part not in here:
+            break
+        here = here[part]
+    else:
+        return here
+    found = []
+
+    def walk(n: Any) -> None:
+        if isinstance(n, dict):
+            for k, v in n.items():
+                if k == key and not isinstance(v, dict):
+                    found.append(v)
+                walk(v)
+
+    walk(node)
+    return found[0] if len(found) == 1 else _UNRECORDED
+
+
+def _method_nodes(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method's recorded config node (``metrics.json["config"]["methods"]``) by its table name."""
+    nodes = ((run.get("config") or {}).get("methods") or {})
+    return {str(n.get("name") or k): n for k, n in nodes.items() if isinstance(n, dict)}
+
+
+def own_setting(run: dict[str, Any], method: str, param: str) -> Any:
+    """The value of the swept ``param`` that ``method`` itself ran with, from the run's recorded config.
+
+    Searched in the method's own node first (``segmenter.kl_threshold``, ``features.timestep``);
+    a setting that other methods of the run have and this one lacks gives ``_ABSENT``; then the
+    run-wide nodes (``model``, ``dataset``, ``aggregation``); ``_UNRECORDED`` when no recorded
+    setting has that name (a label such as ``backbone``, which the sweep resolves from ``model.name``).
+    """
+    config = run.get("config") or {}
+    nodes = _method_nodes(run)
+    if method in nodes:
+        value = _find_leaf(nodes[method], param)
+        if value is not _UNRECORDED:
+            return value
+        if any(_find_leaf(n, param) is not _UNRECORDED for name, n in nodes.items() if name != method):
+            return _ABSENT
+    for section in ("model", "aggregation", "dataset"):
+        value = _find_leaf(config.get(section) or {}, param)
+        if value is not _UNRECORDED:
+            return value
+    return _UNRECORDED
+
+
+def _sweep_cells(group: list[dict[str, Any]], param: str, name: str) -> tuple[dict[str, dict[Any, dict]], list[str]]:
+    """``{method: {own value: (scores, run)}}`` of a run-level sweep, and notes on methods it did not vary.
+
+    Each method's numbers go to the row of the value it ran with (:func:`own_setting`), never
+    to the row of the run's ``ablation`` tag; a method whose own value is the same in every run
+    (or that has no such setting) was not varied by the sweep and is left out with a note.
+    """
+    cells: dict[str, dict[Any, tuple[dict, dict]]] = {}
+    own: dict[str, list[Any]] = {}
+    for run in group:
+        tag_value = _hashable(_info(run)["ablation"].get("value"))
+        in_run = bool(run.get("_in_run"))
+        for method, scores in (run.get("methods") or {}).items():
+            value = tag_value if in_run else own_setting(run, method, param)
+            value = tag_value if value is _UNRECORDED else value
+            own.setdefault(method, []).append(value)
+            if value is _ABSENT:
+                continue
+            value = _hashable(value)
+            if value in cells.setdefault(method, {}):
+                continue
+            cells[method][value] = (scores, run)
+    notes = []
+    rows = {v for per in cells.values() for v in per}
+    for method, values in own.items():
+        if any(v is _ABSENT for v in values):
+            cells.pop(method, None)
+            notes.append(f"{method}: has no {param} setting; not varied by this sweep, left out")
+        elif len(group) > 1 and len(rows) > 1 and len({_hashable(v) for v in values}) == 1:
+            cells.pop(method, None)
+            notes.append(f"{method}: ran at {param}={values[0]} in every run of the sweep; not varied, left out")
+        elif len({_hashable(v) for v in values}) < len(values):
+            warnings.warn(f"ablation {name}: {method} ran at the same {param} in several runs; keeping the first",
+                          stacklevel=3)
+    return cells, notes
+
+
+def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """One table per ablation group (runs sharing ``run.name`` and dataset).
+
+    Keys are the swept parameter (``<param>_<dataset>`` if a parameter was swept on
+    several datasets); rows = swept values, sorted; columns ``'<method> ACC'`` and
+    ``'<method> mIoU'``. A method's numbers sit in the row of the value it ran with, read
+    from its recorded settings (:func:`own_setting`), not from the sweep's ``ablation`` tag;
+    methods the sweep did not vary are left out and named in ``df.attrs["notes"]``.
+    ``df.attrs`` holds param, dataset, name, runs (folders), banner and notes.
+    """
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for run in expand_method_ablations(runs):
+        info = _info(run)
+        if info.get("ablation") is None:
+            continue
+        groups.setdefault((str(info.get("name")), str(info.get("dataset")), protocol_key(run)), []).append(run)
+    params = [str(_info(g[0])["ablation"].get("param", name)) for (name, _, _), g in groups.items()]
+    tables: dict[str, pd.DataFrame] = {}
+    for ((name, dataset, protocol), group), param in zip(groups.items(), params, strict=True):
+        cells, sweep_notes = _sweep_cells(group, param, name)
+        methods = list(cells)
+        values = sorted({v for per in cells.values() for v in per}, key=_value_key)
+        columns = [f"{m} {metric}" for m in methods for metric in ("ACC", "mIoU")]
+        data = []
+        for v in values:
+            row = []
+            for m in methods:
+                scores = cells[m][v][0] if v in cells[m] else {}
+                row += [_num(scores.get(key)) for key in ("acc", "miou")]
+            data.append(row)
+        used = []
+        for v in values:
+            for m in methods:
+                if v in cells[m] and cells[m][v][1] not in used:
+                    used.append(cells[m][v][1])
+        df = pd.DataFrame(data, index=pd.Index(values, name=param, dtype=object), columns=columns)
+        df.attrs.update(param=param, dataset=dataset, name=name, protocol=protocol,
+                        runs=list(dict.fromkeys(_run_dir(r) for r in used)),
+                        banner=banner(group), notes=_group_notes(used) + sweep_notes)
+        key = param if params.count(param) == 1 else f"{param}_{dataset}"
+        if key in tables:
+            key = f"{name}_{dataset}"
+        if key in tables or protocol != "diffseg":
+            key = f"{key}_{protocol}"
+        tables[_slug(key)] = df
+    return tables
+
+
+def _group_notes(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """Distinct provenance notes of a group of runs, first-seen order."""
+    notes: list[str] = []
+    for run in runs:
+        for note in (run.get("provenance") or {}).get("notes") or []:
+            if note not in notes:
+                notes.append(note)
+    return notes
+
+
+def _fmt(column: str, value: Any) -> str:
+    """Cell text: empty if unknown, ints as ints, segments/img with 2 decimals, else 1."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if column == "images" or isinstance(value, numbers.Integral):
+        return str(int(value))
+    return f"{value:.2f}" if column == "segments/img" else f"{value:.1f}"
+
+
+def format_table(df: pd.DataFrame) -> pd.DataFrame:
+    """String copy of ``df`` with the display rounding applied (the index as str)."""
+    out = pd.DataFrame({c: [_fmt(str(c), v) for v in df[c]] for c in df.columns}, columns=df.columns)
+    out.index = pd.Index([str(v) for v in df.index], name=df.index.name)
+    return out
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """GitHub Markdown table of ``df`` (index as first column), values formatted for display."""
+    text = format_table(df)
+
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [row([df.index.name or ""] + [str(c) for c in df.columns]),
+             row([":---"] + ["---:"] * len(df.columns))]
+    lines += [row([idx, *vals]) for idx, vals in zip(text.index, text.itertuples(index=False), strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(df: pd.DataFrame, banner: str | None = None) -> str:
+    """CSV of ``df`` with display rounding; a banner becomes a leading ``# `` comment line."""
+    buf = io.StringIO()
+    if banner:
+        buf.write(f"# {banner}\n")
+    format_table(df).to_csv(buf)
+    return buf.getvalue()
+
+
+def _header(banner: str | None, title: str) -> list[str]:
+    """First lines of a Markdown file: the banner (if any), then the title."""
+    return ([f"**{banner}**", ""] if banner else []) + [f"# {title}", ""]
+
+
+def _runs_section(run_dirs: Iterable[str], out: Path) -> list[str]:
+    """Markdown list of the run folders a table was built from, relative to ``out``."""
+    return ["", "Runs:", ""] + [f"- `{os.path.relpath(d, out)}`" for d in run_dirs]
+
+
+def _is_main(run: dict[str, Any], dataset: str, protocol: str | None = None) -> bool:
+    """True for a run of ``dataset`` without an ablation (and under ``protocol``, when given)."""
+    return (_info(run).get("dataset") == dataset and _info(run).get("ablation") is None
+            and (protocol is None or protocol_key(run) == protocol))
+
+
+def _main_stem(dataset: str, protocol: str) -> str:
+    """File stem of a main table: ``<dataset>`` under DiffSeg's protocol, ``<dataset>.<protocol>`` otherwise."""
+    return dataset if protocol == "diffseg" else f"{dataset}.{_slug(protocol)}"
+
+
+def _write_main(runs: Sequence[dict[str, Any]], dataset: str, protocol: str, out: Path,
+                ledger: Sequence[Claim]) -> tuple[list[Path], str]:
+    """Write ``<stem>.md`` / ``.csv`` (:func:`_main_stem`); returns the paths and the README index line."""
+    mine = [r for r in runs if _is_main(r, dataset, protocol)]
+    banner_text = banner(mine)
+    df = main_table(runs, dataset, ledger, compare_dir=out, protocol=protocol)
+    title = f"{dataset_title(dataset)} ({protocol} protocol)"
+    md = _header(banner_text, f"{title}: main results")
+    md += [METRIC_NOTE, PAPER_NOTE, "", markdown_table(df).rstrip()]
+    notes = _group_notes(mine)
+    if notes:
+        md += ["", "Provenance notes (from the runs' metrics.json):", "", *[f"- {n}" for n in notes]]
+    if df.attrs["sources"]:
+        md += ["", "Claims (conf/paper/numbers.yaml):", "", *[f"- {line}" for line in df.attrs["sources"]]]
+    md += _runs_section((_run_dir(r) for r in mine), out)
+    stem = _main_stem(dataset, protocol)
+    paths = [write_text_atomic(out / f"{stem}.md", "\n".join(md) + "\n"),
+             write_text_atomic(out / f"{stem}.csv", csv_text(df, banner_text))]
+    return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv))"
+
+
+def _source_fingerprint(run: dict[str, Any]) -> str | None:
+    """The fingerprint of the run whose predictions a run scored (its own, or the re-scored source's)."""
+    prov = run.get("provenance") or {}
+    return (prov.get("rescored") or {}).get("source_fingerprint") or prov.get("fingerprint")
+
+
+def protocol_sensitivity_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Methods x protocols on the same predictions: a run and its re-scorings (:mod:`eval.rescore`).
+
+    Groups runs by the fingerprint of the run that made the masks; a group with more than one
+    protocol gives a table with rows = methods and columns ``'<protocol> ACC'`` /
+    ``'<protocol> mIoU'``, the source run's protocol first. Keys are ``<dataset>_<fingerprint>``.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        fp = _source_fingerprint(run)
+        if fp is not None and _info(run).get("ablation") is None:
+            groups.setdefault(fp, []).append(run)
+    tables: dict[str, pd.DataFrame] = {}
+    for fp, group in groups.items():
+        group = sorted(group, key=lambda r: "rescored" in (r.get("provenance") or {}))  # the source first
+        protocols = list(dict.fromkeys(protocol_key(r) for r in group))
+        if len(protocols) < 2:
+            continue
+        methods = list(dict.fromkeys(m for r in group for m in (r.get("methods") or {})))
+        columns = [f"{p} {k}" for p in protocols for k in ("ACC", "mIoU")]
+        data = {m: dict.fromkeys(columns, math.nan) for m in methods}
+        for run in group:
+            for m, scores in (run.get("methods") or {}).items():
+                data[m][f"{protocol_key(run)} ACC"] = _num(scores.get("acc"))
+                data[m][f"{protocol_key(run)} mIoU"] = _num(scores.get("miou"))
+        df = pd.DataFrame([data[m] for m in methods], index=pd.Index(methods, name="method"), columns=columns)
+        dataset = str(_info(group[0]).get("dataset"))
+        df.attrs.update(dataset=dataset, fingerprint=fp, runs=[_run_dir(r) for r in group], banner=banner(group),
+                        notes=_group_notes(group))
+        tables[f"{dataset}_{fp}"] = df
+    return tables
+
+
+def _write_sensitivity(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], str]:
+    """Write ``protocol_sensitivity_<key>.md`` / ``.csv``; returns the paths and the index line."""
+    attrs = df.attrs
+    title = (f"Protocol sensitivity: {dataset_title(attrs['dataset'])}, "
+             f"predictions of run {attrs['fingerprint']}")
+    stem = f"protocol_sensitivity_{_slug(key)}"
+    md = _header(attrs.get("banner"), title)
+    md += ["The same masks scored under each protocol's rules (`python -m eval.rescore`); a column "
+           "named `<scoring> scoring, <geometry> geometry` keeps the source run's crop and label sizes.", "",
+           METRIC_NOTE, "", markdown_table(df).rstrip()]
+    if attrs.get("notes"):
+        md += ["", "Provenance notes (from the runs' metrics.json):", "", *[f"- {n}" for n in attrs["notes"]]]
+    md += _runs_section(attrs["runs"], out)
+    paths = [write_text_atomic(out / f"{stem}.md", "\n".join(md) + "\n"),
+             write_text_atomic(out / f"{stem}.csv", csv_text(df, attrs.get("banner")))]
+    return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv))"
+
+
+def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], str]:
+    """Write ``ablation_<key>.md`` / ``.csv`` / ``.png``; returns the paths and the index line."""
+    attrs = df.attrs
+    banner_text = attrs.get("banner")
+    dataset = dataset_title(attrs["dataset"])
+    title = f"Ablation: {attrs['param']} ({dataset}, {attrs['name']}, {attrs.get('protocol', 'diffseg')} protocol)"
+    stem = f"ablation_{key}"
+    from eval.report.figures import plot_sweep  # matplotlib only when a sweep is drawn
+
+    png = plot_sweep(df, attrs["param"], out / f"{stem}.png", banner=banner_text)
+    md = _header(banner_text, title) + [METRIC_NOTE, "", markdown_table(df).rstrip()]
+    if attrs.get("notes"):
+        md += ["", "Provenance notes (from the runs' metrics.json):", "", *[f"- {n}" for n in attrs["notes"]]]
+    md += ["", f"![{title}]({png.name})"]
+    md += _runs_section(attrs["runs"], out)
+    paths = [write_text_atomic(out / f"{stem}.md", "\n".join(md) + "\n"),
+             write_text_atomic(out / f"{stem}.csv", csv_text(df, banner_text)), png]
+    return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv), [figure]({png.name}))"
+
+
+def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
+                 ledger: Sequence[Claim] | None = None) -> list[Path]:
+    """Write every main, ablation and protocol-sensitivity table (Markdown + CSV), sweep figures and README.md.
+
+    Returns the written paths (README.md last).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = load_ledger() if ledger is None else ledger
+    banner_text = banner(runs)
+    runs = expand_method_ablations(runs)  # in-run variants go to the ablation tables
+    written: list[Path] = []
+    index = _header(banner_text, "Results")
+    index += ["Generated by `python -m eval.tables` from run JSON; do not edit by hand.", ""]
+    index += ["## Main tables", ""]
+
+    keys: list[tuple[str, str]] = []  # (dataset, protocol): rows under different protocols never share a table
+    for run in runs:
+        ds = _info(run).get("dataset")
+        if ds is not None and _is_main(run, ds) and (ds, protocol_key(run)) not in keys:
+            keys.append((ds, protocol_key(run)))
+    for ds, protocol in keys:
+        paths, line = _write_main(runs, ds, protocol, out, ledger)
+        written += paths
+        index.append(line)
+    if not keys:
+        index.append("- (none)")
+
+    sensitivity = protocol_sensitivity_tables(runs)
+    if sensitivity:
+        index += ["", "## Protocol sensitivity", ""]
+        for key, df in sensitivity.items():
+            paths, line = _write_sensitivity(key, df, out)
+            written += paths
+            index.append(line)
+
+    index += ["", "## Ablations", ""]
+    tables = ablation_tables(runs)
+    for key, df in tables.items():
+        paths, line = _write_ablation(key, df, out)
+        written += paths
+        index.append(line)
+    if not tables:
+        index.append("- (none)")
+
+    ours = {p.name for p in written}
+    others = sorted(p.name for p in out.glob("*.png") if p.name not in ours)
+    if others:
+        index += ["", "## Other figures", ""] + [f"- [{name}]({name})" for name in others]
+    written.append(write_text_atomic(out / "README.md", "\n".join(index) + "\n"))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: collect runs, write tables; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m eval.tables", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders, Hydra multirun folders or metrics.json files")
+    parser.add_argument("--out", required=True, help="output folder for tables and figures")
+    parser.add_argument("--ledger", default=None, help="claimed numbers YAML (default: conf/paper/numbers.yaml)")
+    args = parser.parse_args(argv)
+    runs = collect_runs(args.runs)
+    if not runs:
+        print(f"no metrics.json found below: {' '.join(args.runs)}", file=sys.stderr)
+        return 1
+    try:
+        ledger = load_ledger(args.ledger)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in write_tables(runs, args.out, ledger):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

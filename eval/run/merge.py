@@ -1,0 +1,211 @@
+"""Combine shard runs into one result: ``python -m eval.merge SHARD_DIR... --out DIR``.
+
+Each shard (``dataset.shard=i/n``) is a normal, finished run folder. Shards are
+merged only when they form one experiment: the same fingerprint (every setting
+that can change a per-image result, :mod:`eval.run.identity`), the same dataset and
+``dataset.limit``, and the complete set ``0/n .. n-1/n`` with no shard twice.
+Anything else is refused with the reason (exit status 2); ``--allow-partial``
+merges an incomplete set and marks the result partial everywhere it is shown.
+
+The per-image records of the images each shard's ``metrics.json`` rests on are
+concatenated into ``<out>/per_image.jsonl``, and the totals are written to
+``<out>/metrics.json`` exactly as one run over all images would write them, with
+each shard's code and library versions under ``merged_from`` and every code version
+and batch size the records were made with in the provenance.
+
+The output folder must not be one of the shards, and must not already hold results
+(``metrics.json``, ``run.json`` or per-image records): both are refused before anything
+is written. ``--force`` replaces the results of a folder that is not an input (its old
+per-image files are removed first); an input is never written to, with or without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from eval.atomic import write_json_atomic, write_text_atomic
+from eval.data.loader import parse_shard
+from eval.run.identity import IDENTITY_FILE, RunMismatchError, code_id, diff_settings, read_run_json
+from eval.run.provenance import build_provenance, tally
+from eval.run.records import METRICS_FILE, RECORDS_FILE, accumulate, load_run_records, method_scores, write_metrics
+
+__all__ = ["MergeError", "main", "merge_runs"]
+
+
+class MergeError(ValueError):
+    """Shards that do not form one experiment (the message says why)."""
+
+
+def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    metrics_path, identity_path = folder / METRICS_FILE, folder / IDENTITY_FILE
+    for path in (metrics_path, identity_path):
+        if not path.exists():
+            raise MergeError(f"merge: {path} not found (is {folder} a finished run folder of this version?)")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MergeError(f"merge: {metrics_path} is not valid JSON ({exc}): run the shard again "
+                         "to rewrite it") from None
+    if "provenance" not in metrics:
+        raise MergeError(f"merge: {metrics_path} has no provenance record (made by an older version)")
+    try:
+        return metrics, read_run_json(identity_path)
+    except RunMismatchError as exc:
+        raise MergeError(f"merge: {exc}") from None
+
+
+_RESULT_FILES = (METRICS_FILE, IDENTITY_FILE)
+
+
+def _holds_results(folder: Path) -> list[str]:
+    """Names of the result files in ``folder`` (metrics.json, run.json, per-image records)."""
+    if not folder.is_dir():
+        return []
+    return sorted({p.name for p in folder.iterdir() if p.name in _RESULT_FILES
+                   or (p.name.startswith("per_image") and p.name.endswith(".jsonl"))})
+
+
+def _check_output(dirs: Sequence[Path], out: Path, force: bool) -> list[str]:
+    """Refuse an output folder that is an input, or that holds results (unless ``force``); returns its result files."""
+    for d in dirs:
+        if d.resolve() == out.resolve():
+            raise MergeError(f"merge: the output folder {out} is one of the shards; a merge never writes into its "
+                             "inputs (not even with --force): pass another --out")
+    found = _holds_results(out)
+    if found and not force:
+        raise MergeError(f"merge: the output folder {out} already holds results ({', '.join(found)}); pass another "
+                         "--out, or --force to replace them")
+    return found
+
+
+def _check_shard_set(dirs: Sequence[Path], metas: Sequence[dict[str, Any]], allow_partial: bool) -> bool:
+    """Validate the ``i/n`` specs; returns True when the set is incomplete (and that is allowed)."""
+    specs = []
+    for d, meta in zip(dirs, metas, strict=True):
+        spec = (meta.get("run") or {}).get("shard")
+        if spec is None:
+            raise MergeError(f"merge: {d} is not a shard run (no dataset.shard); only shards i/n are merged")
+        specs.append(parse_shard(spec))
+    counts = {n for _, n in specs}
+    if len(counts) != 1:
+        raise MergeError(f"merge: shards of different splits: {sorted(f'{i}/{n}' for i, n in specs)}")
+    count = counts.pop()
+    seen: dict[int, Path] = {}
+    for d, (i, _) in zip(dirs, specs, strict=True):
+        if i in seen:
+            raise MergeError(f"merge: shard {i}/{count} given twice ({seen[i]} and {d})")
+        seen[i] = d
+    missing = sorted(set(range(count)) - set(seen))
+    if missing and not allow_partial:
+        raise MergeError(f"merge: incomplete shard set: missing {', '.join(f'{i}/{count}' for i in missing)} "
+                         "(pass --allow-partial to merge what there is, marked partial)")
+    return bool(missing)
+
+
+def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_partial: bool = False,
+               force: bool = False) -> dict[str, Any]:
+    """Merge shard run folders into ``out_dir``; returns the merged ``metrics.json`` content.
+
+    Raises :class:`MergeError` (before writing anything) when the folders are not the
+    shards of one experiment: other fingerprints (settings named), datasets or limits, a
+    folder that is not a shard, a shard given twice, a missing shard (unless
+    ``allow_partial``), or an image evaluated by two shards; or when ``out_dir`` is one of
+    the shards, or already holds results and ``force`` is off.
+    """
+    if not shard_dirs:
+        raise MergeError("merge: no shard folders given")
+    dirs = [Path(d) for d in shard_dirs]
+    stale = _check_output(dirs, Path(out_dir), force)
+    loaded = [_load(d) for d in dirs]
+    metas = [m for m, _ in loaded]
+    identities = [i for _, i in loaded]
+    first, first_id = metas[0], identities[0]
+    for d, meta, ident in zip(dirs[1:], metas[1:], identities[1:], strict=True):
+        if meta["run"]["dataset"] != first["run"]["dataset"]:
+            raise MergeError(f"merge: {d} is a {meta['run']['dataset']} run, not {first['run']['dataset']}")
+        if ident["fingerprint"] != first_id["fingerprint"]:
+            changes = diff_settings({"settings": first_id["settings"], "data": first_id["data"]},
+                                    {"settings": ident["settings"], "data": ident["data"]})
+            raise MergeError(f"merge: {d} was run under other settings than {dirs[0]}:\n"
+                             + "\n".join(f"  {c}" for c in changes))
+        if meta["run"].get("limit") != first["run"].get("limit"):
+            raise MergeError(f"merge: {d} has dataset.limit={meta['run'].get('limit')}, "
+                             f"{dirs[0]} has {first['run'].get('limit')}")
+        if list(meta["methods"]) != list(first["methods"]):
+            raise MergeError(f"merge: {d} evaluated other methods than {dirs[0]}")
+    incomplete = _check_shard_set(dirs, metas, allow_partial)
+
+    records: dict[str, dict[str, Any]] = {}
+    owner: dict[str, Path] = {}
+    selected = 0
+    for d, meta in zip(dirs, metas, strict=True):
+        shard_records = load_run_records(d)
+        ids = list(meta.get("image_ids") or []) + [i for i, _ in meta.get("skipped") or []]
+        for image_id in ids:
+            if image_id in owner:
+                raise MergeError(f"merge: image {image_id} appears in {owner[image_id]} and {d}")
+            if image_id not in shard_records:
+                raise MergeError(f"merge: {d}: image {image_id} of metrics.json has no per-image record")
+            owner[image_id] = d
+            records[image_id] = shard_records[image_id]
+        selected += int(meta["provenance"]["images"]["selected"])
+
+    ordered = [records[i] for i in sorted(records)]
+    evaluated = sum("methods" in r for r in ordered)
+    code_versions: dict[str, int] = {}
+    for d, ident in zip(dirs, identities, strict=True):  # a record without "code" counts as its shard's run.json
+        mine = [records[i] for i in sorted(records) if owner[i] == d]
+        for version, n in tally(mine, "code", code_id(ident.get("code") or {})).items():
+            code_versions[version] = code_versions.get(version, 0) + n
+    provenance = build_provenance(
+        first_id["fingerprint"], first_id["settings"], first_id["data"],
+        random_weights=any(m["provenance"]["random_weights"] for m in metas),
+        evaluated=evaluated, skipped=len(ordered) - evaluated, selected=selected, partial_merge=incomplete,
+        code_versions=dict(sorted(code_versions.items())), batch_sizes=tally(ordered, "batch_size"))
+    config = first["config"]
+    config.get("dataset", {})["shard"] = None
+    run = {**first["run"], "shard": None}
+    merged_from = [{"folder": str(d), "shard": m["run"]["shard"], "code": m.get("code"),
+                    "versions": m.get("versions")} for d, m in zip(dirs, metas, strict=True)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in stale:  # --force: old per-image files would otherwise be read with the new ones
+        if name.startswith("per_image") and name != RECORDS_FILE:
+            (out / name).unlink()
+    write_json_atomic(out / IDENTITY_FILE, first_id)
+    write_text_atomic(out / RECORDS_FILE, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in ordered))
+    tags = {name: m.get("ablation") for name, m in first["methods"].items()}
+    metrics = accumulate(ordered, int(config["dataset"]["num_classes"]))
+    return write_metrics(out, method_scores(metrics, tags), ordered, run=run, provenance=provenance,
+                         config=config, code=first.get("code"), versions=first.get("versions"),
+                         merged_from=merged_from)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.merge", description=__doc__.splitlines()[0])
+    parser.add_argument("shards", nargs="+", help="shard run folders (each with metrics.json and run.json)")
+    parser.add_argument("--out", required=True, help="folder for the merged per_image.jsonl and metrics.json")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="merge an incomplete shard set; the result is marked partial everywhere")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the results already in --out (never allowed when --out is one of the shards)")
+    args = parser.parse_args(argv)
+    try:
+        result = merge_runs(args.shards, args.out, allow_partial=args.allow_partial, force=args.force)
+    except MergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, m in result["methods"].items():
+        print(f"{name:14s} ACC {m.get('acc') or 0:5.1f}  mIoU {m.get('miou') or 0:5.1f}  images {m.get('images', 0)}")
+    for note in result["provenance"]["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
