@@ -31,6 +31,7 @@ from diffseg.testing.features import clustered_features
 from eval.atomic import write_json_atomic
 from eval.bench.baselines.naive_diffcut import naive_diffcut
 from eval.bench.timing import device_info, timed
+from eval.report.markdown import markdown_rows
 from eval.run import versions
 
 __all__ = ["main", "run_bench"]
@@ -85,14 +86,12 @@ def _table(result: dict[str, Any]) -> str:
         f"channels ({f['clusters']} well-separated clusters), tau 0.5, alpha 10, 128x128 masks",
         f"device: {result['device']['name']}",
         "",
-        "| seed | release-style (s) | diffseg.DiffCut (s) | ratio | masks identical | clusters |",
-        "|---:|---:|---:|---:|:---:|---:|",
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['seed']} | {r['naive_s']:.3f} | {r['fast_s']:.3f} | {r['naive_s'] / r['fast_s']:.1f}x | "
-            f"{'yes' if r['identical'] else 'NO'} | {r['clusters_fast']} / {r['clusters_naive']} |"
-        )
+    header = ["seed", "release-style (s)", "diffseg.DiffCut (s)", "ratio", "masks identical", "clusters"]
+    rows = [[r["seed"], f"{r['naive_s']:.3f}", f"{r['fast_s']:.3f}", f"{r['naive_s'] / r['fast_s']:.1f}x",
+             "yes" if r["identical"] else "NO", f"{r['clusters_fast']} / {r['clusters_naive']}"]
+            for r in result["rows"]]
+    lines += markdown_rows(header, rows, ["---:"] * 4 + [":---:", "---:"]).splitlines()
     lines += [
         "",
         f"median per image: release-style {result['naive_median_s']:.3f} s, DiffCut {result['fast_median_s']:.3f} s",

@@ -23,7 +23,6 @@ import json
 import math
 import numbers
 import os
-import re
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
@@ -36,6 +35,7 @@ from eval.atomic import write_text_atomic
 from eval.compare import load_intervals
 from eval.data.classes import dataset_title
 from eval.report.ledger import Claim, claims_for, load_ledger, render_claims
+from eval.report.markdown import markdown_rows, slug
 from eval.run.provenance import banner, images_note, method_label, protocol_key
 from eval.stats.report import na_text
 
@@ -180,11 +180,6 @@ def _value_key(value: Any) -> tuple[int, Any]:
 def _hashable(value: Any) -> Any:
     """Swept value usable as an index label (lists / dicts become their JSON text)."""
     return json.dumps(value) if isinstance(value, list | dict) else value
-
-
-def _slug(text: str) -> str:
-    """File-name-safe version of ``text``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "ablation"
 
 
 def expand_method_ablations(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -356,7 +351,7 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
             key = f"{name}_{dataset}"
         if key in tables or protocol != "diffseg":
             key = f"{key}_{protocol}"
-        tables[_slug(key)] = df
+        tables[slug(key, 'ablation')] = df
     return tables
 
 
@@ -392,13 +387,9 @@ def markdown_table(df: pd.DataFrame) -> str:
     """GitHub Markdown table of ``df`` (index as first column), values formatted for display."""
     text = format_table(df)
 
-    def row(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    lines = [row([df.index.name or ""] + [str(c) for c in df.columns]),
-             row([":---"] + ["---:"] * len(df.columns))]
-    lines += [row([idx, *vals]) for idx, vals in zip(text.index, text.itertuples(index=False), strict=True)]
-    return "\n".join(lines) + "\n"
+    header = [df.index.name or ""] + [str(c) for c in df.columns]
+    rows = [[idx, *vals] for idx, vals in zip(text.index, text.itertuples(index=False), strict=True)]
+    return markdown_rows(header, rows, [":---"] + ["---:"] * len(df.columns))
 
 
 def csv_text(df: pd.DataFrame, banner: str | None = None) -> str:
@@ -428,7 +419,7 @@ def _is_main(run: dict[str, Any], dataset: str, protocol: str | None = None) -> 
 
 def _main_stem(dataset: str, protocol: str) -> str:
     """File stem of a main table: ``<dataset>`` under DiffSeg's protocol, ``<dataset>.<protocol>`` otherwise."""
-    return dataset if protocol == "diffseg" else f"{dataset}.{_slug(protocol)}"
+    return dataset if protocol == "diffseg" else f"{dataset}.{slug(protocol)}"
 
 
 def _write_main(runs: Sequence[dict[str, Any]], dataset: str, protocol: str, out: Path,
@@ -496,7 +487,7 @@ def _write_sensitivity(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path
     attrs = df.attrs
     title = (f"Protocol sensitivity: {dataset_title(attrs['dataset'])}, "
              f"predictions of run {attrs['fingerprint']}")
-    stem = f"protocol_sensitivity_{_slug(key)}"
+    stem = f"protocol_sensitivity_{slug(key)}"
     md = _header(attrs.get("banner"), title)
     md += ["The same masks scored under each protocol's rules (`python -m eval.rescore`); a column "
            "named `<scoring> scoring, <geometry> geometry` keeps the source run's crop and label sizes.", "",

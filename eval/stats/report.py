@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from eval.atomic import write_text_atomic
+from eval.report.markdown import markdown_rows, slug
 from eval.stats.analysis import ImageStats, per_image_miou
 
 __all__ = ["EXTREMES", "fmt_interval", "fmt_p", "na_text", "slug", "table", "write_report"]
@@ -53,21 +53,12 @@ def fmt_p(test: dict[str, Any] | None) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
     """(Markdown, CSV) text of a table: first and ``run`` columns left-aligned, the others right-aligned."""
-    def md_row(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
     align = [":---"] + [":---" if h == "run" else "---:" for h in header[1:]]
-    md = [md_row(header), md_row(align)] + [md_row(r) for r in rows]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    return "\n".join(md) + "\n", buf.getvalue()
-
-
-def slug(text: str) -> str:
-    """File-name-safe version of ``text``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "method"
+    return markdown_rows(header, rows, align), buf.getvalue()
 
 
 def _method_rows(compare: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -171,8 +162,8 @@ def _figures(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Sequenc
         best = [(ids[i], float(values[i])) for i in order[::-1][:count]]
         masks = _load_masks(Path(methods[key]["run"]), methods[key]["method"], [i for i, _ in worst + best])
         extremes[key] = {"worst": [list(w) for w in worst], "best": [list(b) for b in best], "masks": masks is not None}
-        fig = image_extremes(worst, best, out / f"extremes_{slug(key)}.png", title=f"{labels[key]}: per-image mIoU",
-                             masks=masks, banner=short)
+        fig = image_extremes(worst, best, out / f"extremes_{slug(key, 'method')}.png",
+                             title=f"{labels[key]}: per-image mIoU", masks=masks, banner=short)
         written.append(fig)
         md += [f"### {labels[key]}", "", "Worst: " + ", ".join(f"`{i}` ({v:.1f})" for i, v in worst),
                "", "Best: " + ", ".join(f"`{i}` ({v:.1f})" for i, v in best), "", f"![{labels[key]}]({fig.name})", ""]
