@@ -26,7 +26,6 @@ import numpy as np
 
 from eval.data.base import IGNORE_INDEX, LabelledImages, make_hint, read_id_list
 from eval.data.loader import DatasetNotFoundError
-from eval.run.identity import SYNTHETIC_MARKER
 
 __all__ = [
     "ALL_LIST_FILE",
@@ -310,9 +309,12 @@ def subset_ids(dataset: LabelledImages, subset: str, list_file: str | None, titl
         raise ValueError(f"subset must be one of {sorted(SUBSETS)}, got {subset!r}")
     path = dataset._require(dataset.root / (list_file or SUBSETS[subset]), f"{title} list file ({subset} subset)")
     ids = read_id_list(path)
-    if subset == "all" and len(ids) != VAL2017_IMAGES and not (dataset.root / SYNTHETIC_MARKER).is_file():
-        raise DatasetNotFoundError(f"{path} lists {len(ids)} ids, not the {VAL2017_IMAGES} val2017 images of "
-                                   f"subset=all; {dataset._hint}")
+    if subset == "all" and len(ids) != VAL2017_IMAGES:
+        from eval.run.identity import is_synthetic  # imported here: datasets/prepare.py stays light to import
+
+        if not is_synthetic(dataset.root):
+            raise DatasetNotFoundError(f"{path} lists {len(ids)} ids, not the {VAL2017_IMAGES} val2017 images "
+                                       f"of subset=all; {dataset._hint}")
     dataset.list_path = path
     return ids
 
