@@ -486,7 +486,7 @@ def run_cli(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all work is in :func:`evaluate` (exit statuses: :func:`run_cli`)."""
     status = run_cli(cfg)
