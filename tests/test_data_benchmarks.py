@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from test_download import _zip, closed_port_url
 from test_download import server as server  # noqa: F401 (the local HTTP server fixture)
 
+from eval.data import ade20k, voc
 from eval.data import download as dl
 from eval.data.ade20k import ADE20K150_CLASSES, Ade20k150
 from eval.data.base import contiguous_lut
@@ -494,7 +495,7 @@ def test_prepare_voc_from_the_tar(prepare, server, tmp_path, monkeypatch, capsys
     archive = _tar(tmp_path / "voc.tar", {**_tree(src, "VOCdevkit/VOC2012/"), **extra})
     server.files["/voc.tar"] = archive.read_bytes()
     _pin(monkeypatch, "voc2012_trainval", archive, f"{server.base}/voc.tar")
-    monkeypatch.setattr(prepare, "VOC_VAL_IMAGES", 3)
+    monkeypatch.setattr(voc, "VAL_IMAGES", 3)
     root, downloads = tmp_path / "VOC2012", tmp_path / "downloads"
     argv = ["--quiet", "voc", "--root", str(root), "--downloads", str(downloads)]
     assert prepare.main(argv) == 0
@@ -504,7 +505,7 @@ def test_prepare_voc_from_the_tar(prepare, server, tmp_path, monkeypatch, capsys
     assert Voc21(root, size=16).ids == ids
     count = len(server.requests)
     assert prepare.main(argv) == 0 and "ready" in capsys.readouterr().out and len(server.requests) == count
-    monkeypatch.setattr(prepare, "VOC_VAL_IMAGES", 1449)
+    monkeypatch.setattr(voc, "VAL_IMAGES", 1449)
     code = prepare.main(["--quiet", "voc", "--root", str(tmp_path / "r2"), "--downloads", str(downloads)])
     assert code == 2 and "expected 1449" in capsys.readouterr().err
 
@@ -573,7 +574,7 @@ def test_prepare_ade20k_from_the_zip(prepare, server, tmp_path, monkeypatch, cap
                                           "ADEChallengeData2016/objectInfo150.txt": b"x"})  # fmt: skip
     server.files["/ade.zip"] = archive.read_bytes()
     _pin(monkeypatch, "ade20k_challenge", archive, f"{server.base}/ade.zip")
-    monkeypatch.setattr(prepare, "ADE20K_VAL_IMAGES", 3)
+    monkeypatch.setattr(ade20k, "VAL_IMAGES", 3)
     root = tmp_path / "ADEChallengeData2016"
     argv = ["--quiet", "ade20k", "--root", str(root), "--downloads", str(tmp_path / "d")]
     assert prepare.main(argv) == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.data import coco_stuff
+from eval.data import cityscapes, coco_stuff
 from eval.data import download as dl
 from eval.data.coco_object import CocoObject81
 from eval.data.coco_stuff import CocoStuff27
@@ -434,7 +434,7 @@ def test_prepare_cityscapes_from_zips(prepare, tmp_path, monkeypatch, capsys):
     left = _zip(zips / "leftImg8bit_trainvaltest.zip", left_entries)
     _pin(monkeypatch, "cityscapes_gtfine", md5=md5_file(gt))
     _pin(monkeypatch, "cityscapes_leftimg8bit", md5=md5_file(left))
-    monkeypatch.setattr(prepare, "CITYSCAPES_VAL_IMAGES", 3)
+    monkeypatch.setattr(cityscapes, "VAL_IMAGES", 3)
     root = tmp_path / "cs"
     assert prepare.main(["--quiet", "cityscapes", "--root", str(root), "--zips", str(zips)]) == 0
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())

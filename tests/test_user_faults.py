@@ -21,6 +21,7 @@ from PIL import Image
 
 import eval.data.base
 import eval.data.network
+import eval.data.preparation
 from diffseg import DiffSeg, KMeansSegmenter, resolution_weights
 from diffseg.preprocess import LabelFormatError, load_label, preprocess_label
 from diffseg.testing.tiny import tiny_backbone
@@ -265,7 +266,8 @@ def test_offline_prepare_coco_names_every_file_quickly_and_makes_no_folder(tmp_p
         time.sleep(30)
 
     monkeypatch.setattr(eval.data.network, "_probe", dead)
-    monkeypatch.setattr(prepare, "unreachable", functools.partial(eval.data.network.unreachable, timeout=0.5))
+    monkeypatch.setattr(eval.data.preparation, "unreachable",
+                        functools.partial(eval.data.network.unreachable, timeout=0.5))
     root, downloads = tmp_path / "data" / "coco", tmp_path / "data" / "downloads"
     start = time.monotonic()
     assert prepare.main(["--quiet", "coco", "--root", str(root), "--downloads", str(downloads)]) == 2

@@ -16,10 +16,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.data.base import LabelledImages
+from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
+from eval.data.preparation import PrepareError
 
-__all__ = ["ADE20K150_CLASSES", "Ade20k150", "VAL_IMAGES", "image_ids"]
+__all__ = ["ADE20K150_CLASSES", "PINNED", "VAL_IMAGES", "ZIP_PREFIX", "Ade20k150", "ade20k_ready", "image_ids",
+           "prepare_ade20k"]
 
 VAL_IMAGES = 2000
+ZIP_PREFIX = "ADEChallengeData2016/"  # the root's folder inside the official zip
+
+# The files `make data-ade20k` fetches or expects, with the published checksums (merged into
+# eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = {
+    "ade20k_challenge": PinnedFile(
+        name="ADEChallengeData2016.zip",
+        url="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+        sha1="219e1696abb36c8ba3a3afe7fb2f4b4606a897c7",
+        source=(
+            "sha1: dmlc/gluon-cv scripts/datasets/ade20k.py (same value in "
+            "zhanghang1989/PyTorch-Encoding); no sha256/md5 is published"
+        ),
+    ),
+}
 
 # objectInfo150 order of the SceneParsing benchmark (file value k = class k - 1).
 ADE20K150_CLASSES: tuple[str, ...] = (
@@ -72,3 +90,36 @@ class Ade20k150(LabelledImages):
     def find_ids(self) -> Sequence[str]:
         self.image_dir, self.label_dir = f"images/{self.split}", f"annotations/{self.split}"
         return [p.stem for p in self._glob_ids(self.root / self.image_dir, "*.jpg", "ADE20K image folder")]
+
+
+# --------------------------------------------------------------------------- preparation (make data-ade20k)
+
+
+def ade20k_ready(root: Path) -> bool:
+    """True when ``root`` has all validation images, each with its annotation PNG."""
+    ids = image_ids(root)
+    labelled = [i for i in ids if (root / "annotations" / "validation" / f"{i}.png").is_file()]
+    return len(ids) == VAL_IMAGES and len(labelled) == len(ids)
+
+
+def prepare_ade20k(root: Path, downloads: Path, progress: bool = True) -> None:
+    """Extract the validation split of the official ADEChallengeData2016 zip."""
+    if ade20k_ready(root):
+        print(f"ready: {root}")
+        return
+    archive = download_pinned("ade20k_challenge", downloads, progress=progress)
+    wanted = (f"{ZIP_PREFIX}images/validation/", f"{ZIP_PREFIX}annotations/validation/")
+    safe_extract_zip(
+        archive,
+        root,
+        member_filter=lambda name: name.startswith(wanted),
+        strip_prefix=ZIP_PREFIX,
+        progress=progress,
+    )
+    if not ade20k_ready(root):
+        ids = image_ids(root)
+        raise PrepareError(
+            f"{root} has {len(ids)} validation images after extraction, expected {VAL_IMAGES} "
+            "with an annotation each: is the zip the official one?"
+        )
+    print(f"ready: {root} ({VAL_IMAGES} images)")

@@ -14,13 +14,45 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.data.base import LabelledImages
+from eval.data.download import PinnedFile, pinned_files, safe_extract_zip, verify_file
+from eval.data.preparation import PrepareError
 
-__all__ = ["CITYSCAPES27_CLASSES", "CITYSCAPES_FIRST_LABEL_ID", "Cityscapes27", "IMAGE_SUFFIX", "LABEL_SUFFIX"]
+__all__ = [
+    "CITYSCAPES27_CLASSES",
+    "CITYSCAPES_FIRST_LABEL_ID",
+    "DOWNLOAD_PAGE",
+    "IMAGE_SUFFIX",
+    "LABEL_SUFFIX",
+    "PINNED",
+    "VAL_IMAGES",
+    "Cityscapes27",
+    "cityscapes_ready",
+    "prepare_cityscapes",
+]
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
+VAL_IMAGES = 500
+DOWNLOAD_PAGE = "https://www.cityscapes-dataset.com/downloads/"
 
 CITYSCAPES_FIRST_LABEL_ID = 7
+
+# The files `make data-cityscapes` fetches or expects, with the published checksums (merged into
+# eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = {
+    "cityscapes_gtfine": PinnedFile(
+        name="gtFine_trainvaltest.zip",
+        url="https://www.cityscapes-dataset.com/file-handling/?packageID=1",
+        md5="4237c19de34c8a376e9ba46b495d6f66",
+        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=1, 241MB)",
+    ),
+    "cityscapes_leftimg8bit": PinnedFile(
+        name="leftImg8bit_trainvaltest.zip",
+        url="https://www.cityscapes-dataset.com/file-handling/?packageID=3",
+        md5="0a6e97e94b616a514066c9e2adb0c97f",
+        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=3, 11GB)",
+    ),
+}
 
 # labelId 7..33 in order -> class 0..26.
 CITYSCAPES27_CLASSES: tuple[str, ...] = (
@@ -91,3 +123,59 @@ class Cityscapes27(LabelledImages):
     def label_path(self, image_id: str) -> Path:
         """``<root>/gtFine/<split>/<city>/<id>_gtFine_labelIds.png``."""
         return self.root / "gtFine" / self.split / self._city[image_id] / f"{image_id}{LABEL_SUFFIX}"
+
+
+# --------------------------------------------------------------------------- preparation (make data-cityscapes)
+
+
+def _cityscapes_counts(root: Path) -> tuple[int, int]:
+    """(number of val images, number of those that have a labelIds file)."""
+    images = list((root / "leftImg8bit" / "val").glob(f"*/*{IMAGE_SUFFIX}"))
+    labelled = 0
+    for path in images:
+        name = path.name[: -len(IMAGE_SUFFIX)]
+        if (root / "gtFine" / "val" / path.parent.name / f"{name}{LABEL_SUFFIX}").is_file():
+            labelled += 1
+    return len(images), labelled
+
+
+def cityscapes_ready(root: Path) -> bool:
+    """True when ``root`` has all val images, each with its labelIds PNG."""
+    images, labelled = _cityscapes_counts(root)
+    return images == VAL_IMAGES and labelled == images
+
+
+def prepare_cityscapes(root: Path, zips: Path, verify: bool = True, progress: bool = True) -> None:
+    """Extract the Cityscapes val split from the two official zips (which need a login)."""
+    if cityscapes_ready(root):
+        print(f"ready: {root}")
+        return
+    pinned = pinned_files()
+    needed = [pinned["cityscapes_gtfine"], pinned["cityscapes_leftimg8bit"]]
+    missing = [entry for entry in needed if not (zips / entry.name).is_file()]
+    if missing:
+        lines = [
+            f"Cityscapes is not prepared in {root} and {len(missing)} of the official zips are missing.",
+            f"Cityscapes needs a (free) login: download these files from {DOWNLOAD_PAGE}",
+        ]
+        lines += [f"  {entry.name}   ({entry.url}, md5 {entry.md5})" for entry in missing]
+        lines.append(f"and put them in {zips.resolve()}/ , then run `make data-cityscapes` again.")
+        raise PrepareError("\n".join(lines))
+    for entry in needed:
+        path = zips / entry.name
+        if verify:
+            print(f"verifying {path} (md5) ...")
+            verify_file(path, sha256=entry.sha256, md5=entry.md5)
+    root.mkdir(parents=True, exist_ok=True)
+    # (pinned zip, the val folder inside it, the files kept from it)
+    for key, prefix, suffix in (("cityscapes_gtfine", "gtFine/val/", LABEL_SUFFIX),
+                                ("cityscapes_leftimg8bit", "leftImg8bit/val/", IMAGE_SUFFIX)):
+        safe_extract_zip(zips / pinned[key].name, root, members_prefix=prefix,
+                         member_filter=lambda name, suffix=suffix: name.endswith(suffix), progress=progress)
+    images, labelled = _cityscapes_counts(root)
+    if images != VAL_IMAGES or labelled != images:
+        raise PrepareError(
+            f"{root} has {images} val images ({labelled} with labels) after extraction, "
+            f"expected {VAL_IMAGES}: are the zips the official ones?"
+        )
+    print(f"ready: {root} ({images} images)")

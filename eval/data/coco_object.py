@@ -30,9 +30,19 @@ import numpy as np
 from tqdm import tqdm
 
 from diffseg.preprocess import load_label
-from eval.data.base import IGNORE_INDEX, LabelledImages, contiguous_lut, make_hint
+from eval.atomic import write_json_atomic
+from eval.data.base import IGNORE_INDEX, LabelledImages, contiguous_lut, make_hint, read_id_list
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
-from eval.data.coco_stuff import COCO_STUFF_FINE_CLASSES, IMAGE_DIR, LABEL_DIR, coco_hint, subset_ids
+from eval.data.coco_stuff import (
+    COCO_STUFF_FINE_CLASSES,
+    DEFAULT_LIST_FILE,
+    IMAGE_DIR,
+    LABEL_DIR,
+    coco_hint,
+    prepare_coco,
+    subset_ids,
+)
+from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
 
 __all__ = [
     "AGREEMENT_FILE",
@@ -43,11 +53,13 @@ __all__ = [
     "INSTANCE_LABEL_DIR",
     "LABEL_SOURCES",
     "OVERLAP_RULES",
+    "PINNED",
     "build_instance_labels",
     "coco_stuffthing_to_object_lut",
     "instances_label",
     "label_agreement",
     "load_instances",
+    "prepare_coco_object",
 ]
 
 INSTANCES_FILE = "annotations/instances_val2017.json"
@@ -55,6 +67,23 @@ INSTANCE_LABEL_DIR = "annotation_object81_instances"
 AGREEMENT_FILE = "object81_agreement.json"
 LABEL_SOURCES = ("stuffthingmaps", "instances")
 OVERLAP_RULES = ("smallest_on_top", "file_order")
+
+# The files `make data-coco-object` fetches or expects, with the published checksums (merged into
+# eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = {
+    "coco_annotations_trainval2017": PinnedFile(
+        name="annotations_trainval2017.zip",
+        url="http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+        sha256="113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268",
+        md5="f4bbac642086de4f52a3fdda2de5fa2c",
+        size=252907541,
+        source=(
+            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
+            "_META_CHECKSUMS['2017']); md5 and size: the COCO-published values quoted by many "
+            "download scripts (e.g. mlcommons/ck)"
+        ),
+    ),
+}
 
 # COCO category ids (1..90) of the 80 annotated thing classes, in id order.
 _COCO_UNANNOTATED_THING_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91})
@@ -250,3 +279,45 @@ class CocoObject81(LabelledImages):
     def label_dir(self) -> str:
         """``annotation_val2017`` (stuffthingmaps) or ``annotation_object81_instances`` (instances)."""
         return INSTANCE_LABEL_DIR if self.label_source == "instances" else LABEL_DIR
+
+
+# --------------------------------------------------------------------------- preparation (make data-coco-object)
+
+
+def _agreement_line(report: dict) -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{value:.2f}%"
+
+    return (
+        f"label agreement (stuffthingmaps vs instances, overlap rule {report.get('overlap_rule')}): "
+        f"{pct(report['agreement'])} of {report['pixels']} valid pixels, {pct(report['object_agreement'])} of "
+        f"{report['object_pixels']} object pixels, on {report['images']} images"
+    )
+
+
+def prepare_coco_object(root: Path, downloads: Path, overlap: str = "smallest_on_top", progress: bool = True) -> None:
+    """Build the instance-derived COCO-Object-81 labels on a COCO-Stuff-27 root and compare the sources.
+
+    Writes ``<root>/annotation_object81_instances/<id>.png`` and the agreement report
+    ``<root>/object81_agreement.json``.
+    """
+    prepare_coco(root, downloads, progress=progress)
+    ids = read_id_list(root / DEFAULT_LIST_FILE)
+    report_path = root / AGREEMENT_FILE
+    previous = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
+    built = all((root / INSTANCE_LABEL_DIR / f"{i}.png").is_file() for i in ids)
+    if built and previous is not None and previous.get("overlap_rule") == overlap:
+        print(_agreement_line(previous))
+        print(f"ready: {root}")
+        return
+    json_path = root / INSTANCES_FILE
+    if not json_path.is_file():
+        archive = download_pinned("coco_annotations_trainval2017", downloads, progress=progress)
+        safe_extract_zip(archive, root, members=[INSTANCES_FILE], progress=progress)
+    rebuild = previous is not None and previous.get("overlap_rule") != overlap
+    print(f"building {len(ids)} instance labels from {json_path} (overlap rule {overlap})")
+    build_instance_labels(root, ids, json_path, overlap=overlap, overwrite=rebuild, progress=progress)
+    report = {"overlap_rule": overlap, **label_agreement(root, ids)}
+    write_json_atomic(report_path, report)
+    print(_agreement_line(report))
+    print(f"ready: {root} ({len(ids)} images, both label sources; report in {report_path})")

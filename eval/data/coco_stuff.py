@@ -20,12 +20,17 @@ supercategories.
 from __future__ import annotations
 
 import os
+import shutil
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from eval.data.base import IGNORE_INDEX, LabelledImages, make_hint, read_id_list
+from eval.data.download import PinnedFile, download_pinned, pinned_files, safe_extract_zip
 from eval.data.loader import DatasetNotFoundError
+from eval.data.preparation import PrepareError, require_network
 
 __all__ = [
     "ALL_LIST_FILE",
@@ -35,11 +40,14 @@ __all__ = [
     "COCO_STUFF_FINE_TO_COARSE",
     "COCO_STUFF_UNLABELLED",
     "DEFAULT_LIST_FILE",
+    "PINNED",
     "SUBSETS",
     "VAL2017_IMAGES",
     "CocoStuff27",
     "coco_hint",
+    "coco_ready",
     "coco_stuff_fine_to_coarse_lut",
+    "prepare_coco",
     "subset_ids",
 ]
 
@@ -50,6 +58,41 @@ VAL2017_IMAGES = 5000
 IMAGE_DIR = "val2017"
 LABEL_DIR = "annotation_val2017"
 COCO_STUFF_UNLABELLED = 255
+
+# The files `make data-coco` fetches or expects, with the published checksums (merged into
+# eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = {
+    "coco_val2017": PinnedFile(
+        name="val2017.zip",
+        url="http://images.cocodataset.org/zips/val2017.zip",
+        sha256="4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05",
+        md5="442b8da7639aecaf257c1dceb8ba8c80",
+        size=815585330,
+        source=(
+            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
+            "_IMAGES_CHECKSUMS[('2017', 'val')]); md5: the COCO-published digest, e.g. quoted in "
+            "intel/neural-compressor examples/.../maskrcnn/download_dataset.sh; size: HTTP Content-Length"
+        ),
+    ),
+    "cocostuff_stuffthingmaps": PinnedFile(
+        name="stuffthingmaps_trainval2017.zip",
+        url="http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
+        sha256=None,
+        md5=None,
+        size=None,
+        source=(
+            "no checksum is published by COCO-Stuff (github.com/nightrome/cocostuff README lists "
+            "only ~659 MB) and none was found elsewhere: verified by zip CRCs (zipfile.testzip) only"
+        ),
+    ),
+    "coco_stuff27_list": PinnedFile(
+        name="Coco164kFull_Stuff_Coarse_7.txt",
+        url="https://raw.githubusercontent.com/google/diffseg/main/data/coco/Coco164kFull_Stuff_Coarse_7.txt",
+        sha256="7c629734c88f1a74bba6311e01d4d9fe976df84f07cb4fc86452ce5116e51655",
+        size=28275,
+        source="sha256 of the copy in github.com/google/diffseg data/coco/ (2175 ids)",
+    ),
+}
 
 # 12 thing supercategories (0..11), then 15 stuff supercategories (12..26).
 COCO_STUFF27_CLASSES: tuple[str, ...] = (
@@ -346,3 +389,94 @@ class CocoStuff27(LabelledImages):
 
     def label_lut(self) -> np.ndarray:
         return coco_stuff_fine_to_coarse_lut()
+
+
+# --------------------------------------------------------------------------- preparation (make data-coco)
+
+
+def _missing_coco(root: Path, ids: list[str]) -> tuple[list[str], list[str]]:
+    images = [i for i in ids if not (root / IMAGE_DIR / f"{i}.jpg").is_file()]
+    labels = [i for i in ids if not (root / LABEL_DIR / f"{i}.png").is_file()]
+    return images, labels
+
+
+def coco_ready(root: Path, subset: str = "curated") -> bool:
+    """True when ``root`` has the subset's list file and the image and label of every listed id."""
+    list_path = root / SUBSETS[subset]
+    if not list_path.is_file():
+        return False
+    ids = read_id_list(list_path)
+    images, labels = _missing_coco(root, ids)
+    return bool(ids) and not images and not labels
+
+
+def _write_all_list(downloads: Path, progress: bool) -> Path:
+    """``downloads/val2017_all.txt``: every image id of the pinned val2017.zip, sorted."""
+    archive = download_pinned("coco_val2017", downloads, progress=progress)
+    with zipfile.ZipFile(archive) as zf:
+        ids = sorted(Path(n).stem for n in zf.namelist() if n.startswith("val2017/") and n.endswith(".jpg"))
+    path = downloads / SUBSETS["all"]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_coco(root: Path, downloads: Path, progress: bool = True, subset: str = "curated") -> None:
+    """Build a COCO-Stuff-27 root (layout in ``datasets/README.md``), fetching only what is missing.
+
+    ``subset="all"`` keeps every val2017 image (5000) and lists them in ``val2017_all.txt``.
+    """
+    if coco_ready(root, subset):
+        print(f"ready: {root}")
+        return
+    list_path = root / SUBSETS[subset]
+    require_network(_coco_needs(root, downloads, subset), downloads)
+    downloads.mkdir(parents=True, exist_ok=True)
+    if list_path.is_file():
+        source_list = list_path
+        print(f"using the existing id list {list_path}")
+    elif subset == "all":
+        source_list = _write_all_list(downloads, progress)
+    else:
+        source_list = download_pinned("coco_stuff27_list", downloads, progress=progress)
+    ids = read_id_list(source_list)
+    if not ids:
+        raise PrepareError(f"the id list {source_list} is empty")
+    missing_images, missing_labels = _missing_coco(root, ids)
+
+    # (what, missing ids, pinned archive, target folder, file extension); both zips hold val2017/<id>.<ext>
+    parts = [
+        ("images", missing_images, "coco_val2017", IMAGE_DIR, "jpg"),
+        ("labels", missing_labels, "cocostuff_stuffthingmaps", LABEL_DIR, "png"),
+    ]
+    for what, missing, key, folder, ext in parts:
+        if not missing:
+            continue
+        print(f"{len(missing)} of {len(ids)} {what} missing: fetching {pinned_files()[key].name}")
+        archive = download_pinned(key, downloads, progress=progress)
+        safe_extract_zip(
+            archive,
+            root / folder,
+            members=[f"val2017/{i}.{ext}" for i in missing],
+            strip_prefix="val2017/",
+            progress=progress,
+        )
+    if not list_path.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = list_path.with_name(list_path.name + ".tmp")
+        shutil.copyfile(source_list, tmp)
+        os.replace(tmp, list_path)
+    if not coco_ready(root, subset):
+        images, labels = _missing_coco(root, ids)
+        raise PrepareError(f"{root} is still incomplete: {len(images)} images and {len(labels)} labels missing")
+    print(f"ready: {root} ({len(ids)} images)")
+
+
+def _coco_needs(root: Path, downloads: Path, subset: str = "curated") -> list[str]:
+    """Pinned files a COCO-Stuff-27 preparation would fetch (all of them when the id list is not there yet)."""
+    list_path = root / SUBSETS[subset]
+    missing = _missing_coco(root, read_id_list(list_path)) if list_path.is_file() else (["?"], ["?"])
+    needs = [] if list_path.is_file() or subset == "all" else ["coco_stuff27_list"]
+    needs += [key for key, gap in (("coco_val2017", missing[0]), ("cocostuff_stuffthingmaps", missing[1])) if gap]
+    return [key for key in needs if not (downloads / pinned_files()[key].name).is_file()]

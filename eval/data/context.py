@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ from tqdm import tqdm
 from eval.atomic import write_text_atomic
 from eval.data.base import LabelledImages
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
+from eval.data.download import (
+    DownloadError,
+    PinnedFile,
+    download_pinned,
+    pinned_files,
+    safe_extract_tar,
+    verify_file,
+)
+from eval.data.preparation import PrepareError, listed_files_ready
 
 __all__ = [
     "ANNOTATION_FILE",
@@ -43,12 +53,16 @@ __all__ = [
     "DETAIL_TO_CLASS",
     "IMAGE_DIR",
     "LABEL_DIR",
+    "PINNED",
+    "TAR_PREFIX",
     "VAL_IMAGES",
     "build_context_labels",
     "context_label",
+    "context_ready",
     "detail_to_coco",
     "image_ids_by_name",
     "load_detail",
+    "prepare_context",
     "split_list",
 ]
 
@@ -56,6 +70,32 @@ IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClassContext"
 ANNOTATION_FILE = "trainval_merged.json"
 VAL_IMAGES = 5105
+TAR_PREFIX = "VOCdevkit/VOC2010/"  # the root's folder inside the VOC2010 trainval tar
+
+# The files `make data-context` fetches or expects, with the published checksums (merged into
+# eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = {
+    "voc2010_trainval": PinnedFile(
+        name="VOCtrainval_03-May-2010.tar",
+        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
+        md5="da459979d0c395079b5c75ee67908abb",
+        sha1="bf9985e9f2b064752bf6bd654d89f017c76c395a",
+        source=(
+            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2010']); "
+            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py"
+        ),
+    ),
+    "context_trainval_merged": PinnedFile(
+        name="trainval_merged.json",
+        url="https://codalabuser.blob.core.windows.net/public/trainval_merged.json",
+        sha1="169325d9f7e9047537fedca7b04de4dddf10b881",
+        source=(
+            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py (same value in "
+            "zhanghang1989/PyTorch-Encoding's prepare_pcontext.py); the CodaLab URL is the one the "
+            "PASCAL-Context conversion scripts (mmsegmentation, FC-CLIP, DiffCut) point to"
+        ),
+    ),
+}
 
 # The 59 PASCAL in Detail (PASCAL-Context) category ids of the 59-class benchmark, sorted:
 # class k (1..59) of Context-60 is the k-th id; every other pixel is background (0).
@@ -271,3 +311,64 @@ class Context60(LabelledImages):
     def find_ids(self) -> Sequence[str]:
         return self._listed_ids(split_list(self.root, self.split),
                                 f"PASCAL-Context list file (the labels are built from {ANNOTATION_FILE})")
+
+
+# --------------------------------------------------------------------------- preparation (make data-context)
+
+
+def _context_files(root: Path):
+    return lambda i: (root / IMAGE_DIR / f"{i}.jpg", root / LABEL_DIR / f"{i}.png")
+
+
+def context_ready(root: Path) -> bool:
+    """True when ``root`` has the built val list and the image and label of every listed id."""
+    return listed_files_ready(split_list(root), _context_files(root))
+
+
+def _context_annotations(root: Path, downloads: Path, verify: bool, progress: bool) -> Path:
+    """``<root>/trainval_merged.json`` when present (checked), else the pinned download."""
+    pinned = pinned_files()["context_trainval_merged"]
+    local = root / ANNOTATION_FILE
+    if local.is_file():
+        if verify:
+            print(f"verifying {local} (sha1) ...")
+            verify_file(local, sha256=pinned.sha256, md5=pinned.md5, sha1=pinned.sha1)
+        return local
+    try:
+        return download_pinned("context_trainval_merged", downloads, progress=progress)
+    except DownloadError as exc:
+        raise PrepareError(
+            "\n".join([
+                f"PASCAL-Context needs {pinned.name} (the PASCAL in Detail annotations), and it could not be "
+                f"fetched: {exc}",
+                f"Its usual address is {pinned.url}; that host is not a stable archive. Get the file from "
+                "wherever you can (e.g. an archived copy of that URL); any copy with",
+                f"  sha1 {pinned.sha1}",
+                f"works. Put it at {local.resolve()} and run `make data-context` again "
+                "(the checksum is verified before use).",
+            ])
+        ) from None
+
+
+def prepare_context(root: Path, downloads: Path, verify: bool = True, progress: bool = True) -> None:
+    """Build a Context-60 root: VOC2010 val images + labels built from ``trainval_merged.json``."""
+    if context_ready(root):
+        print(f"ready: {root}")
+        return
+    json_path = _context_annotations(root, downloads, verify, progress)
+    print(f"reading {json_path} ...")
+    coco = load_detail(json_path, phase="val")
+    names = sorted(image_ids_by_name(coco))
+    if len(names) != VAL_IMAGES:
+        print(f"warning: {json_path} has {len(names)} val images, the benchmark has {VAL_IMAGES}",
+              file=sys.stderr)
+    missing = [i for i in names if not (root / IMAGE_DIR / f"{i}.jpg").is_file()]
+    if missing:
+        print(f"{len(missing)} of {len(names)} images missing: fetching {pinned_files()['voc2010_trainval'].name}")
+        tar = download_pinned("voc2010_trainval", downloads, progress=progress)
+        members = [f"{TAR_PREFIX}{IMAGE_DIR}/{i}.jpg" for i in missing]
+        safe_extract_tar(tar, root, members=members, strip_prefix=TAR_PREFIX, progress=progress)
+    ids = build_context_labels(root, coco, split="val", progress=progress)
+    if not context_ready(root):
+        raise PrepareError(f"{root} is still incomplete after building the labels")
+    print(f"ready: {root} ({len(ids)} images)")

@@ -5,14 +5,16 @@
 * :func:`safe_extract_zip` / :func:`safe_extract_tar` refuse absolute paths, ``..``
   components and links (and, for tars, devices and FIFOs), write each file through a
   temporary name and skip files already extracted.
-* :data:`PINNED_FILES` lists the files ``datasets/prepare.py`` fetches or expects,
-  with the published checksums (sources in each entry's ``source``).
+* :data:`PINNED_FILES` (:func:`pinned_files`) lists the files the ``make data-*`` preparation
+  fetches or expects, with the published checksums (sources in each entry's ``source``); each
+  dataset module declares its own in a ``PINNED`` dict, merged here on first use.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -34,13 +36,14 @@ from tqdm import tqdm
 __all__ = [
     "ChecksumError",
     "DownloadError",
-    "PINNED_FILES",
+    "PINNED_FILES",  # noqa: F822 (built on first access, module __getattr__)
     "PinnedFile",
     "UnsafeArchiveError",
     "check_zip",
     "download",
     "download_pinned",
     "md5_file",
+    "pinned_files",
     "read_tar_member",
     "safe_extract_tar",
     "safe_extract_zip",
@@ -89,103 +92,33 @@ class PinnedFile:
         return {name: value for name, value in found if value}
 
 
-PINNED_FILES: dict[str, PinnedFile] = {
-    "coco_val2017": PinnedFile(
-        name="val2017.zip",
-        url="http://images.cocodataset.org/zips/val2017.zip",
-        sha256="4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05",
-        md5="442b8da7639aecaf257c1dceb8ba8c80",
-        size=815585330,
-        source=(
-            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
-            "_IMAGES_CHECKSUMS[('2017', 'val')]); md5: the COCO-published digest, e.g. quoted in "
-            "intel/neural-compressor examples/.../maskrcnn/download_dataset.sh; size: HTTP Content-Length"
-        ),
-    ),
-    "cocostuff_stuffthingmaps": PinnedFile(
-        name="stuffthingmaps_trainval2017.zip",
-        url="http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
-        sha256=None,
-        md5=None,
-        size=None,
-        source=(
-            "no checksum is published by COCO-Stuff (github.com/nightrome/cocostuff README lists "
-            "only ~659 MB) and none was found elsewhere: verified by zip CRCs (zipfile.testzip) only"
-        ),
-    ),
-    "coco_stuff27_list": PinnedFile(
-        name="Coco164kFull_Stuff_Coarse_7.txt",
-        url="https://raw.githubusercontent.com/google/diffseg/main/data/coco/Coco164kFull_Stuff_Coarse_7.txt",
-        sha256="7c629734c88f1a74bba6311e01d4d9fe976df84f07cb4fc86452ce5116e51655",
-        size=28275,
-        source="sha256 of the copy in github.com/google/diffseg data/coco/ (2175 ids)",
-    ),
-    "cityscapes_gtfine": PinnedFile(
-        name="gtFine_trainvaltest.zip",
-        url="https://www.cityscapes-dataset.com/file-handling/?packageID=1",
-        md5="4237c19de34c8a376e9ba46b495d6f66",
-        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=1, 241MB)",
-    ),
-    "cityscapes_leftimg8bit": PinnedFile(
-        name="leftImg8bit_trainvaltest.zip",
-        url="https://www.cityscapes-dataset.com/file-handling/?packageID=3",
-        md5="0a6e97e94b616a514066c9e2adb0c97f",
-        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=3, 11GB)",
-    ),
-    "voc2012_trainval": PinnedFile(
-        name="VOCtrainval_11-May-2012.tar",
-        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-        md5="6cd6e144f989b92b3379bac3b3de84fd",
-        sha1="4e443f8a2eca6b1dac8a6c57641b67dd40621a49",
-        size=1999639040,
-        source=(
-            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2012']); "
-            "sha1: dmlc/gluon-cv scripts/datasets/pascal_voc.py; size: the Content-Length the server sends "
-            "(quoted in public download logs)"
-        ),
-    ),
-    "voc2010_trainval": PinnedFile(
-        name="VOCtrainval_03-May-2010.tar",
-        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
-        md5="da459979d0c395079b5c75ee67908abb",
-        sha1="bf9985e9f2b064752bf6bd654d89f017c76c395a",
-        source=(
-            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2010']); "
-            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py"
-        ),
-    ),
-    "context_trainval_merged": PinnedFile(
-        name="trainval_merged.json",
-        url="https://codalabuser.blob.core.windows.net/public/trainval_merged.json",
-        sha1="169325d9f7e9047537fedca7b04de4dddf10b881",
-        source=(
-            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py (same value in "
-            "zhanghang1989/PyTorch-Encoding's prepare_pcontext.py); the CodaLab URL is the one the "
-            "PASCAL-Context conversion scripts (mmsegmentation, FC-CLIP, DiffCut) point to"
-        ),
-    ),
-    "coco_annotations_trainval2017": PinnedFile(
-        name="annotations_trainval2017.zip",
-        url="http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
-        sha256="113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268",
-        md5="f4bbac642086de4f52a3fdda2de5fa2c",
-        size=252907541,
-        source=(
-            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
-            "_META_CHECKSUMS['2017']); md5 and size: the COCO-published values quoted by many "
-            "download scripts (e.g. mlcommons/ck)"
-        ),
-    ),
-    "ade20k_challenge": PinnedFile(
-        name="ADEChallengeData2016.zip",
-        url="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
-        sha1="219e1696abb36c8ba3a3afe7fb2f4b4606a897c7",
-        source=(
-            "sha1: dmlc/gluon-cv scripts/datasets/ade20k.py (same value in "
-            "zhanghang1989/PyTorch-Encoding); no sha256/md5 is published"
-        ),
-    ),
-}
+# The modules that declare pinned files (each a module-level ``PINNED`` dict), in table order.
+# They import this module, so they are imported only when the table is first asked for.
+PINNED_MODULES = ("coco_stuff", "cityscapes", "voc", "context", "coco_object", "ade20k")
+
+
+@functools.cache
+def pinned_files() -> dict[str, PinnedFile]:
+    """Every dataset module's ``PINNED`` entries in one dict (built once; the same dict on every call).
+
+    Raises:
+        ValueError: two dataset modules pin the same key.
+    """
+    merged: dict[str, PinnedFile] = {}
+    for name in PINNED_MODULES:
+        module = importlib.import_module(f"eval.data.{name}")
+        for key, pinned in module.PINNED.items():
+            if key in merged:
+                raise ValueError(f"pinned file {key!r} is declared twice (again in eval.data.{name})")
+            merged[key] = pinned
+    return merged
+
+
+def __getattr__(name: str):
+    """``PINNED_FILES``: :func:`pinned_files`, built on first access (the dataset modules import this one)."""
+    if name == "PINNED_FILES":
+        return pinned_files()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- digests
@@ -436,7 +369,7 @@ def download_pinned(key: str, downloads_dir: str | os.PathLike, progress: bool =
 
     Files pinned without digests are checked with :func:`check_zip` when they are zips.
     """
-    pinned = PINNED_FILES[key]
+    pinned = pinned_files()[key]
     dest = Path(downloads_dir) / pinned.name
     path = download(
         pinned.url, dest, sha256=pinned.sha256, md5=pinned.md5, progress=progress, sha1=pinned.sha1,

@@ -16,13 +16,45 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.data.base import LabelledImages
+from eval.data.download import PinnedFile, download_pinned, read_tar_member, safe_extract_tar
+from eval.data.preparation import PrepareError, listed_files_ready
 
-__all__ = ["IMAGE_DIR", "LABEL_DIR", "VAL_IMAGES", "VOC21_CLASSES", "VOC_IGNORE", "Voc21", "split_list"]
+__all__ = [
+    "IMAGE_DIR",
+    "LABEL_DIR",
+    "PINNED",
+    "TAR_PREFIX",
+    "VAL_IMAGES",
+    "VOC21_CLASSES",
+    "VOC_IGNORE",
+    "Voc21",
+    "prepare_voc",
+    "split_list",
+    "voc_ready",
+]
 
 IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClass"
 VAL_IMAGES = 1449
 VOC_IGNORE = 255
+TAR_PREFIX = "VOCdevkit/VOC2012/"  # the root's folder inside the trainval tar
+
+# The files `make data-voc` fetches or expects, with the published checksums (merged into
+# eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = {
+    "voc2012_trainval": PinnedFile(
+        name="VOCtrainval_11-May-2012.tar",
+        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        md5="6cd6e144f989b92b3379bac3b3de84fd",
+        sha1="4e443f8a2eca6b1dac8a6c57641b67dd40621a49",
+        size=1999639040,
+        source=(
+            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2012']); "
+            "sha1: dmlc/gluon-cv scripts/datasets/pascal_voc.py; size: the Content-Length the server sends "
+            "(quoted in public download logs)"
+        ),
+    ),
+}
 
 # SegmentationClass palette index -> class (index 0 = background).
 VOC21_CLASSES: tuple[str, ...] = (
@@ -79,3 +111,35 @@ class Voc21(LabelledImages):
 
     def find_ids(self) -> Sequence[str]:
         return self._listed_ids(split_list(self.root, self.split), "VOC2012 list file")
+
+
+# --------------------------------------------------------------------------- preparation (make data-voc)
+
+
+def _voc_files(root: Path):
+    return lambda i: (root / IMAGE_DIR / f"{i}.jpg", root / LABEL_DIR / f"{i}.png")
+
+
+def voc_ready(root: Path) -> bool:
+    """True when ``root`` has the val list and the image and label of every listed id."""
+    return listed_files_ready(split_list(root), _voc_files(root))
+
+
+def prepare_voc(root: Path, downloads: Path, progress: bool = True) -> None:
+    """Extract the 1449 val images and labels (and ``val.txt``) from the official VOC2012 tar."""
+    if voc_ready(root):
+        print(f"ready: {root}")
+        return
+    tar = download_pinned("voc2012_trainval", downloads, progress=progress)
+    list_member = f"{TAR_PREFIX}ImageSets/Segmentation/val.txt"
+    ids = [line.strip() for line in read_tar_member(tar, list_member).decode("utf-8").splitlines() if line.strip()]
+    if len(ids) != VAL_IMAGES:
+        raise PrepareError(f"{list_member} in {tar} lists {len(ids)} ids, expected {VAL_IMAGES}")
+    members = [list_member]
+    members += [f"{TAR_PREFIX}{IMAGE_DIR}/{i}.jpg" for i in ids]
+    members += [f"{TAR_PREFIX}{LABEL_DIR}/{i}.png" for i in ids]
+    print(f"extracting {len(ids)} val images and labels from {tar.name}")
+    safe_extract_tar(tar, root, members=members, strip_prefix=TAR_PREFIX, progress=progress)
+    if not voc_ready(root):
+        raise PrepareError(f"{root} is still incomplete after extraction")
+    print(f"ready: {root} ({len(ids)} images)")
