@@ -9,23 +9,23 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-COCO_ROOT ?= datasets/coco_stuff27
+# `make data-<dataset>` builds a root: the one its conf/dataset config names, or ROOT=<folder>.
+ROOT ?=
+DATA_DOWNLOADS ?= datasets/downloads
+# more options of `datasets/prepare.py <dataset>` (e.g. PREPARE_ARGS="--overlap largest_on_top")
+PREPARE_ARGS ?=
+COCO_ROOT ?= $(or $(ROOT),datasets/coco_stuff27)
 # COCO_SUBSET=all keeps the 5000 val2017 images (for dataset.subset=all)
 COCO_SUBSET ?= curated
-CITYSCAPES_ROOT ?= datasets/cityscapes
-CITYSCAPES_ZIPS ?= datasets/downloads
-VOC_ROOT ?= datasets/VOCdevkit/VOC2012
-CONTEXT_ROOT ?= datasets/VOCdevkit/VOC2010
-ADE20K_ROOT ?= datasets/ADEChallengeData2016
-DATA_DOWNLOADS ?= datasets/downloads
-COCO_OBJECT_OVERLAP ?= smallest_on_top
+CITYSCAPES_ROOT ?= $(or $(ROOT),datasets/cityscapes)
+CITYSCAPES_ZIPS ?= $(DATA_DOWNLOADS)
 RUN_ARGS ?=
 # `make test` runs the suite in a random order (pytest-randomly); replay one with TEST_SEED=N.
 TEST_SEED ?= $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
 EXPLORE_STAMP := $(VENV)/.installed-explore
 EXPLORE_ARGS ?= outputs/demo/coco_stuff27
 
-.PHONY: venv test lint bench demo explore explore-deps explore-screenshot data-coco data-cityscapes data-voc data-context data-coco-object data-ade20k reproduce-coco reproduce-cityscapes tables clean
+.PHONY: venv test lint bench demo explore explore-deps explore-screenshot data-coco data-cityscapes reproduce-coco reproduce-cityscapes tables clean
 
 venv: $(STAMP)
 
@@ -69,23 +69,18 @@ explore: $(EXPLORE_STAMP)
 explore-screenshot: $(EXPLORE_STAMP)
 	EXPLORE_SCREENSHOTS=results/explore $(PY) -m pytest -q tests/test_explore_browser.py
 
+# The two datasets of the reproduce targets, with their own variables (COCO_ROOT, COCO_SUBSET,
+# CITYSCAPES_ROOT, CITYSCAPES_ZIPS; ROOT works too).
 data-coco: $(STAMP)
-	$(PY) datasets/prepare.py coco --root $(COCO_ROOT) --subset $(COCO_SUBSET)
+	$(PY) datasets/prepare.py coco --root $(COCO_ROOT) --downloads $(DATA_DOWNLOADS) --subset $(COCO_SUBSET) $(PREPARE_ARGS)
 
 data-cityscapes: $(STAMP)
-	$(PY) datasets/prepare.py cityscapes --root $(CITYSCAPES_ROOT) --zips $(CITYSCAPES_ZIPS)
+	$(PY) datasets/prepare.py cityscapes --root $(CITYSCAPES_ROOT) --zips $(CITYSCAPES_ZIPS) $(PREPARE_ARGS)
 
-data-voc: $(STAMP)
-	$(PY) datasets/prepare.py voc --root $(VOC_ROOT) --downloads $(DATA_DOWNLOADS)
-
-data-context: $(STAMP)
-	$(PY) datasets/prepare.py context --root $(CONTEXT_ROOT) --downloads $(DATA_DOWNLOADS)
-
-data-coco-object: $(STAMP)
-	$(PY) datasets/prepare.py coco-object --root $(COCO_ROOT) --downloads $(DATA_DOWNLOADS) --overlap $(COCO_OBJECT_OVERLAP)
-
-data-ade20k: $(STAMP)
-	$(PY) datasets/prepare.py ade20k --root $(ADE20K_ROOT) --downloads $(DATA_DOWNLOADS)
+# Every other dataset (data-voc, data-context, data-coco-object, data-ade20k, and any new one):
+# `datasets/prepare.py --help` lists them.
+data-%: $(STAMP)
+	$(PY) datasets/prepare.py $* $(if $(ROOT),--root $(ROOT)) --downloads $(DATA_DOWNLOADS) $(PREPARE_ARGS)
 
 reproduce-coco: data-coco
 	@run_dir=$$($(PY) -m eval.run.identity experiment=coco_stuff27 dataset.root=$(COCO_ROOT) $(RUN_ARGS) --prefix outputs/coco_stuff27) && \

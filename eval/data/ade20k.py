@@ -17,10 +17,10 @@ from pathlib import Path
 
 from eval.data.base import LabelledImages
 from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
-from eval.data.preparation import PrepareError
+from eval.data.preparation import Preparation, PrepareError
 
-__all__ = ["ADE20K150_CLASSES", "PINNED", "VAL_IMAGES", "ZIP_PREFIX", "Ade20k150", "ade20k_ready", "image_ids",
-           "prepare_ade20k"]
+__all__ = ["ADE20K150_CLASSES", "PINNED", "PREPARATION", "VAL_IMAGES", "ZIP_PREFIX", "Ade20k150", "ade20k_ready",
+           "image_ids", "prepare_ade20k"]
 
 VAL_IMAGES = 2000
 ZIP_PREFIX = "ADEChallengeData2016/"  # the root's folder inside the official zip
@@ -84,7 +84,7 @@ class Ade20k150(LabelledImages):
     ignore_values = (0,)  # "other"
     classes = ADE20K150_CLASSES
     first_label_value = 1
-    make_target, root_variable = "data-ade20k", "ADE20K_ROOT"
+    make_target = "data-ade20k"
     options = {"split": "validation"}
 
     def find_ids(self) -> Sequence[str]:
@@ -123,3 +123,7 @@ def prepare_ade20k(root: Path, downloads: Path, progress: bool = True) -> None:
             "with an annotation each: is the zip the official one?"
         )
     print(f"ready: {root} ({VAL_IMAGES} images)")
+
+
+PREPARATION = Preparation("ade20k", prepare_ade20k,
+                          "ADE20K SceneParsing validation (official zip, keeps 2000 images)")

@@ -42,9 +42,9 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         return [line.strip() for line in handle if line.strip()]
 
 
-def make_hint(target: str, variable: str, root: str | os.PathLike, action: str = "download and prepare it") -> str:
-    """How to get a missing root: ``run `make <target>` (or `make <target> <VARIABLE>=<root>`) to <action>``."""
-    return f"run `make {target}` (or `make {target} {variable}={root}`) to {action}"
+def make_hint(target: str, root: str | os.PathLike, action: str = "download and prepare it") -> str:
+    """How to get a missing root: ``run `make <target>` (or `make <target> ROOT=<root>`) to <action>``."""
+    return f"run `make {target}` (or `make {target} ROOT={root}`) to {action}"
 
 UNKNOWN_LABEL = -2
 """Label value of a pixel whose file value is neither a class nor an ignore value of the dataset.
@@ -85,8 +85,7 @@ class LabelledImages(Dataset):
     num_classes: ClassVar[int]               # len(classes), set for each subclass
     background: ClassVar[int | None] = None  # class id of the background class, None when there is none
     first_label_value: ClassVar[int] = 0     # the default label_lut: file values from this one -> 0, 1, ...
-    make_target: ClassVar[str]               # the `make` target that prepares a root
-    root_variable: ClassVar[str]             # the Makefile variable naming the root
+    make_target: ClassVar[str]               # the `make` target that prepares a root (`make data-<command>`)
     prepare_action: ClassVar[str] = "download and prepare it"
     options: ClassVar[dict[str, Any]] = {}   # keyword settings of the class and their defaults
     geometry: Any = None  # another protocol's crop and resize (eval.metrics.protocols.apply_protocol); None = the above
@@ -132,7 +131,7 @@ class LabelledImages(Dataset):
 
     def prepare_hint(self) -> str:
         """How to prepare a missing root (named in every not-found error)."""
-        return make_hint(self.make_target, self.root_variable, self.root, self.prepare_action)
+        return make_hint(self.make_target, self.root, self.prepare_action)
 
     def find_ids(self) -> Sequence[str]:
         """Every id of the split, in evaluation order (before ``limit``/``shard``)."""

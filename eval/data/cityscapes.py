@@ -15,9 +15,10 @@ from pathlib import Path
 
 from eval.data.base import LabelledImages
 from eval.data.download import PinnedFile, pinned_files, safe_extract_zip, verify_file
-from eval.data.preparation import PrepareError
+from eval.data.preparation import Preparation, PrepareError, option
 
 __all__ = [
+    "PREPARATION",
     "CITYSCAPES27_CLASSES",
     "CITYSCAPES_FIRST_LABEL_ID",
     "DOWNLOAD_PAGE",
@@ -104,7 +105,7 @@ class Cityscapes27(LabelledImages):
     ignore_values = (0, 1, 2, 3, 4, 5, 6, 255)  # the void labelIds (and 255) are labelled "not evaluated"
     classes = CITYSCAPES27_CLASSES
     first_label_value = CITYSCAPES_FIRST_LABEL_ID
-    make_target, root_variable = "data-cityscapes", "CITYSCAPES_ROOT"
+    make_target = "data-cityscapes"
     prepare_action = "prepare it from the official zips"
     options = {"split": "val"}
     image_suffix, label_suffix = IMAGE_SUFFIX, LABEL_SUFFIX
@@ -179,3 +180,9 @@ def prepare_cityscapes(root: Path, zips: Path, verify: bool = True, progress: bo
             f"expected {VAL_IMAGES}: are the zips the official ones?"
         )
     print(f"ready: {root} ({images} images)")
+
+
+PREPARATION = Preparation(
+    "cityscapes", prepare_cityscapes, "Cityscapes val from the official zips (log in and download them first)",
+    options=(option("--no-verify", dest="verify", action="store_false", help="skip the md5 check of the zips"),),
+    downloads=(("--zips", "--downloads"), {"help": "folder holding the zips"}))

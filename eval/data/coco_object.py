@@ -43,8 +43,10 @@ from eval.data.coco_stuff import (
     subset_ids,
 )
 from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
+from eval.data.preparation import Preparation, option
 
 __all__ = [
+    "PREPARATION",
     "AGREEMENT_FILE",
     "COCO_OBJECT81_CLASSES",
     "COCO_THING_IDS",
@@ -256,7 +258,7 @@ class CocoObject81(LabelledImages):
     title = "COCO-Object-81"
     classes = COCO_OBJECT81_CLASSES
     background = 0
-    make_target, root_variable = "data-coco", "COCO_ROOT"
+    make_target = "data-coco"
     options = {"list_file": None, "label_source": "stuffthingmaps", "subset": "curated"}
     image_dir = IMAGE_DIR
 
@@ -268,7 +270,7 @@ class CocoObject81(LabelledImages):
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         ids = subset_ids(self, self.subset, self.list_file, "COCO")
         if self.label_source == "instances":
-            self._hint = make_hint("data-coco-object", self.root_variable, self.root, "build it")
+            self._hint = make_hint("data-coco-object", self.root, "build it")
             self._require(self.root / INSTANCE_LABEL_DIR, "COCO-Object instance labels")
         return ids
 
@@ -321,3 +323,9 @@ def prepare_coco_object(root: Path, downloads: Path, overlap: str = "smallest_on
     write_json_atomic(report_path, report)
     print(_agreement_line(report))
     print(f"ready: {root} ({len(ids)} images, both label sources; report in {report_path})")
+
+
+PREPARATION = Preparation(
+    "coco-object", prepare_coco_object, "COCO-Object-81 labels from instances_val2017.json on the COCO root",
+    options=(option("--overlap", choices=OVERLAP_RULES, default="smallest_on_top",
+                    help="how overlapping instances are resolved (default: smallest on top)"),))

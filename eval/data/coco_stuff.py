@@ -30,9 +30,10 @@ import numpy as np
 from eval.data.base import IGNORE_INDEX, LabelledImages, make_hint, read_id_list
 from eval.data.download import PinnedFile, download_pinned, pinned_files, safe_extract_zip
 from eval.data.loader import DatasetNotFoundError
-from eval.data.preparation import PrepareError, require_network
+from eval.data.preparation import Preparation, PrepareError, option, require_network
 
 __all__ = [
+    "PREPARATION",
     "ALL_LIST_FILE",
     "COCO_STUFF27_CLASSES",
     "COCO_STUFF_FINE_CLASSES",
@@ -337,7 +338,7 @@ def coco_stuff_fine_to_coarse_lut() -> np.ndarray:
 
 def coco_hint(root: str | os.PathLike, subset: str = "curated") -> str:
     """How to prepare a COCO root of ``subset`` (``make data-coco``, with ``COCO_SUBSET=all`` for all)."""
-    return make_hint("data-coco" + (" COCO_SUBSET=all" if subset == "all" else ""), "COCO_ROOT", root)
+    return make_hint("data-coco" + (" COCO_SUBSET=all" if subset == "all" else ""), root)
 
 
 def subset_ids(dataset: LabelledImages, subset: str, list_file: str | None, title: str) -> list[str]:
@@ -377,7 +378,7 @@ class CocoStuff27(LabelledImages):
     name = "coco_stuff27"
     title = "COCO-Stuff-27"
     classes = COCO_STUFF27_CLASSES
-    make_target, root_variable = "data-coco", "COCO_ROOT"
+    make_target = "data-coco"
     options = {"list_file": None, "subset": "curated"}
     image_dir, label_dir = IMAGE_DIR, LABEL_DIR
 
@@ -480,3 +481,9 @@ def _coco_needs(root: Path, downloads: Path, subset: str = "curated") -> list[st
     needs = [] if list_path.is_file() or subset == "all" else ["coco_stuff27_list"]
     needs += [key for key, gap in (("coco_val2017", missing[0]), ("cocostuff_stuffthingmaps", missing[1])) if gap]
     return [key for key in needs if not (downloads / pinned_files()[key].name).is_file()]
+
+
+PREPARATION = Preparation(
+    "coco", prepare_coco, "COCO-Stuff-27 val (downloads ~1.5 GB, keeps 2175 images)",
+    options=(option("--subset", choices=sorted(SUBSETS), default="curated",
+                    help="curated: the 2175 listed images (default); all: the 5000 val2017 images"),))

@@ -43,9 +43,10 @@ from eval.data.download import (
     safe_extract_tar,
     verify_file,
 )
-from eval.data.preparation import PrepareError, listed_files_ready
+from eval.data.preparation import Preparation, PrepareError, listed_files_ready, option
 
 __all__ = [
+    "PREPARATION",
     "ANNOTATION_FILE",
     "CONTEXT60_CLASSES",
     "CONTEXT_DETAIL_IDS",
@@ -303,7 +304,7 @@ class Context60(LabelledImages):
     ignore_values = ()  # the built PNGs hold 0..59 only
     classes = CONTEXT60_CLASSES
     background = 0
-    make_target, root_variable = "data-context", "CONTEXT_ROOT"
+    make_target = "data-context"
     prepare_action = "prepare it"
     options = {"split": "val"}
     image_dir, label_dir = IMAGE_DIR, LABEL_DIR
@@ -372,3 +373,9 @@ def prepare_context(root: Path, downloads: Path, verify: bool = True, progress: 
     if not context_ready(root):
         raise PrepareError(f"{root} is still incomplete after building the labels")
     print(f"ready: {root} ({len(ids)} images)")
+
+
+PREPARATION = Preparation(
+    "context", prepare_context, "PASCAL-Context val (VOC2010 trainval tar + trainval_merged.json)",
+    options=(option("--no-verify", dest="verify", action="store_false",
+                    help="skip the sha1 check of a trainval_merged.json in --root"),))

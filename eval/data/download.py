@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import os
 import re
 import shutil
@@ -92,24 +91,22 @@ class PinnedFile:
         return {name: value for name, value in found if value}
 
 
-# The modules that declare pinned files (each a module-level ``PINNED`` dict), in table order.
-# They import this module, so they are imported only when the table is first asked for.
-PINNED_MODULES = ("coco_stuff", "cityscapes", "voc", "context", "coco_object", "ade20k")
-
-
 @functools.cache
 def pinned_files() -> dict[str, PinnedFile]:
-    """Every dataset module's ``PINNED`` entries in one dict (built once; the same dict on every call).
+    """Every dataset module's ``PINNED`` entries (the modules of ``conf/dataset/*.yaml``) in one dict.
+
+    Built once: the same dict on every call.
 
     Raises:
         ValueError: two dataset modules pin the same key.
     """
+    from eval.data.classes import dataset_modules  # the dataset modules import this one
+
     merged: dict[str, PinnedFile] = {}
-    for name in PINNED_MODULES:
-        module = importlib.import_module(f"eval.data.{name}")
+    for module in dict.fromkeys(dataset_modules().values()):
         for key, pinned in module.PINNED.items():
             if key in merged:
-                raise ValueError(f"pinned file {key!r} is declared twice (again in eval.data.{name})")
+                raise ValueError(f"pinned file {key!r} is declared twice (again in {module.__name__})")
             merged[key] = pinned
     return merged
 

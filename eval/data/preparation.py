@@ -1,5 +1,7 @@
 """What every ``make data-*`` preparation shares (each dataset module holds its own steps).
 
+* :class:`Preparation`: a dataset module's ``PREPARATION``, the ``datasets/prepare.py``
+  sub-command (and ``make data-<command>`` target) that builds its root;
 * :class:`PrepareError`: a step failed; its message is what the user needs to know
   (``datasets/prepare.py`` prints it and exits 2).
 * :func:`require_network`: before any download, every host answers, else one error naming
@@ -10,19 +12,53 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from eval.data.base import read_id_list
 from eval.data.download import pinned_files
 from eval.data.network import unreachable
 
-__all__ = ["PrepareError", "listed_files_ready", "missing_files", "require_network"]
+__all__ = ["Preparation", "PrepareError", "listed_files_ready", "missing_files", "option", "require_network"]
 
 FilesOf = Callable[[str], Iterable[Path]]
 
 
 class PrepareError(RuntimeError):
     """A preparation step failed; the message is what the user needs to know."""
+
+
+Option = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def option(*flags: str, **kwargs: Any) -> Option:
+    """One more command-line option of a preparation: ``argparse.add_argument(*flags, **kwargs)``;
+    its ``dest`` is the keyword the preparation's ``run`` receives it as."""
+    return flags, kwargs
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How ``datasets/prepare.py <command>`` (``make data-<command>``) builds a dataset's root.
+
+    Every dataset module states one as ``PREPARATION``; the command line is built from them
+    (:func:`eval.data.classes.preparations`), so a new dataset needs no line there or in the Makefile.
+
+    Attributes:
+        command: the sub-command (``voc``; the make target is ``data-voc``).
+        run: ``run(root, downloads, progress=bool, **options)``: fetches and builds only what is
+            missing, raises :class:`PrepareError` with what the user needs to know.
+        help: one line for ``--help``: what it downloads and keeps.
+        options: the command's own options (:func:`option`), passed to ``run`` by their ``dest``.
+        downloads: the flags and help of the folder of archives (``run``'s second argument).
+    """
+
+    command: str
+    run: Callable[..., None]
+    help: str
+    options: tuple[Option, ...] = ()
+    downloads: Option = (("--downloads",), {"help": "where archives go"})
 
 
 def require_network(keys: list[str], downloads: Path) -> None:

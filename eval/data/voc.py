@@ -17,9 +17,10 @@ from pathlib import Path
 
 from eval.data.base import LabelledImages
 from eval.data.download import PinnedFile, download_pinned, read_tar_member, safe_extract_tar
-from eval.data.preparation import PrepareError, listed_files_ready
+from eval.data.preparation import Preparation, PrepareError, listed_files_ready
 
 __all__ = [
+    "PREPARATION",
     "IMAGE_DIR",
     "LABEL_DIR",
     "PINNED",
@@ -105,7 +106,7 @@ class Voc21(LabelledImages):
     title = "PASCAL VOC-21"
     classes = VOC21_CLASSES
     background = 0
-    make_target, root_variable = "data-voc", "VOC_ROOT"
+    make_target = "data-voc"
     options = {"split": "val"}
     image_dir, label_dir = IMAGE_DIR, LABEL_DIR
 
@@ -143,3 +144,7 @@ def prepare_voc(root: Path, downloads: Path, progress: bool = True) -> None:
     if not voc_ready(root):
         raise PrepareError(f"{root} is still incomplete after extraction")
     print(f"ready: {root} ({len(ids)} images)")
+
+
+PREPARATION = Preparation("voc", prepare_voc,
+                          "PASCAL VOC 2012 val (downloads the 2 GB trainval tar, keeps 1449 images)")
