@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -24,11 +25,11 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http.client import HTTPException, IncompleteRead
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -477,15 +478,29 @@ def safe_extract_zip(
     Returns:
         The destination paths of the selected entries (extracted or already present).
     """
+    return _extract(_zip_entries, zip_path, dest, members_prefix, strip_prefix, members, member_filter, progress)
+
+
+@contextlib.contextmanager
+def _zip_entries(zip_path: str | os.PathLike) -> Iterator[list[_Entry]]:
+    """Every member of a zip, all checked (:func:`_check_entry`) before any is extracted."""
+    with zipfile.ZipFile(zip_path) as zf:
+        yield [_checked(_check_entry, i, i.filename, i.file_size, not i.is_dir(), functools.partial(zf.open, i))
+               for i in zf.infolist()]
+
+
+def _checked(check: Callable[[Any], None], info: Any, *entry: Any) -> _Entry:
+    check(info)
+    return _Entry(*entry)
+
+
+def _extract(entries_of: Callable[[Any], Any], archive: str | os.PathLike, dest: str | os.PathLike,
+             *selection: Any) -> list[Path]:
+    """Open ``archive`` with ``entries_of`` (checked entries), then :func:`_extract_entries` into ``dest`` (made)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            _check_entry(info)
-        entries = [_Entry(i.filename, i.file_size, not i.is_dir(), functools.partial(zf.open, i)) for i in infos]
-        return _extract_entries(entries, Path(zip_path), dest, members_prefix, strip_prefix, members,
-                                member_filter, progress)
+    with entries_of(archive) as entries:
+        return _extract_entries(entries, Path(archive), dest, *selection)
 
 
 def _check_tar_entry(info: tarfile.TarInfo) -> None:
@@ -498,15 +513,9 @@ def _check_tar_entry(info: tarfile.TarInfo) -> None:
     _check_name(name)
 
 
-def safe_extract_tar(
-    tar_path: str | os.PathLike,
-    dest: str | os.PathLike,
-    members_prefix: str | None = None,
-    strip_prefix: str | None = None,
-    members: Iterable[str] | None = None,
-    member_filter: Callable[[str], bool] | None = None,
-    progress: bool = False,
-) -> list[Path]:
+def safe_extract_tar(tar_path: str | os.PathLike, dest: str | os.PathLike, members_prefix: str | None = None,
+                     strip_prefix: str | None = None, members: Iterable[str] | None = None,
+                     member_filter: Callable[[str], bool] | None = None, progress: bool = False) -> list[Path]:
     """Extract (part of) an uncompressed or gzip/bz2/xz tar safely into ``dest``.
 
     Same arguments, checks and resume behaviour as :func:`safe_extract_zip`: every
@@ -518,15 +527,15 @@ def safe_extract_tar(
     Returns:
         The destination paths of the selected entries (extracted or already present).
     """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    return _extract(_tar_entries, tar_path, dest, members_prefix, strip_prefix, members, member_filter, progress)
+
+
+@contextlib.contextmanager
+def _tar_entries(tar_path: str | os.PathLike) -> Iterator[list[_Entry]]:
+    """Every member of a tar, all checked (:func:`_check_tar_entry`) before any is extracted."""
     with tarfile.open(tar_path, mode="r:*") as tf:
-        infos = tf.getmembers()
-        for info in infos:
-            _check_tar_entry(info)
-        entries = [_Entry(i.name, i.size, i.isfile(), functools.partial(_tar_data, tf, i)) for i in infos]
-        return _extract_entries(entries, Path(tar_path), dest, members_prefix, strip_prefix, members,
-                                member_filter, progress)
+        yield [_checked(_check_tar_entry, i, i.name, i.size, i.isfile(), functools.partial(_tar_data, tf, i))
+               for i in tf.getmembers()]
 
 
 def _tar_data(tf: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:

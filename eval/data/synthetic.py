@@ -26,6 +26,9 @@ from eval.data.context import CONTEXT_DETAIL_IDS
 from eval.data.voc import VOC21_CLASSES
 from eval.run.identity import SYNTHETIC_MARKER
 
+PathLike = str | os.PathLike
+Pair = tuple[int, int]  # (low, high) or (height, width)
+
 __all__ = [
     "SyntheticShape",
     "mark_synthetic",
@@ -84,6 +87,23 @@ def _render(label: np.ndarray, rng: np.random.Generator, seed: int, noise: float
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+def _save_pair(label: np.ndarray, image_path: Path, label_img: Image.Image | None, label_path: Path | None,
+               rng: np.random.Generator, seed: int) -> None:
+    """Write the image of ``label`` (H, W) (:func:`_render`; JPEG quality 95 for ``.jpg``, else PNG)
+    and, when given, the label image as a PNG; folders are made."""
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"format": "JPEG", "quality": 95} if image_path.suffix == ".jpg" else {"format": "PNG"}
+    Image.fromarray(_render(label, rng, seed), mode="RGB").save(image_path, **options)
+    if label_img is not None:
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        label_img.save(label_path, format="PNG")
+
+
+def _write_ids(path: Path, ids: Sequence[str]) -> None:
+    """A list file: one id a line."""
+    path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+
+
 def _random_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w: int, value: int) -> None:
     """Draw one ellipse or polygon of class ``value`` on a mode-"L" label image."""
     cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.2, 0.85) * h
@@ -97,7 +117,7 @@ def _random_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w
         draw.polygon(points, fill=value)
 
 
-def _random_size(rng: np.random.Generator, size_range: tuple[int, int]) -> tuple[int, int]:
+def _random_size(rng: np.random.Generator, size_range: Pair) -> Pair:
     low, high = size_range
     if high <= low:
         raise ValueError(f"size_range must be (low, high) with low < high, got {size_range}")
@@ -109,11 +129,7 @@ def _random_size(rng: np.random.Generator, size_range: tuple[int, int]) -> tuple
 
 
 def write_synthetic_coco_stuff(
-    root: str | os.PathLike,
-    num_images: int = 8,
-    seed: int = 0,
-    size_range: tuple[int, int] = (200, 400),
-    ids: Sequence[str] | None = None,
+    root: PathLike, num_images: int = 8, seed: int = 0, size_range: Pair = (200, 400), ids: Sequence[str] | None = None,
 ) -> list[str]:
     """Write a COCO-Stuff-27 root: ``val2017/<id>.jpg``, ``annotation_val2017/<id>.png``
     and the list file.
@@ -142,8 +158,6 @@ def write_synthetic_coco_stuff(
             numbers.append(extra)
         ids = [f"{n:012d}" for n in numbers]
     ids = [str(i) for i in ids]
-    (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
-    (root / LABEL_DIR).mkdir(parents=True, exist_ok=True)
     for k, image_id in enumerate(ids):
         h, w = _random_size(rng, size_range)
         top, bottom = _COCO_BACKGROUNDS[k % len(_COCO_BACKGROUNDS)]
@@ -158,21 +172,15 @@ def write_synthetic_coco_stuff(
         draw.rectangle([0, h - band, w, h], fill=_COCO_UNLABELLED)
         bx, by = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
         draw.ellipse([bx - 6, by - 4, bx + 6, by + 4], fill=_COCO_UNLABELLED)
-        label = np.asarray(label_img)
-        Image.fromarray(_render(label, rng, seed), mode="RGB").save(
-            root / IMAGE_DIR / f"{image_id}.jpg", format="JPEG", quality=95
-        )
-        label_img.save(root / LABEL_DIR / f"{image_id}.png", format="PNG")
-    (root / DEFAULT_LIST_FILE).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        _save_pair(np.asarray(label_img), root / IMAGE_DIR / f"{image_id}.jpg", label_img,
+                   root / LABEL_DIR / f"{image_id}.png", rng, seed)
+    _write_ids(root / DEFAULT_LIST_FILE, ids)
     mark_synthetic(root)
     return ids
 
 
 def write_synthetic_cityscapes(
-    root: str | os.PathLike,
-    num_images: int = 4,
-    seed: int = 0,
-    size: tuple[int, int] = (256, 512),
+    root: PathLike, num_images: int = 4, seed: int = 0, size: Pair = (256, 512),
 ) -> list[str]:
     """Write a Cityscapes root with ``num_images`` val images (RGB PNG) and labelIds PNGs.
 
@@ -209,13 +217,8 @@ def write_synthetic_cityscapes(
             _random_shape(draw, rng, h, w, int(rng.choice(_CITY_OBJECTS)))
         draw.rectangle([0, int(h * 0.92), w, h], fill=1)  # ego vehicle (void)
         draw.rectangle([0, 0, max(2, w // 50), h], fill=int(rng.choice(_CITY_VOID)))  # void strip
-        label = np.asarray(label_img)
-        image_dir = root / "leftImg8bit" / "val" / city
-        label_dir = root / "gtFine" / "val" / city
-        image_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_render(label, rng, seed), mode="RGB").save(image_dir / f"{name}_leftImg8bit.png")
-        label_img.save(label_dir / f"{name}_gtFine_labelIds.png")
+        _save_pair(np.asarray(label_img), root / "leftImg8bit" / "val" / city / f"{name}_leftImg8bit.png",
+                   label_img, root / "gtFine" / "val" / city / f"{name}_gtFine_labelIds.png", rng, seed)
     mark_synthetic(root)
     return sorted(names)
 
@@ -238,12 +241,7 @@ def _voc_palette() -> list[int]:
     return palette
 
 
-def write_synthetic_voc(
-    root: str | os.PathLike,
-    num_images: int = 4,
-    seed: int = 0,
-    size_range: tuple[int, int] = (200, 400),
-) -> list[str]:
+def write_synthetic_voc(root: PathLike, num_images: int = 4, seed: int = 0, size_range: Pair = (200, 400)) -> list[str]:
     """Write a ``VOC2012`` root: ``JPEGImages/<id>.jpg``, palette ``SegmentationClass/<id>.png``
     and ``ImageSets/Segmentation/{train,val}.txt``.
 
@@ -256,8 +254,7 @@ def write_synthetic_voc(
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     while len(names) < num_images + 1:
         name = f"{2007 + len(names) % 5}_{int(rng.integers(0, 10000)):06d}"
@@ -274,14 +271,11 @@ def write_synthetic_voc(
             cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
             rx, ry = rng.uniform(0.1, 0.3) * w, rng.uniform(0.1, 0.3) * h
             draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=value, outline=255, width=3)
-        label = np.asarray(label_img)
-        Image.fromarray(_render(label, rng, seed), mode="RGB").save(
-            root / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95
-        )
-        label_img.save(root / "SegmentationClass" / f"{name}.png", format="PNG")
+        _save_pair(np.asarray(label_img), root / "JPEGImages" / f"{name}.jpg", label_img,
+                   root / "SegmentationClass" / f"{name}.png", rng, seed)
     val, train = names[:num_images], names[num_images:]
-    (root / "ImageSets/Segmentation/val.txt").write_text("".join(f"{i}\n" for i in val), encoding="utf-8")
-    (root / "ImageSets/Segmentation/train.txt").write_text("".join(f"{i}\n" for i in train), encoding="utf-8")
+    _write_ids(root / "ImageSets/Segmentation/val.txt", val)
+    _write_ids(root / "ImageSets/Segmentation/train.txt", train)
     mark_synthetic(root)
     return val
 
@@ -290,10 +284,7 @@ def write_synthetic_voc(
 
 
 def write_synthetic_ade20k(
-    root: str | os.PathLike,
-    num_images: int = 3,
-    seed: int = 0,
-    size_range: tuple[int, int] = (200, 400),
+    root: PathLike, num_images: int = 3, seed: int = 0, size_range: Pair = (200, 400),
 ) -> list[str]:
     """Write an ``ADEChallengeData2016`` root: ``images/validation/ADE_val_<8 digits>.jpg`` and
     ``annotations/validation/....png`` (mode "L", values 1..150 and 0 = "other"), plus one
@@ -315,13 +306,8 @@ def write_synthetic_ade20k(
         for _ in range(int(rng.integers(2, 5))):
             _random_shape(draw, rng, h, w, int(rng.integers(1, len(ADE20K150_CLASSES) + 1)))
         draw.ellipse([w * 0.05, h * 0.05, w * 0.05 + 12, h * 0.05 + 8], fill=0)  # "other"
-        label = np.asarray(label_img)
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_render(label, rng, seed), mode="RGB").save(
-            root / "images" / split / f"{name}.jpg", format="JPEG", quality=95
-        )
-        label_img.save(root / "annotations" / split / f"{name}.png", format="PNG")
+        _save_pair(np.asarray(label_img), root / "images" / split / f"{name}.jpg", label_img,
+                   root / "annotations" / split / f"{name}.png", rng, seed)
         if split == "validation":
             ids.append(name)
     mark_synthetic(root)
@@ -429,10 +415,7 @@ def _interleaved(per_image: list[list[dict[str, Any]]], rng: np.random.Generator
 
 
 def write_synthetic_context(
-    root: str | os.PathLike,
-    num_images: int = 4,
-    seed: int = 0,
-    size_range: tuple[int, int] = (160, 320),
+    root: PathLike, num_images: int = 4, seed: int = 0, size_range: Pair = (160, 320),
 ) -> dict[str, list[SyntheticShape]]:
     """Write a ``VOC2010`` root before label building: ``JPEGImages/<id>.jpg`` and a PASCAL in
     Detail ``trainval_merged.json`` (``images`` with ``phase``, ``annos_segmentation``,
@@ -449,7 +432,6 @@ def write_synthetic_context(
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     images, per_image, expected = [], [], {}
     for k in range(num_images + 1):
         name = f"{2008 + k % 3}_{int(rng.integers(0, 10000)):06d}"
@@ -460,9 +442,7 @@ def write_synthetic_context(
         detail = np.zeros((h, w), dtype=np.int64)
         for shape in shapes:
             detail[shape_mask(shape, h, w)] = shape.category_id
-        Image.fromarray(_render(detail, rng, seed), mode="RGB").save(
-            root / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95
-        )
+        _save_pair(detail, root / "JPEGImages" / f"{name}.jpg", None, None, rng, seed)
         image_id = int(name[:4] + name[5:])
         phase = "val" if k < num_images else "train"
         images.append({"image_id": image_id, "file_name": f"{name}.jpg", "height": h, "width": w, "phase": phase})
@@ -537,10 +517,7 @@ def _instance_annotation(shape: SyntheticShape, ann_id: int, image_id: int, h: i
 
 
 def write_synthetic_coco_object(
-    root: str | os.PathLike,
-    num_images: int = 4,
-    seed: int = 0,
-    size_range: tuple[int, int] = (160, 320),
+    root: PathLike, num_images: int = 4, seed: int = 0, size_range: Pair = (160, 320),
 ) -> tuple[list[str], dict[str, list[SyntheticShape]]]:
     """Write a COCO-Stuff-27 root whose things also exist as COCO instances.
 
@@ -578,10 +555,8 @@ def write_synthetic_coco_object(
         label[h - band :] = _COCO_UNLABELLED
         label[h // 2 - 3 : h // 2 + 3, w // 2 - 4 : w // 2 + 4] = _COCO_UNLABELLED  # survives a centre crop
         if k < num_images:  # the extra image is only in the JSON, as in a root made by `make data-coco`
-            Image.fromarray(_render(label, rng, seed), mode="RGB").save(
-                root / IMAGE_DIR / f"{name}.jpg", format="JPEG", quality=95
-            )
-            Image.fromarray(label).save(root / LABEL_DIR / f"{name}.png", format="PNG")
+            _save_pair(label, root / IMAGE_DIR / f"{name}.jpg", Image.fromarray(label),
+                       root / LABEL_DIR / f"{name}.png", rng, seed)
         image_id = int(number)
         images.append({"id": image_id, "file_name": f"{name}.jpg", "height": h, "width": w})
         order = rng.permutation(len(shapes))
@@ -596,6 +571,6 @@ def write_synthetic_coco_object(
                  "annotations": annotations, "categories": categories}  # fmt: skip
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(instances), encoding="utf-8")
-    (root / DEFAULT_LIST_FILE).write_text("".join(f"{i}\n" for i in listed), encoding="utf-8")
+    _write_ids(root / DEFAULT_LIST_FILE, listed)
     mark_synthetic(root)
     return listed, expected
