@@ -28,6 +28,7 @@ Both context managers restore the previous processors on exit, also when an exce
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -351,16 +352,10 @@ class _ReferenceSelfAttnProcessor(AttnProcessor):
         super().__init__()
         self.store = store
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> torch.Tensor:
+    # Takes AttnProcessor.__call__'s arguments and shows its signature (``__wrapped__``): diffusers'
+    # Attention.forward passes a processor only the keyword arguments its signature names.
+    @functools.wraps(AttnProcessor.__call__, assigned=(), updated=())
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Run ``AttnProcessor.__call__`` unchanged while recording the probabilities."""
         library_scores = attn.get_attention_scores
         store = self.store
@@ -372,7 +367,7 @@ class _ReferenceSelfAttnProcessor(AttnProcessor):
 
         attn.get_attention_scores = recording_scores
         try:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return super().__call__(attn, hidden_states, *args, **kwargs)
         finally:
             del attn.get_attention_scores
 

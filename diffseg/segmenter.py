@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -151,6 +152,7 @@ class DiffSeg:
         return torch.stack(masks)
 
 
+@dataclass(eq=False, repr=False)
 class KMeansSegmenter:
     """K-means baseline over the ``S*S`` attention maps of each image.
 
@@ -163,26 +165,20 @@ class KMeansSegmenter:
         seed: seed of the k-means++ initialisation (per call, so results do not
             depend on what ran before).
         n_init: number of inits; the lowest inertia is kept.
+        max_iter, tol: Lloyd settings of each init.
         output_size: side of the output masks.
     """
 
-    def __init__(
-        self,
-        num_clusters: int = 6,
-        seed: int = 0,
-        n_init: int = 5,
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        output_size: int = 512,
-    ):
-        if num_clusters < 1:
-            raise ValueError(f"num_clusters: expected an integer >= 1, got {num_clusters}")
-        self.num_clusters = num_clusters
-        self.seed = seed
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.output_size = output_size
+    num_clusters: int = 6
+    seed: int = 0
+    n_init: int = 5
+    max_iter: int = 300
+    tol: float = 1e-4
+    output_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.num_clusters < 1:
+            raise ValueError(f"num_clusters: expected an integer >= 1, got {self.num_clusters}")
 
     def __repr__(self) -> str:
         return f"KMeansSegmenter(num_clusters={self.num_clusters}, seed={self.seed}, n_init={self.n_init})"

@@ -1,4 +1,4 @@
-"""Shared test setup: tests import the slow reference module from this folder.
+"""Shared test setup: tests import the slow reference module from this folder; the ``prepare`` fixture.
 
 Every test runs under :func:`process_state_unchanged`: a test may not leave the environment,
 torch's thread count, the TF32 flags or the working directory changed (the suite runs in random
@@ -7,6 +7,7 @@ are restored; the TF32 flags, which the library turns off on purpose for float32
 (``diffseg.devices.resolve_dtype``), are restored.
 """
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -53,3 +54,13 @@ def process_state_unchanged():
     _set_tf32(tf32)
     if leaks:
         pytest.fail("the test left process-wide state changed (restored now): " + "; ".join(leaks))
+
+
+@pytest.fixture
+def prepare():
+    """``datasets/prepare.py`` (a script, not a package) loaded afresh as a module."""
+    script = Path(__file__).resolve().parents[1] / "datasets" / "prepare.py"
+    spec = importlib.util.spec_from_file_location("prepare_under_test", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,11 +1,14 @@
-"""Compose the project's Hydra configs in tests (no Hydra runtime, no chdir)."""
+"""Compose the project's Hydra configs in tests (no Hydra runtime, no chdir), and the synthetic data runs read."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from eval.data.synthetic import write_synthetic_coco_stuff
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -20,6 +23,18 @@ def compose_eval(overrides: list[str], return_hydra_config: bool = False) -> Dic
 # One method (DiffSeg) on 128 px images with the tiny backbone: a few seconds per run.
 FAST_DIFFSEG = ["experiment=coco_stuff27_diffseg", "model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0",
                 "progress=false", "device=cpu"]
+
+
+def run_config(root: Path, out: Path, *extra: str, fast: list[str] = FAST_DIFFSEG) -> DictConfig:
+    """The config of a run of ``fast`` (default :data:`FAST_DIFFSEG`) over ``root`` into ``out``, then ``extra``."""
+    return compose_eval([*fast, f"dataset.root={root}", f"paths.output_dir={out}", *extra])
+
+
+def synthetic_coco_stuff_root(tmp_path_factory: pytest.TempPathFactory, num_images: int, seed: int) -> Path:
+    """A new folder holding ``num_images`` synthetic COCO-Stuff images (``write_synthetic_coco_stuff``)."""
+    root = tmp_path_factory.mktemp("coco")
+    write_synthetic_coco_stuff(root, num_images=num_images, seed=seed)
+    return root
 
 
 def totals(result: dict) -> dict:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
-import io
 import json
 import math
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from archives import LINK_CASE, assert_refused, escaping_cases, write_tar, write_zip
 from hydra_compose import compose_eval
 from PIL import Image
 from reference_protocols import release_image, release_label_geometry, release_labels, to_project_order
 from scipy.optimize import linear_sum_assignment
-from test_download import _zip, closed_port_url
+from test_download import closed_port_url
 from test_download import server as server  # noqa: F401 (the local HTTP server fixture)
 
 from eval.data import ade20k, voc
@@ -44,7 +42,7 @@ from eval.data.context import (
     context_label,
     load_detail,
 )
-from eval.data.download import UnsafeArchiveError, safe_extract_tar
+from eval.data.download import safe_extract_tar
 from eval.data.loader import DatasetNotFoundError
 from eval.data.synthetic import (
     shape_mask,
@@ -413,40 +411,16 @@ def test_coco_object_end_to_end_both_sources(object_root, tmp_path):
 # ----------------------------------------------------------------------------- archives and prepare.py
 
 
-def _tar(path: Path, entries: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for name, data in entries.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            tf.addfile(info)
-    return path
-
-
 @pytest.mark.parametrize(
     ("entries", "links", "bad"),
-    [
-        ({"ok.txt": b"1", "../evil.txt": b"x"}, None, "../evil.txt"),
-        ({"ok.txt": b"1", "a/../../evil.txt": b"x"}, None, "a/../../evil.txt"),
-        ({"ok.txt": b"1", "/tmp/abs_evil.txt": b"x"}, None, "/tmp/abs_evil.txt"),
-        ({"ok.txt": b"1"}, {"link": "/etc/passwd"}, "link"),
-    ],
+    [*escaping_cases(), LINK_CASE],
 )
 def test_unsafe_tar_entries_are_refused(tmp_path, entries, links, bad):
-    archive = _tar(tmp_path / "bad.tar", entries, links)
-    dest = tmp_path / "out" / "inner"
-    with pytest.raises(UnsafeArchiveError) as info:
-        safe_extract_tar(archive, dest)
-    assert repr(bad) in str(info.value)
-    assert list(dest.iterdir()) == [] and not (tmp_path / "out" / "evil.txt").exists()
+    assert_refused(safe_extract_tar, write_tar(tmp_path / "bad.tar", entries, links), bad)
 
 
 def test_tar_extract_members_strip_and_resume(tmp_path):
-    archive = _tar(tmp_path / "a.tar", {"top/x/1.txt": b"one", "top/x/2.txt": b"two!", "top/y.txt": b"y"})
+    archive = write_tar(tmp_path / "a.tar", {"top/x/1.txt": b"one", "top/x/2.txt": b"two!", "top/y.txt": b"y"})
     dest = tmp_path / "d"
     out = safe_extract_tar(archive, dest, members=["top/x/2.txt", "top/y.txt"], strip_prefix="top/")
     assert out == [dest / "x" / "2.txt", dest / "y.txt"] and (dest / "x" / "2.txt").read_bytes() == b"two!"
@@ -471,14 +445,6 @@ def test_pinned_follow_up_archives():
         assert entry.digests or "zip CRCs" in entry.source
 
 
-@pytest.fixture
-def prepare():
-    spec = importlib.util.spec_from_file_location("prepare_benchmarks_under_test", REPO / "datasets" / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _pin(monkeypatch, key: str, path: Path, url: str):
     data = path.read_bytes()
     monkeypatch.setitem(dl.PINNED_FILES, key, dataclasses.replace(
@@ -494,7 +460,7 @@ def test_prepare_voc_from_the_tar(prepare, server, tmp_path, monkeypatch, capsys
     src = tmp_path / "src"
     ids = write_synthetic_voc(src, num_images=3, seed=1, size_range=(40, 60))
     extra = {"VOCdevkit/VOC2012/Annotations/x.xml": b"x"}
-    archive = _tar(tmp_path / "voc.tar", {**_tree(src, "VOCdevkit/VOC2012/"), **extra})
+    archive = write_tar(tmp_path / "voc.tar", {**_tree(src, "VOCdevkit/VOC2012/"), **extra})
     server.files["/voc.tar"] = archive.read_bytes()
     _pin(monkeypatch, "voc2012_trainval", archive, f"{server.base}/voc.tar")
     monkeypatch.setattr(voc, "VAL_IMAGES", 3)
@@ -527,7 +493,7 @@ def test_prepare_context_says_what_to_download(prepare, tmp_path, monkeypatch, c
 def test_prepare_context_builds_labels(prepare, server, tmp_path, monkeypatch, capsys):  # noqa: F811
     src = tmp_path / "src"
     expected = write_synthetic_context(src, num_images=3, seed=4, size_range=(40, 60))
-    archive = _tar(tmp_path / "voc2010.tar", _tree(src / "JPEGImages", "VOCdevkit/VOC2010/JPEGImages/"))
+    archive = write_tar(tmp_path / "voc2010.tar", _tree(src / "JPEGImages", "VOCdevkit/VOC2010/JPEGImages/"))
     server.files["/voc2010.tar"] = archive.read_bytes()
     _pin(monkeypatch, "voc2010_trainval", archive, f"{server.base}/voc2010.tar")
     root = tmp_path / "VOC2010"
@@ -550,7 +516,7 @@ def test_prepare_coco_object_reports_agreement(prepare, server, tmp_path, monkey
     ids, _ = write_synthetic_coco_object(root, num_images=3, seed=5, size_range=(40, 70))
     instances = (root / "annotations" / "instances_val2017.json").read_bytes()
     (root / "annotations" / "instances_val2017.json").unlink()
-    archive = _zip(tmp_path / "ann.zip", {"annotations/instances_val2017.json": instances,
+    archive = write_zip(tmp_path / "ann.zip", {"annotations/instances_val2017.json": instances,
                                           "annotations/captions_val2017.json": b"{}"})  # fmt: skip
     server.files["/ann.zip"] = archive.read_bytes()
     _pin(monkeypatch, "coco_annotations_trainval2017", archive, f"{server.base}/ann.zip")
@@ -572,7 +538,7 @@ def test_prepare_coco_object_reports_agreement(prepare, server, tmp_path, monkey
 def test_prepare_ade20k_from_the_zip(prepare, server, tmp_path, monkeypatch, capsys):  # noqa: F811
     src = tmp_path / "src"
     ids = write_synthetic_ade20k(src, num_images=3, seed=3, size_range=(40, 60))
-    archive = _zip(tmp_path / "ade.zip", {**_tree(src, "ADEChallengeData2016/"),
+    archive = write_zip(tmp_path / "ade.zip", {**_tree(src, "ADEChallengeData2016/"),
                                           "ADEChallengeData2016/objectInfo150.txt": b"x"})  # fmt: skip
     server.files["/ade.zip"] = archive.read_bytes()
     _pin(monkeypatch, "ade20k_challenge", archive, f"{server.base}/ade.zip")

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import re
 import socket
 import subprocess
 import sys
 import threading
-import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from archives import LINK_CASE, assert_refused, escaping_cases, write_zip
 
 from eval.data import cityscapes, coco_stuff
 from eval.data import download as dl
@@ -23,7 +22,6 @@ from eval.data.coco_stuff import CocoStuff27
 from eval.data.download import (
     ChecksumError,
     DownloadError,
-    UnsafeArchiveError,
     check_zip,
     download,
     md5_file,
@@ -231,36 +229,12 @@ def test_download_incomplete_transfer_keeps_part(server, tmp_path):
 # ----------------------------------------------------------------------------- zip extraction
 
 
-def _zip(path: Path, entries: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-        for name, target in (symlinks or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.create_system = 3
-            info.external_attr = (0o120777 & 0xFFFF) << 16
-            zf.writestr(info, target)
-    return path
-
-
 @pytest.mark.parametrize(
     ("entries", "symlinks", "bad"),
-    [
-        ({"ok.txt": b"1", "../evil.txt": b"x"}, None, "../evil.txt"),
-        ({"ok.txt": b"1", "a/../../evil.txt": b"x"}, None, "a/../../evil.txt"),
-        ({"ok.txt": b"1", "/tmp/abs_evil.txt": b"x"}, None, "/tmp/abs_evil.txt"),
-        ({"ok.txt": b"1", "..\\evil.txt": b"x"}, None, "..\\evil.txt"),
-        ({"ok.txt": b"1"}, {"link": "/etc/passwd"}, "link"),
-    ],
+    [*escaping_cases("..\\evil.txt"), LINK_CASE],
 )
 def test_unsafe_entries_are_refused(tmp_path, entries, symlinks, bad):
-    archive = _zip(tmp_path / "bad.zip", entries, symlinks)
-    dest = tmp_path / "out" / "inner"
-    with pytest.raises(UnsafeArchiveError) as info:
-        safe_extract_zip(archive, dest)
-    assert repr(bad) in str(info.value)
-    assert list(dest.iterdir()) == []  # refused before anything was written
-    assert not (tmp_path / "out" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert_refused(safe_extract_zip, write_zip(tmp_path / "bad.zip", entries, symlinks), bad)
 
 
 def test_extract_prefix_strip_members_and_resume(tmp_path):
@@ -271,7 +245,7 @@ def test_extract_prefix_strip_members_and_resume(tmp_path):
         "val2017/sub/3.png": b"three",
         "README": b"readme",
     }
-    archive = _zip(tmp_path / "maps.zip", entries)
+    archive = write_zip(tmp_path / "maps.zip", entries)
     dest = tmp_path / "root" / "annotation_val2017"
     out = safe_extract_zip(archive, dest, members_prefix="val2017/", strip_prefix="val2017/")
     assert sorted(p.relative_to(dest).as_posix() for p in out) == ["1.png", "2.png", "sub/3.png"]
@@ -298,7 +272,7 @@ def test_extract_prefix_strip_members_and_resume(tmp_path):
 
 
 def test_check_zip_detects_corruption(tmp_path):
-    archive = _zip(tmp_path / "a.zip", {"x.bin": PAYLOAD})
+    archive = write_zip(tmp_path / "a.zip", {"x.bin": PAYLOAD})
     check_zip(archive)
     data = bytearray(archive.read_bytes())
     data[100] ^= 0xFF  # inside the stored member's data
@@ -313,14 +287,6 @@ def test_check_zip_detects_corruption(tmp_path):
 # ----------------------------------------------------------------------------- prepare.py
 
 
-@pytest.fixture
-def prepare():
-    spec = importlib.util.spec_from_file_location("prepare_cli_under_test", REPO / "datasets" / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_no_package_named_datasets():
     assert not (REPO / "datasets" / "__init__.py").exists()
 
@@ -330,11 +296,11 @@ def _fake_coco_archives(tmp_path: Path, server) -> tuple[list[str], dict[str, by
     src = tmp_path / "src"
     all_ids = write_synthetic_coco_stuff(src, num_images=5, seed=4, size_range=(40, 60))
     listed = all_ids[:3]
-    images = _zip(
+    images = write_zip(
         tmp_path / "val2017.zip",
         {f"val2017/{i}.jpg": (src / "val2017" / f"{i}.jpg").read_bytes() for i in all_ids},
     )
-    maps = _zip(
+    maps = write_zip(
         tmp_path / "maps.zip",
         {
             **{f"val2017/{i}.png": (src / "annotation_val2017" / f"{i}.png").read_bytes() for i in all_ids},
@@ -430,8 +396,8 @@ def test_prepare_cityscapes_from_zips(prepare, tmp_path, monkeypatch, capsys):
         left_entries[rel.replace("/val/", "/test/")] = b"test image"
     zips = tmp_path / "zips"
     zips.mkdir()
-    gt = _zip(zips / "gtFine_trainvaltest.zip", {**gt_entries, "README": b"r", "license.txt": b"l"})
-    left = _zip(zips / "leftImg8bit_trainvaltest.zip", left_entries)
+    gt = write_zip(zips / "gtFine_trainvaltest.zip", {**gt_entries, "README": b"r", "license.txt": b"l"})
+    left = write_zip(zips / "leftImg8bit_trainvaltest.zip", left_entries)
     _pin(monkeypatch, "cityscapes_gtfine", md5=md5_file(gt))
     _pin(monkeypatch, "cityscapes_leftimg8bit", md5=md5_file(left))
     monkeypatch.setattr(cityscapes, "VAL_IMAGES", 3)

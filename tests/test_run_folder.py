@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra_compose import FAST_DIFFSEG, compose_eval, totals
+from hydra_compose import FAST_DIFFSEG, run_config, synthetic_coco_stuff_root, totals
 from omegaconf import OmegaConf
 
-from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate, hydra_quote, run_cli, run_folder
 from eval.run.identity import RunMismatchError
 from eval.run.run_folder import CheckRunFolder, FolderLock, FolderLockedError, RunFolderError
@@ -26,13 +25,10 @@ FAST = FAST_DIFFSEG
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("coco")
-    write_synthetic_coco_stuff(root, num_images=4, seed=31)
-    return root
+    return synthetic_coco_stuff_root(tmp_path_factory, num_images=4, seed=31)
 
 
-def cfg(root: Path, out: Path, *extra: str):
-    return compose_eval([*FAST, f"dataset.root={root}", f"paths.output_dir={out}", *extra])
+cfg = run_config
 
 
 scores = totals

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra_compose import FAST_DIFFSEG, compose_eval, totals
+from hydra_compose import FAST_DIFFSEG, compose_eval, run_config, synthetic_coco_stuff_root, totals
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
@@ -36,13 +36,11 @@ FAST = FAST_DIFFSEG
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("coco")
-    write_synthetic_coco_stuff(root, num_images=6, seed=11)
-    return root
+    return synthetic_coco_stuff_root(tmp_path_factory, num_images=6, seed=11)
 
 
 def run(root: Path, out: Path, *extra: str) -> dict:
-    return evaluate(compose_eval([*FAST, f"dataset.root={root}", f"paths.output_dir={out}", *extra]))
+    return evaluate(run_config(root, out, *extra))
 
 
 scores = totals

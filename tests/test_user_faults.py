@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra_compose import EXPERIMENTS, compose_eval
+from hydra_compose import EXPERIMENTS, compose_eval, run_config, synthetic_coco_stuff_root
 from PIL import Image
 
 import eval.data.base
@@ -42,13 +42,19 @@ FAST = ["model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0", "prog
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("coco")
-    write_synthetic_coco_stuff(root, num_images=2, seed=3)
-    return root
+    return synthetic_coco_stuff_root(tmp_path_factory, num_images=2, seed=3)
 
 
 def compose(root: Path, out: Path, *extra: str):
-    return compose_eval(["experiment=coco_stuff27", *FAST, f"dataset.root={root}", f"paths.output_dir={out}", *extra])
+    return run_config(root, out, *extra, fast=["experiment=coco_stuff27", *FAST])
+
+
+def run_eval_cli(root: Path, out: Path, *extra: str, timeout: int) -> subprocess.CompletedProcess:
+    """``python -m eval.run`` as :func:`compose` configures it, run folder ``out``; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "eval.run", "experiment=coco_stuff27", *FAST, f"dataset.root={root}",
+         f"hydra.run.dir={out}", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 # --------------------------------------------------------------- only unreadable files skip an image
@@ -116,10 +122,7 @@ def test_every_experiment_passes_validation(tmp_path):
 
 def test_the_cli_exits_2_naming_every_bad_setting(coco_root, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "eval.run", "experiment=coco_stuff27", *FAST, f"dataset.root={coco_root}",
-         f"hydra.run.dir={out}", "batch_size=0", "model.timestep=5000", "max_skipped=-1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_eval_cli(coco_root, out, "batch_size=0", "model.timestep=5000", "max_skipped=-1", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     for key in ("batch_size", "model.timestep", "max_skipped"):
@@ -209,10 +212,8 @@ def test_an_rgb_colour_label_is_refused_with_exit_2(tmp_path):
     colour_map = {tuple(int(c) for c in colours[y, x]): int(index[y, x]) for y, x in np.ndindex(index.shape)}
     assert torch.equal(load_label(tmp_path / "colour.png", colour_map), torch.from_numpy(index.astype(np.int64)))
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "eval.run", "experiment=coco_stuff27", *FAST, f"dataset.root={root}",
-         f"hydra.run.dir={out}", "methods.diffseg_fp32=null", "methods.kmeans_c=null", "methods.kmeans_s=null"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_eval_cli(root, out, "methods.diffseg_fp32=null", "methods.kmeans_c=null", "methods.kmeans_s=null",
+                   timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"label {path} is a colour (RGB) image" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "metrics.json").exists()

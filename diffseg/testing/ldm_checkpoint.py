@@ -47,24 +47,18 @@ def _unet_key(key: str, layers_per_block: int, up_has_attention: list[bool]) -> 
     module, _, leaf = key.rpartition(".")
     if module in fixed:
         return f"{fixed[module]}.{leaf}"
-    if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        i, j, rest = int(m[1]), int(m[2]), m[3]
-        return f"input_blocks.{i * per_down + j + 1}.0.{_rename(rest, _RESNET)}"
-    if m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-        i, j, rest = int(m[1]), int(m[2]), m[3]
-        return f"input_blocks.{i * per_down + j + 1}.1.{rest}"
+    if m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        # input_blocks.0 is conv_in; each down level adds its layers and a downsampler, each up level
+        # its layers (the last one also holding the upsampler); slot 0 the ResNet, slot 1 the attention.
+        i, j, rest = int(m[2]), int(m[4]), m[5]
+        block = f"input_blocks.{i * per_down + j + 1}" if m[1] == "down" else f"output_blocks.{i * per_up + j}"
+        return f"{block}.0.{_rename(rest, _RESNET)}" if m[3] == "resnets" else f"{block}.1.{rest}"
     if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
         return f"input_blocks.{(int(m[1]) + 1) * per_down}.0.op.{m[2]}"
     if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
         return f"middle_block.{2 * int(m[1])}.{_rename(m[2], _RESNET)}"
     if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
         return f"middle_block.1.{m[1]}"
-    if m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        i, j, rest = int(m[1]), int(m[2]), m[3]
-        return f"output_blocks.{i * per_up + j}.0.{_rename(rest, _RESNET)}"
-    if m := re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-        i, j, rest = int(m[1]), int(m[2]), m[3]
-        return f"output_blocks.{i * per_up + j}.1.{rest}"
     if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
         i = int(m[1])
         slot = 2 if up_has_attention[i] else 1

@@ -90,14 +90,8 @@ def tiny_unet_config() -> dict:
     5 at 32x32, 5 at 16x16, 1 at 8x8 (mid block), 2 heads each.
     """
     return {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": _SD_DOWN,
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": _SD_UP,
+        **sd1_unet_config(),
         "block_out_channels": (32, 32, 64, 64),
-        "layers_per_block": 2,
         "attention_head_dim": 2,  # diffusers reads this as the number of heads for SD 1.x UNets
         "cross_attention_dim": tiny_text_config().hidden_size,
         "norm_num_groups": 8,
@@ -106,36 +100,15 @@ def tiny_unet_config() -> dict:
 
 def tiny_vae_config() -> dict:
     """AutoencoderKL config: 4 blocks (3 downsamplings, 512 px -> 64 latents), 4 latent channels."""
-    return {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
-        "block_out_channels": (16, 16, 32, 32),
-        "layers_per_block": 1,
-        "latent_channels": 4,
-        "norm_num_groups": 8,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    }
+    return {**sd1_vae_config(), "block_out_channels": (16, 16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8}
 
 
 def tiny_text_config() -> CLIPTextConfig:
     """CLIPTextConfig: hidden 32, 2 layers, 2 heads, 77 positions, vocabulary of the tiny tokenizer."""
     vocab_size = len(_tiny_vocab())
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        projection_dim=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=_MAX_LENGTH,
-        hidden_act="quick_gelu",
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
+    return _clip_text_config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                             pad_token_id=vocab_size - 1)
 
 
 def tiny_sd2_unet_config(v_prediction: bool = False) -> dict:
@@ -186,19 +159,10 @@ def tiny_sdxl_unet_config() -> dict:
     """
     first, second = tiny_sdxl_text_configs()
     return {
-        "sample_size": 128,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": _SDXL_DOWN,
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": _SDXL_UP,
+        **sdxl_unet_config(),
         "block_out_channels": (32, 64, 64),
-        "layers_per_block": 2,
-        "transformer_layers_per_block": (1, 2, 10),
         "attention_head_dim": (2, 2, 4),
-        "use_linear_projection": True,
         "cross_attention_dim": first.hidden_size + second.hidden_size,
-        "addition_embed_type": "text_time",
         "addition_time_embed_dim": _SDXL_TIME_EMBED_DIM,
         "projection_class_embeddings_input_dim": 6 * _SDXL_TIME_EMBED_DIM + second.projection_dim,
         "norm_num_groups": 8,
@@ -294,19 +258,14 @@ def sd1_vae_config() -> dict:
 
 def sd1_text_config() -> CLIPTextConfig:
     """CLIPTextConfig of CLIP ViT-L/14's text tower (SD 1.x): hidden 768, 12 layers, 12 heads."""
-    return CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        projection_dim=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=_MAX_LENGTH,
-        hidden_act="quick_gelu",
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=1,
-    )
+    return _clip_text_config(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                             num_attention_heads=12, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+
+
+def _clip_text_config(hidden_size: int, **sizes: int) -> CLIPTextConfig:
+    """CLIP's text tower as SD 1.x uses it (quick-GELU, 77 positions, projection = hidden size) at the given sizes."""
+    return CLIPTextConfig(hidden_size=hidden_size, projection_dim=hidden_size, max_position_embeddings=_MAX_LENGTH,
+                          hidden_act="quick_gelu", **sizes)
 
 
 # ------------------------------------------------------------------------------------------- tokenizer

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.atomic import write_json_atomic, write_text_atomic
+from eval.report.markdown import markdown_rows
 
 __all__ = [
     "DEFAULT_OUT_DIR",
@@ -132,6 +133,13 @@ def _baseline_cells(row: dict[str, Any]) -> tuple[str, str, str]:
             ratio + (mark if row["ratio"] is not None else ""))
 
 
+def _table(header: list[str], rows: list[list[str]], *align: str) -> list[str]:
+    """The lines of a Markdown table (:func:`eval.report.markdown.markdown_rows`); ``align`` names the first
+    columns' alignment, the last one repeated for the rest."""
+    aligns = [*align, *[align[-1]] * (len(header) - len(align))]
+    return markdown_rows(header, rows, aligns).splitlines()
+
+
 def _precision_markdown(prec: dict[str, Any]) -> list[str]:
     fast = prec["fast_dtype"]
     lines = [
@@ -149,15 +157,13 @@ def _precision_markdown(prec: dict[str, Any]) -> list[str]:
         f"- fast variant: {fast} ({prec['fast_dtype_reason']})",
         f"- measure: {prec['measure']}",
         "",
-        f"| DiffSeg KL precision | pixels changed (matched ids) | worst image | raw id differences "
-        f"| segments float32 | segments {fast} |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-    for precision, r in prec["diffseg"].items():
-        lines.append(
-            f"| {precision} | {_pct(r['changed_fraction'])} | {_pct(r['max_image_changed_fraction'])} | "
-            f"{_pct(r['raw_changed_fraction'])} | {r['segments_float32']:.1f} | {r['segments_fast']:.1f} |"
-        )
+    header = ["DiffSeg KL precision", "pixels changed (matched ids)", "worst image", "raw id differences",
+              "segments float32", f"segments {fast}"]
+    rows = [[precision, _pct(r["changed_fraction"]), _pct(r["max_image_changed_fraction"]),
+             _pct(r["raw_changed_fraction"]), f"{r['segments_float32']:.1f}", f"{r['segments_fast']:.1f}"]
+            for precision, r in prec["diffseg"].items()]
+    lines += _table(header, rows, "---", "---:")
     times = ", ".join(f"{name} {_fmt(s)}" for name, s in prec["backbone_s_per_image"].items())
     lines += ["", f"- backbone seconds/image on this model (VAE + UNet + capture, the bench's batches): {times}"]
     if prec.get("note"):
@@ -172,16 +178,14 @@ def _postprocessing_markdown(post: dict[str, Any]) -> list[str]:
         "",
         f"{post['what']}; input: {post['input']}; {post['segments']} segments.",
         "",
-        "| implementation | seconds/image | ratio vs ours |",
-        "|---|---:|---:|",
-        f"| ours (aggregate_attention + DiffSeg float16) | {_fmt(post['ours_s'])} | 1.00x |",
-        f"| naive port (eval.bench.baselines.naive_diffseg, per image) | {_fmt(post['naive_s'])} "
-        f"| {_fmt(post['ratio_vs_naive'], 2)}x |",
     ]
+    rows = [["ours (aggregate_attention + DiffSeg float16)", _fmt(post["ours_s"]), "1.00x"],
+            ["naive port (eval.bench.baselines.naive_diffseg, per image)", _fmt(post["naive_s"]),
+             f"{_fmt(post['ratio_vs_naive'], 2)}x"]]
     if post["official_s"] is not None:
-        lines.append(
-            f"| official TensorFlow segmentor | {_fmt(post['official_s'])} | {_fmt(post['ratio_vs_official'], 2)}x |"
-        )
+        ratio = f"{_fmt(post['ratio_vs_official'], 2)}x"
+        rows.append(["official TensorFlow segmentor", _fmt(post["official_s"]), ratio])
+    lines += _table(["implementation", "seconds/image", "ratio vs ours"], rows, "---", "---:")
     lines += ["", f"- masks identical to the naive port: {100 * post['agreement_vs_naive']:.3f}% of pixels"]
     if "agreement_vs_official" in post:
         share = 100 * post["agreement_vs_official"]
@@ -212,15 +216,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             "- ratio = baseline s/image / fast s/image (higher = fast path faster). Every figure was measured in "
             "this run, except those marked (sum): " + E2E_SUM + ".",
             "",
-            "| stage | fast path | baseline | fast s/img | fast img/s | baseline s/img | baseline img/s | ratio |",
-            "|---|---|---|---:|---:|---:|---:|---:|",
         ]
-    for r in report["stages"]:
-        base_s, base_rate, ratio = _baseline_cells(r)
-        lines.append(
-            f"| {r['stage']} | {r['fast']} | {r['baseline']} | {_fmt(r['fast_s_per_image'])} | "
-            f"{_fmt(r['fast_images_per_s'])} | {base_s} | {base_rate} | {ratio} |"
-        )
+        header = ["stage", "fast path", "baseline", "fast s/img", "fast img/s", "baseline s/img", "baseline img/s",
+                  "ratio"]
+        rows = [[r["stage"], r["fast"], r["baseline"], _fmt(r["fast_s_per_image"]), _fmt(r["fast_images_per_s"]),
+                 *_baseline_cells(r)] for r in report["stages"]]
+        lines += _table(header, rows, "---", "---", "---", "---:")
     notes = [f"- {r['stage']}: {r['note']}" for r in report["stages"] if r["note"]]
     if notes:
         lines += ["", "Notes:", *notes]

@@ -37,6 +37,7 @@ from eval.data.classes import dataset_classes
 from eval.explore.render import resize_nearest
 from eval.report.coco_results import CocoResults, matched_categories
 from eval.run.build import build_dataset
+from eval.run.mask_files import method_stem
 from eval.run.provenance import banner, images_note
 from eval.run.records import METRICS_FILE, load_run_records
 
@@ -49,10 +50,6 @@ CLASSES_COLUMN = "classes in the label"
 
 class RunError(ValueError):
     """A run folder the explorer cannot show (the message says which path and what to do)."""
-
-
-def _slug(method: str) -> str:
-    return method.replace("/", "_")
 
 
 @dataclass
@@ -202,7 +199,7 @@ class RunFolder:
         """COCO RLE results under ``masks/`` by method: ``masks/<method>.json`` or ``masks/<method>/*.json``."""
         if self._coco is None:
             self._coco = {}
-            slugs = {_slug(m): m for m in self.methods}
+            slugs = {method_stem(m): m for m in self.methods}
             for path in sorted((self.path / "masks").rglob("*.json")):
                 method = slugs.get(path.stem) or slugs.get(path.parent.name)
                 if method is None or method in self._coco:
@@ -216,7 +213,7 @@ class RunFolder:
     def mask_format(self) -> str | None:
         """``"PNG"``, ``"COCO RLE"`` or None when the run saved no masks."""
         folder = self.path / "masks"
-        if any((folder / _slug(m)).glob("*.png") for m in self.methods if (folder / _slug(m)).is_dir()):
+        if any((folder / method_stem(m)).glob("*.png") for m in self.methods if (folder / method_stem(m)).is_dir()):
             return "PNG"
         if folder.is_dir() and self._coco_results():
             return "COCO RLE"
@@ -224,7 +221,7 @@ class RunFolder:
 
     def mask(self, method: str, image_id: str) -> np.ndarray | None:
         """The saved ``(H, W)`` segment-id mask of ``method`` on ``image_id``, or None when not saved."""
-        png = self.path / "masks" / _slug(method) / f"{image_id.replace('/', '_')}.png"
+        png = self.path / "masks" / method_stem(method) / f"{image_id.replace('/', '_')}.png"
         if png.is_file():
             try:
                 return read_mask_png(png)
