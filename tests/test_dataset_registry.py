@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import shutil
 import subprocess
 import sys
@@ -17,13 +17,6 @@ from eval.data import download as dl
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml"))
-
-
-def _load_prepare_cli():
-    spec = importlib.util.spec_from_file_location("prepare_registry_under_test", REPO / "datasets" / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _subcommands(parser) -> set[str]:
@@ -41,9 +34,9 @@ def fresh_registry():
         c.cache_clear()
 
 
-def test_every_dataset_config_has_a_class_preparation_make_target_and_synthetic_writer():
+def test_every_dataset_config_has_a_class_preparation_make_target_and_synthetic_writer(prepare):
     assert len(CONFIGS) == 6
-    parser, _ = _load_prepare_cli().build_parser()
+    parser, _ = prepare.build_parser()
     commands = _subcommands(parser)
     preps = classes.preparations()
     for name in CONFIGS:
@@ -103,20 +96,19 @@ def _write_new_dataset(tmp_path: Path) -> Path:
     return conf
 
 
-def test_a_new_config_and_module_add_a_dataset_everywhere(tmp_path, monkeypatch, fresh_registry):
+def test_a_new_config_and_module_add_a_dataset_everywhere(tmp_path, monkeypatch, fresh_registry, prepare):
     conf = _write_new_dataset(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path / "mod"))
     monkeypatch.setattr(classes, "CONF_DIR", conf)
     assert classes.dataset_title("newset") == "New Set" and classes.dataset_classes("newset") == ("a", "b")
     assert dl.pinned_files()["newset_zip"].name == "newset.zip"
     assert classes.default_root("newset") == "./datasets/newset"
-    cli = _load_prepare_cli()
-    assert "newset" in _subcommands(cli.build_parser()[0])
-    assert cli.main(["--quiet", "newset", "--root", str(tmp_path / "r"), "--fast"]) == 0
+    assert "newset" in _subcommands(prepare.build_parser()[0])
+    assert prepare.main(["--quiet", "newset", "--root", str(tmp_path / "r"), "--fast"]) == 0
     import newset_module
 
     monkeypatch.delitem(sys.modules, "newset_module")
-    assert newset_module.CALLS == [(str(tmp_path / "r"), str(cli.DEFAULT_DOWNLOADS), False, True)]
+    assert newset_module.CALLS == [(str(tmp_path / "r"), str(prepare.DEFAULT_DOWNLOADS), False, True)]
 
 
 def test_a_config_naming_another_class_is_refused(tmp_path, monkeypatch, fresh_registry):
