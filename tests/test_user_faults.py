@@ -31,6 +31,7 @@ from eval.data.loader import SkipCorrupt, Skipped
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.report.tables import ablation_tables, collect_runs
 from eval.run import evaluate
+from eval.run.merge import merge_runs
 from eval.run.settings import SettingError, validate
 from eval.run.unknown_labels import UnknownLabelsError
 
@@ -186,6 +187,21 @@ def test_unknown_label_values_are_counted_reported_and_bounded(tmp_path):
         evaluate(compose(root, tmp_path / "b"))
     assert ids[1] in str(info.value)
     assert not (tmp_path / "b" / "metrics.json").exists()
+
+
+def test_merged_shards_carry_the_unknown_label_counts_of_one_run(tmp_path):
+    root = tmp_path / "coco"
+    ids = write_synthetic_coco_stuff(root, num_images=3, seed=6)
+    label = root / "annotation_val2017" / f"{ids[2]}.png"
+    _recode(label, 190, (0, 0, 40, 30))
+    expected = _unknown_at_eval_size(label, 128, 190)
+    shards = [tmp_path / f"s{i}" for i in range(2)]
+    for i, out in enumerate(shards):
+        evaluate(compose(root, out, "max_unknown_label_fraction=1", f"dataset.shard={i}/2"))
+    merged = merge_runs(shards, tmp_path / "merged")
+    assert merged["unknown_labels"]["pixels"] == expected and merged["unknown_labels"]["images"] == {ids[2]: expected}
+    assert merged["unknown_labels"]["fraction"] == pytest.approx(expected / (3 * 128 * 128))
+    assert merged["unknown_labels"]["max_fraction"] == 1
 
 
 def test_a_whole_label_of_another_value_is_refused(tmp_path):

@@ -137,10 +137,7 @@ class RunFolder:
         if missing:
             raise RunError(f"{self.path}: image {missing[0]} has no record of method {method!r}; "
                            "run python -m eval.run again in this folder")
-        return ImageStats(np.asarray([s["tp"] for s in rows], dtype=np.int64).reshape(len(rows), -1),
-                          np.asarray([s["fp"] for s in rows], dtype=np.int64).reshape(len(rows), -1),
-                          np.asarray([s["fn"] for s in rows], dtype=np.int64).reshape(len(rows), -1),
-                          np.asarray([s["valid"] for s in rows], dtype=np.int64))
+        return ImageStats.from_records(rows)
 
     def per_image_miou(self) -> dict[str, np.ndarray]:
         """Each method's ``(N,)`` per-image mIoU (x100, NaN where undefined) over :attr:`ids`."""

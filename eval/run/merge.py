@@ -10,8 +10,9 @@ merges an incomplete set and marks the result partial everywhere it is shown.
 The per-image records of the images each shard's ``metrics.json`` rests on are
 concatenated into ``<out>/per_image.jsonl``, and the totals are written to
 ``<out>/metrics.json`` exactly as one run over all images would write them, with
-each shard's code and library versions under ``merged_from`` and every code version
-and batch size the records were made with in the provenance.
+each shard's code and library versions under ``merged_from``, every code version
+and batch size the records were made with in the provenance, and the unknown label values
+of all the records under ``unknown_labels`` (as a run writes them).
 
 The output folder must not be one of the shards, and must not already hold results
 (``metrics.json``, ``run.json`` or per-image records): both are refused before anything
@@ -33,6 +34,7 @@ from eval.data.loader import parse_shard
 from eval.run.identity import IDENTITY_FILE, RunMismatchError, code_id, diff_settings, read_run_json
 from eval.run.provenance import build_provenance, tally
 from eval.run.records import METRICS_FILE, RECORDS_FILE, accumulate, load_run_records, method_scores, write_metrics
+from eval.run.unknown_labels import summarise_unknown
 
 __all__ = ["MergeError", "main", "merge_runs"]
 
@@ -181,9 +183,11 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_part
     write_text_atomic(out / RECORDS_FILE, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in ordered))
     tags = {name: m.get("ablation") for name, m in first["methods"].items()}
     metrics = accumulate(ordered, int(config["dataset"]["num_classes"]))
+    unknown = {**summarise_unknown(ordered, int(config["dataset"]["size"]) ** 2),
+               "max_fraction": (first.get("unknown_labels") or {}).get("max_fraction")}
     return write_metrics(out, method_scores(metrics, tags), ordered, run=run, provenance=provenance,
                          config=config, code=first.get("code"), versions=first.get("versions"),
-                         merged_from=merged_from)
+                         merged_from=merged_from, unknown_labels=unknown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

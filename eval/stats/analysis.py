@@ -15,6 +15,7 @@ mIoU undefined there and is left out of its interval (the share is reported).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -51,6 +52,14 @@ class ImageStats:
                              f"{np.shape(self.fp)}, {np.shape(self.fn)}")
         if np.shape(self.valid) != shape[:1]:
             raise ValueError(f"valid must have shape ({shape[0]},), got {np.shape(self.valid)}")
+
+    @classmethod
+    def from_records(cls, rows: Sequence[dict[str, Any]]) -> ImageStats:
+        """From one method's per-image record entries (``{"tp": [C], "fp": [C], "fn": [C], "valid": int}``
+        each, :mod:`eval.run.records`), in image order; KeyError/TypeError/ValueError when malformed."""
+        tp, fp, fn = (np.asarray([r[k] for r in rows], dtype=np.int64).reshape(len(rows), -1)
+                      for k in ("tp", "fp", "fn"))
+        return cls(tp, fp, fn, np.asarray([r["valid"] for r in rows], dtype=np.int64))
 
     @property
     def num_images(self) -> int:

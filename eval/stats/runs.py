@@ -16,16 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from eval.data.classes import dataset_classes
-from eval.run.records import load_run_records
+from eval.run.records import METRICS_FILE, load_run_records
 from eval.stats.analysis import ImageStats
 
 __all__ = ["CompareError", "Run", "class_names", "comparable_ids", "load_run", "method_groups", "seed_groups"]
 
-METRICS_FILE = "metrics.json"
-IDENTITY_FILE = "run.json"
+IDENTITY_FILE = "run.json"  # eval.run.identity.IDENTITY_FILE (that module imports torch; this one must not)
 
 
 class CompareError(ValueError):
@@ -66,9 +63,7 @@ class Run:
                                    "(the per-image records are incomplete; re-run the evaluation in this folder)")
             rows.append(s)
         try:
-            tp, fp, fn = (np.asarray([s[k] for s in rows], dtype=np.int64).reshape(len(rows), -1)
-                          for k in ("tp", "fp", "fn"))
-            return ImageStats(tp, fp, fn, np.asarray([s["valid"] for s in rows], dtype=np.int64))
+            return ImageStats.from_records(rows)
         except (KeyError, TypeError, ValueError) as exc:
             raise CompareError(f"{self.path}: malformed per-image stats of method {method!r}: {exc}") from exc
 
