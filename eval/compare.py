@@ -76,7 +76,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         raise CompareError("no run folders given")
     runs = [load_run(d) for d in run_dirs]
     ids = comparable_ids(runs, intersect)
-    groups = method_groups(runs, ids)
+    seed_notes: list[str] = []
+    groups = method_groups(runs, ids, seed_notes)
     num_classes = {s.num_classes for entries in groups.values() for _, _, s in entries}
     if len(num_classes) != 1:
         raise CompareError(f"the runs' per-image stats have different class counts: {sorted(num_classes)}")
@@ -104,6 +105,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         "runs": [{"dir": str(r.path), "run": r.meta.get("run"), "provenance": r.provenance(), "images": len(r.ids)}
                  for r in runs],
         "notes": notes,
+        "seed_notes": seed_notes,
     }
     out = Path(out_dir)
     stats = {k: v[0][2] for k, v in groups.items()}

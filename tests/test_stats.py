@@ -201,3 +201,37 @@ def test_kmeans_c_seed_spread_over_three_seeds_is_reported(seed_runs, tmp_path):
     assert low <= entry["miou"][1] and high >= entry["miou"][2]  # images and seeds: at least as wide
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "K-Means-C (3 seeds" in md and f"| {spread['sd']['miou']:.2f} |" in md
+
+
+@pytest.fixture(scope="module")
+def diffseg_kmeans_seed_runs(tmp_path_factory) -> list[Path]:
+    """`-m seed=0,1` of DiffSeg + K-Means-C (module scope, as :func:`seed_runs`)."""
+    from hydra_compose import compose_eval
+
+    from eval.data.synthetic import write_synthetic_coco_stuff
+    from eval.run import evaluate
+
+    tmp = tmp_path_factory.mktemp("diffseg_seeds")
+    write_synthetic_coco_stuff(tmp / "coco", num_images=3, seed=3)
+    folders = [tmp / f"seed{seed}" for seed in (0, 1)]
+    for seed, folder in zip((0, 1), folders, strict=True):
+        evaluate(compose_eval(["experiment=coco_stuff27_kmeans_c", "methods=diffseg_kmeans", "methods.kmeans_s=null",
+                               "model=tiny", "dataset.size=128", "batch_size=2", "num_workers=0", "progress=false",
+                               "device=cpu", "methods.kmeans_c.segmenter.n_init=1", f"dataset.root={tmp / 'coco'}",
+                               f"paths.output_dir={folder}", f"seed={seed}"]))
+    return folders
+
+
+def test_a_method_the_seed_does_not_reach_is_not_counted_as_seed_runs(diffseg_kmeans_seed_runs, tmp_path):
+    """K-Means-C gets two seeds; DiffSeg, whose own settings are the same in both folders, is one run
+    (with a note), not two seeds with a spread of zero."""
+    folders = diffseg_kmeans_seed_runs
+    result = compare_runs(folders, tmp_path / "cmp", resamples=50, permutations=50, min_images=1, min_class_images=1)
+    assert sorted(result["methods"]) == ["DiffSeg", "K-Means-C"]
+    assert result["methods"]["K-Means-C"]["seeds"] == 2 and result["methods"]["K-Means-C"]["seed_spread"]
+    diffseg = result["methods"]["DiffSeg"]
+    assert diffseg["seeds"] == 1 and not diffseg.get("seed_spread") and diffseg["seed_runs"] == [str(folders[0])]
+    assert diffseg["label"] == "DiffSeg (random weights, synthetic data)"
+    assert len(result["seed_notes"]) == 1 and result["seed_notes"][0].startswith("DiffSeg: ")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Not seed replicates" in md and "K-Means-C (2 seeds" in md and "DiffSeg (2 seeds" not in md

@@ -222,6 +222,9 @@ def write_report(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Seq
         md += ["Seeds: runs whose settings differ only in seeds are one method; its point is the mean over seeds, "
                "`seed SD` the standard deviation of the per-seed scores, the first interval resamples images only, "
                "the last adds the seed variance (Student t, Welch-Satterthwaite degrees of freedom).", ""]
+    if compare.get("seed_notes"):
+        md += ["Not seed replicates (the same settings of the method in several seed folders):", "",
+               *[f"- {n}" for n in compare["seed_notes"]], ""]
     if compare["pairs"]:
         md += ["## Paired differences", "", pairs_md.rstrip(), ""]
     md += ["## Per-class IoU", "", "Per-class IoU of each method and per-class differences of each pair "

@@ -20,7 +20,8 @@ from eval.data.classes import dataset_classes
 from eval.run.records import METRICS_FILE, load_run_records
 from eval.stats.analysis import ImageStats
 
-__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "load_run", "method_groups", "seed_groups"]
+__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "load_run", "method_groups", "method_settings",
+           "seed_groups"]
 
 IDENTITY_FILE = "run.json"  # eval.run.identity.IDENTITY_FILE (that module imports torch; this one must not)
 
@@ -182,10 +183,39 @@ def seed_groups(runs: list[Run]) -> list[list[int]]:
     return groups
 
 
-def method_groups(runs: list[Run], ids: Sequence[str]) -> dict[str, list[tuple[Run, str, ImageStats]]]:
+def method_settings(settings: dict[str, Any] | None, method: str) -> dict[str, Any] | None:
+    """What ``method``'s results depend on in a :attr:`Run.settings` (run.json's ``settings`` and
+    ``data``): all of it but the other methods' nodes."""
+    if settings is None:
+        return None
+    inner = settings.get("settings") or {}
+    nodes = inner.get("methods") or {}
+    mine = {k: v for k, v in nodes.items() if isinstance(v, dict) and v.get("name", k) == method}
+    return {**settings, "settings": {**{k: v for k, v in inner.items() if k != "methods"}, "methods": mine}}
+
+
+def _distinct_runs(group: list[Run], method: str) -> list[Run]:
+    """The runs of a seed group that ran ``method`` under different settings (the first of each).
+
+    ``-m seed=0,1,2`` changes only the methods that read ``seed`` (K-Means); a method whose own
+    settings are the same in every folder (DiffSeg, DiffCut with its fixed noise seed) ran once
+    per folder with identical settings: those are not seed replicates and count once.
+    """
+    kept: list[Run] = []
+    for run in group:
+        if run.settings is None or all(method_settings(k.settings, method) != method_settings(run.settings, method)
+                                       for k in kept):
+            kept.append(run)
+    return kept
+
+
+def method_groups(runs: list[Run], ids: Sequence[str],
+                  notes: list[str] | None = None) -> dict[str, list[tuple[Run, str, ImageStats]]]:
     """Compared methods: key -> ``(run, method, stats)`` per seed run (one entry for an ordinary run).
 
     A method name found in several groups gets its (first) run folder's name as a suffix.
+    Within a seed group a method keeps one run per distinct setting of its own
+    (:func:`method_settings`); each method counted once that way is named in ``notes``.
     Stats are checked against each run's metrics.json when the run's images are all compared.
     """
     groups = [[runs[i] for i in g] for g in seed_groups(runs)]
@@ -199,8 +229,13 @@ def method_groups(runs: list[Run], ids: Sequence[str]) -> dict[str, list[tuple[R
             key = m if counts[m] == 1 else f"{m} [{group[0].path.name}]"
             if key in out:
                 key = f"{m} [{group[0].path.name} #{number + 1}]"
+            distinct = _distinct_runs(group, m)
+            if len(distinct) < len(group) and notes is not None:
+                notes.append(f"{key}: its settings are the same in {len(group) - len(distinct) + 1} of the seed "
+                             f"folders ({', '.join(r.path.name for r in group)}): no seed of this method changed, "
+                             f"so it counts {len(distinct)} run(s), not {len(group)} seeds")
             entries = []
-            for run in group:
+            for run in distinct:
                 stats = run.stats(m, ids)
                 if len(run.ids) == len(ids):
                     run.check_totals(m, stats)
