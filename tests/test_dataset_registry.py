@@ -34,7 +34,8 @@ def fresh_registry():
         c.cache_clear()
 
 
-def test_every_dataset_config_has_a_class_preparation_make_target_and_synthetic_writer(prepare):
+def test_every_dataset_config_has_a_class_preparation_make_target_and_synthetic_writer(prepare, monkeypatch):
+    monkeypatch.delenv("PROJECT_ROOT", raising=False)  # conf/paths: the default root_dir is "."
     assert len(CONFIGS) == 6
     parser, _ = prepare.build_parser()
     commands = _subcommands(parser)
@@ -98,6 +99,7 @@ def _write_new_dataset(tmp_path: Path) -> Path:
 
 def test_a_new_config_and_module_add_a_dataset_everywhere(tmp_path, monkeypatch, fresh_registry, prepare):
     conf = _write_new_dataset(tmp_path)
+    monkeypatch.delenv("PROJECT_ROOT", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path / "mod"))
     monkeypatch.setattr(classes, "CONF_DIR", conf)
     assert classes.dataset_title("newset") == "New Set" and classes.dataset_classes("newset") == ("a", "b")
