@@ -127,8 +127,12 @@ def _refine_borderline(
     rows, cols = torch.nonzero((distance - threshold).abs() < BORDERLINE, as_tuple=True)
     for start in range(0, rows.numel(), _BORDER_CHUNK):
         r, c = rows[start : start + _BORDER_CHUNK], cols[start : start + _BORDER_CHUNK]
-        p, q = x[anchors[r]].double(), x[c].double()
-        exact = 0.5 * ((p - q) * (torch.log(p) - torch.log(q))).sum(dim=1)
+        # each distinct map converted and logged once (a map is in many pairs), then gathered per pair
+        p_rows, p_of = torch.unique(anchors[r], return_inverse=True)
+        q_rows, q_of = torch.unique(c, return_inverse=True)
+        p, q = x[p_rows].double(), x[q_rows].double()
+        log_p, log_q = torch.log(p), torch.log(q)
+        exact = 0.5 * ((p[p_of] - q[q_of]) * (log_p[p_of] - log_q[q_of])).sum(dim=1)
         merge[r, c] = exact < threshold
 
 
