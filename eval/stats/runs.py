@@ -231,9 +231,9 @@ def method_groups(runs: list[Run], ids: Sequence[str],
                 key = f"{m} [{group[0].path.name} #{number + 1}]"
             distinct = _distinct_runs(group, m)
             if len(distinct) < len(group) and notes is not None:
-                notes.append(f"{key}: its settings are the same in {len(group) - len(distinct) + 1} of the seed "
-                             f"folders ({', '.join(r.path.name for r in group)}): no seed of this method changed, "
-                             f"so it counts {len(distinct)} run(s), not {len(group)} seeds")
+                notes.append(f"{key}: {len(distinct)} distinct setting(s) of its own in the {len(group)} seed folders "
+                             f"({', '.join(r.path.name for r in group)}), so it counts {len(distinct)} run(s), "
+                             f"not {len(group)} seeds")
             entries = []
             for run in distinct:
                 stats = run.stats(m, ids)
