@@ -21,11 +21,13 @@ CITYSCAPES_ROOT ?= $(or $(ROOT),datasets/cityscapes)
 CITYSCAPES_ZIPS ?= $(DATA_DOWNLOADS)
 RUN_ARGS ?=
 # `make test` runs the suite in a random order (pytest-randomly); replay one with TEST_SEED=N.
-TEST_SEED ?= $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+ifndef TEST_SEED
+TEST_SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+endif
 EXPLORE_STAMP := $(VENV)/.installed-explore
 EXPLORE_ARGS ?= outputs/demo/coco_stuff27
 
-.PHONY: venv test lint bench demo explore explore-deps explore-screenshot data-coco data-cityscapes reproduce-coco reproduce-cityscapes tables clean
+.PHONY: venv test lint bench demo explore explore-deps explore-screenshot data-coco data-cityscapes data-coco-object reproduce-coco reproduce-cityscapes tables clean
 
 venv: $(STAMP)
 
@@ -69,7 +71,7 @@ explore: $(EXPLORE_STAMP)
 explore-screenshot: $(EXPLORE_STAMP)
 	EXPLORE_SCREENSHOTS=results/explore $(PY) -m pytest -q tests/test_explore_browser.py
 
-# The two datasets of the reproduce targets, with their own variables (COCO_ROOT, COCO_SUBSET,
+# The datasets of the reproduce targets, with their own variables (COCO_ROOT, COCO_SUBSET,
 # CITYSCAPES_ROOT, CITYSCAPES_ZIPS; ROOT works too).
 data-coco: $(STAMP)
 	$(PY) datasets/prepare.py coco --root $(COCO_ROOT) --downloads $(DATA_DOWNLOADS) --subset $(COCO_SUBSET) $(PREPARE_ARGS)
@@ -77,7 +79,11 @@ data-coco: $(STAMP)
 data-cityscapes: $(STAMP)
 	$(PY) datasets/prepare.py cityscapes --root $(CITYSCAPES_ROOT) --zips $(CITYSCAPES_ZIPS) $(PREPARE_ARGS)
 
-# Every other dataset (data-voc, data-context, data-coco-object, data-ade20k, and any new one):
+# COCO-Object's labels live on the COCO root (its preparation fetches COCO first when missing).
+data-coco-object: $(STAMP)
+	$(PY) datasets/prepare.py coco-object --root $(COCO_ROOT) --downloads $(DATA_DOWNLOADS) $(PREPARE_ARGS)
+
+# Every other dataset (data-voc, data-context, data-ade20k, and any new one):
 # `datasets/prepare.py --help` lists them.
 data-%: $(STAMP)
 	$(PY) datasets/prepare.py $* $(if $(ROOT),--root $(ROOT)) --downloads $(DATA_DOWNLOADS) $(PREPARE_ARGS)

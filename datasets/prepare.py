@@ -43,12 +43,14 @@ DEFAULT_DOWNLOADS = REPO_ROOT / "datasets" / "downloads"
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
     """The parser, and for each command the ``dest`` of its own options (passed to its ``run``)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    quiet = argparse.ArgumentParser(add_help=False)  # before or after the sub-command (make's PREPARE_ARGS)
+    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0], parents=[quiet])
     sub = parser.add_subparsers(dest="command", required=True)
     own: dict[str, list[str]] = {}
     for command, (name, prep) in preparations().items():
-        cmd = sub.add_parser(command, help=prep.help, description=f"{prep.help} (config: conf/dataset/{name}.yaml)")
+        cmd = sub.add_parser(command, help=prep.help, description=f"{prep.help} (config: conf/dataset/{name}.yaml)",
+                             parents=[quiet])
         cmd.add_argument("--root", type=Path, default=Path(default_root(name)),
                          help="dataset root to build (default: the config's, %(default)s)")
         flags, kwargs = prep.downloads
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _, prep = preparations()[args.command]
     try:
-        prep.run(args.root, args.downloads, progress=not args.quiet, **{d: getattr(args, d) for d in own[args.command]})
+        options = {d: getattr(args, d) for d in own[args.command]}
+        prep.run(args.root, args.downloads, progress=not getattr(args, "quiet", False), **options)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

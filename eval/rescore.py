@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -31,7 +30,17 @@ from omegaconf import OmegaConf
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
 from eval.metrics.protocols import ProtocolError, apply_protocol, geometry_differences
 from eval.run.build import build_dataset
-from eval.run.identity import RunIdentity, RunMismatchError, check_run_folder, code_version, versions
+from eval.run.identity import (
+    IDENTITY_FILE,
+    RunIdentity,
+    RunMismatchError,
+    check_contents,
+    check_run_folder,
+    code_version,
+    fingerprint_of,
+    read_run_json,
+    versions,
+)
 from eval.run.mask_files import load_saved_masks, read_saved_mask
 from eval.run.provenance import build_provenance
 from eval.run.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
@@ -43,15 +52,10 @@ class RescoreError(RuntimeError):
     """The source run cannot be re-scored (the message names the file and what to do)."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _existing(path: Path) -> Path:
     if not path.is_file():
         raise RescoreError(f"{path} not found: re-scoring needs a finished run folder (its metrics.json and run.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _fingerprint(settings: dict[str, Any], data: dict[str, Any]) -> str:
-    text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return path
 
 
 def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLike,
@@ -66,10 +70,18 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     if protocol not in PROTOCOLS:
         raise RescoreError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     src = Path(run_dir)
-    source = _read_json(src / METRICS_FILE)
-    stored = _read_json(src / "run.json")
+    try:
+        source = json.loads(_existing(src / METRICS_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RescoreError(f"{src / METRICS_FILE} is not valid JSON ({exc}): run the evaluation in {src} "
+                           "again") from None
+    stored = read_run_json(_existing(src / IDENTITY_FILE))
     if "config" not in source:
         raise RescoreError(f"{src / METRICS_FILE} holds no config: it predates re-scoring support")
+    claimed = (source.get("provenance") or {}).get("fingerprint")
+    if fingerprint_of(stored) != stored.get("fingerprint") or claimed not in (None, stored.get("fingerprint")):
+        raise RescoreError(f"{src / IDENTITY_FILE} does not match its own settings or {src / METRICS_FILE}'s "
+                           "fingerprint: it was edited or comes from another run; re-scoring needs the run's own")
     cfg = OmegaConf.create(source["config"])
     if data_root is not None:
         cfg.dataset.root = data_root
@@ -85,28 +97,34 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     settings["protocol"] = {"name": protocol, "geometry_of": source_geometry,
                             "rescored_from": stored.get("fingerprint")}
     data = stored.get("data") or {}
-    identity = RunIdentity(_fingerprint(settings, data), settings, data)
+    identity = RunIdentity(fingerprint_of({"settings": settings, "data": data}), settings, data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_run_folder(out, identity, has_records=bool(load_run_records(out)))
 
-    labels = {image_id: dataset.label(image_id) for image_id in ids}
+    source_records = load_run_records(src)
+    check_contents(src, source_records, dataset, ids)  # the labels are the files the run scored
+    methods = source.get("methods") or {}
+    saved = {name: load_saved_masks(src, name) for name in methods}
+    metrics = {name: HungarianSegmentationMetric(num_classes, background, protocol) for name in methods}
     records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in ids]
-    totals: dict[str, dict[str, Any]] = {}
-    for name, summary in (source.get("methods") or {}).items():
-        kind, masks = load_saved_masks(src, name)
-        metric = HungarianSegmentationMetric(num_classes, background, protocol)
-        for record in records:
-            image_id = record["id"]
+    for record in records:  # one label in memory at a time
+        image_id = record["id"]
+        label = dataset.label(image_id)
+        for name, (kind, masks) in saved.items():
             mask = read_saved_mask(kind, masks, image_id)
-            label = labels[image_id]
             if tuple(mask.shape) != tuple(label.shape):
                 raise RescoreError(f"{src}: mask of {name} for {image_id} is {tuple(mask.shape)} but its label is "
                                    f"{tuple(label.shape)}: was the dataset changed since the run?")
             stats = image_stats(mask[None], label[None], num_classes, background, protocol)
-            metric.add_stats(stats)
+            metrics[name].add_stats(stats)
             record["methods"][name] = stats[0]
-        totals[name] = metric_json(metric.compute())
+        for key in ("root", "files", "code", "batch_size"):  # what the source record says it was made from
+            if key in (source_records.get(image_id) or {}):
+                record[key] = source_records[image_id][key]
+    totals: dict[str, dict[str, Any]] = {}
+    for name, summary in methods.items():
+        totals[name] = metric_json(metrics[name].compute())
         if summary.get("ablation") is not None:
             totals[name]["ablation"] = summary["ablation"]
     skipped = [{"id": i, "fp": identity.fingerprint, "skipped": msg} for i, msg in source.get("skipped") or []]
@@ -117,7 +135,8 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     images = old.get("images") or {}
     provenance = build_provenance(identity.fingerprint, settings, data, bool(old.get("random_weights")),
                                   evaluated=len(ids), skipped=len(skipped),
-                                  selected=int(images.get("selected", len(ids) + len(skipped))))
+                                  selected=int(images.get("selected", len(ids) + len(skipped))),
+                                  code_versions=old.get("code_versions"), batch_sizes=old.get("batch_sizes"))
     differs = geometry_differences(source_geometry, protocol)
     provenance["rescored"] = {"source": str(src), "source_fingerprint": stored.get("fingerprint"),
                               "source_protocol": source_protocol, "scoring": protocol,

@@ -587,3 +587,14 @@ def test_every_method_under_diffcuts_protocol(experiment, tmp_path):
     for name, summary in result["methods"].items():
         assert [summary["tp"], summary["fp"], summary["fn"]] == recount_protocol(
             out / "masks" / name, raws, num_classes, dataset), name
+
+
+def test_coco_object_instances_missing_for_some_listed_images_is_refused(tmp_path):
+    """A listed image without an instance label (e.g. subset=all: labels are built for the curated list) is
+    refused when the dataset is built, instead of being skipped as unreadable during the run."""
+    ids, _ = write_synthetic_coco_object(tmp_path, num_images=2, seed=0, size_range=(40, 60))
+    assert build_instance_labels(tmp_path, ids, progress=False) == 2
+    assert CocoObject81(tmp_path, label_source="instances").ids == ids
+    (tmp_path / INSTANCE_LABEL_DIR / f"{ids[1]}.png").unlink()
+    with pytest.raises(DatasetNotFoundError, match=f"1 of the 2 listed images .*e.g. {ids[1]}"):
+        CocoObject81(tmp_path, label_source="instances")

@@ -107,10 +107,13 @@ def test_a_new_config_and_module_add_a_dataset_everywhere(tmp_path, monkeypatch,
     assert classes.default_root("newset") == "./datasets/newset"
     assert "newset" in _subcommands(prepare.build_parser()[0])
     assert prepare.main(["--quiet", "newset", "--root", str(tmp_path / "r"), "--fast"]) == 0
+    # --quiet after the sub-command too (make data-<command> PREPARE_ARGS=--quiet)
+    assert prepare.main(["newset", "--root", str(tmp_path / "r"), "--quiet"]) == 0
     import newset_module
 
     monkeypatch.delitem(sys.modules, "newset_module")
-    assert newset_module.CALLS == [(str(tmp_path / "r"), str(prepare.DEFAULT_DOWNLOADS), False, True)]
+    assert newset_module.CALLS == [(str(tmp_path / "r"), str(prepare.DEFAULT_DOWNLOADS), False, True),
+                                   (str(tmp_path / "r"), str(prepare.DEFAULT_DOWNLOADS), False, False)]
 
 
 def test_a_config_naming_another_class_is_refused(tmp_path, monkeypatch, fresh_registry):

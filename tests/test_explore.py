@@ -144,9 +144,17 @@ def test_run_table_sorts_filters_and_scores(synthetic_run):
     ascending = run.table(sort_by="K-Means-C", descending=False)["K-Means-C"].tolist()
     assert ascending == sorted(values)
     present = run.present()
-    cls = run.class_names[int(np.argmax(present.sum(0) < len(run.ids)) if (present.sum(0) < 3).any() else 0)]
+    # from the records themselves: a class in the label is tp + fn > 0 of any method
+    in_label = {i: {c for c, (tp, fn) in enumerate(zip(r["methods"]["K-Means-C"]["tp"], r["methods"]["K-Means-C"]["fn"],
+                                                        strict=True)) if tp + fn > 0} for i, r in records.items()}
+    counts = np.array([sum(c in v for v in in_label.values()) for c in range(run.num_classes)])
+    assert present.sum(0).tolist() == counts.tolist()
+    some = np.flatnonzero((counts > 0) & (counts < len(run.ids)))
+    assert some.size, "the synthetic run should have a class in some images but not all"
+    cls = run.class_names[int(some[0])]
     filtered = run.table(class_filter=cls)
-    assert len(filtered) == int(present[:, run.class_names.index(cls)].sum())
+    assert 0 < len(filtered) < 3 and len(filtered) == int(counts[some[0]])
+    assert sorted(filtered["image"]) == sorted(i for i, v in in_label.items() if some[0] in v)
     assert all(cls in text.split(", ") for text in filtered["classes in the label"])
     assert len(run.table(class_filter=ALL_CLASSES)) == 3
     with pytest.raises(RunError, match="sort by"):

@@ -4,6 +4,7 @@ re-scoring saved masks, and masks saved as COCO results."""
 from __future__ import annotations
 
 import json
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -177,6 +178,25 @@ def test_rescore_equals_scoring_the_saved_masks(voc, png_run, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["methods"] == result["methods"]
     assert rescore_main([str(tmp_path / "nothing"), "--protocol", "diffcut", "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_rescore_refuses_an_edited_run_json_or_changed_label_files(voc, png_run, tmp_path, capsys):
+    """The re-scored numbers must rest on the run's own identity and on the label files the run scored."""
+    edited = tmp_path / "edited"
+    shutil.copytree(png_run, edited)
+    stored = json.loads((edited / "run.json").read_text())
+    stored["settings"]["model"]["timestep"] = 1  # an edit after the run: the fingerprint no longer matches
+    (edited / "run.json").write_text(json.dumps(stored))
+    assert rescore_main([str(edited), "--protocol", "diffcut", "--out", str(tmp_path / "a")]) == 2
+    assert "run.json does not match" in capsys.readouterr().err
+    other = tmp_path / "voc_other"
+    shutil.copytree(voc, other)
+    label = other / "SegmentationClass" / f"{Voc21(voc, size=128).ids[0]}.png"
+    Image.open(label).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(label)  # same size, other content
+    assert rescore_main([str(png_run), "--protocol", "diffcut", "--out", str(tmp_path / "b"), "--root",
+                         str(other)]) == 2
+    assert label.stem in capsys.readouterr().err
+    assert not (tmp_path / "b" / "metrics.json").exists()
 
 
 def test_save_masks_coco_round_trips_to_the_png_masks(voc, png_run, tmp_path):

@@ -235,3 +235,5 @@ def test_a_method_the_seed_does_not_reach_is_not_counted_as_seed_runs(diffseg_km
     assert len(result["seed_notes"]) == 1 and result["seed_notes"][0].startswith("DiffSeg: ")
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Not seed replicates" in md and "K-Means-C (2 seeds" in md and "DiffSeg (2 seeds" not in md
+    # a seeded point is a mean over seed runs, so the note must not call it "equal to each run's metrics.json"
+    assert "first seed run" in md and "equal to each run's metrics.json" not in md

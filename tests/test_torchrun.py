@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra_compose import compose_eval
 
 from eval.data.synthetic import write_synthetic_coco_stuff
@@ -37,8 +38,15 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single(root, tmp_path_factory) -> dict:
+    """The one-process reference, on one torch thread like each rank (OMP_NUM_THREADS=1): exact
+    totals are compared, so both sides run at the same thread count (and batch size)."""
     out = tmp_path_factory.mktemp("single")
-    return evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={out}"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={out}"]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def torchrun(root: Path, out: Path, nproc: int = 2, **popen) -> subprocess.Popen:
@@ -86,7 +94,12 @@ def test_killed_two_rank_run_resumes_with_one_process_to_the_same_totals(root, s
     assert not (tmp_path / "metrics.json").exists()
     done = len([r for r in load_run_records(tmp_path).values() if "methods" in r])
     assert 1 <= done < 7
-    resumed = evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={tmp_path}"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks and `single`: exact totals are compared
+    try:
+        resumed = evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={tmp_path}"]))
+    finally:
+        torch.set_num_threads(threads)
     assert resumed["timing"]["images_this_invocation"] == 7 - done
     assert totals(resumed) == totals(single)
 

@@ -43,6 +43,7 @@ from eval.data.coco_stuff import (
     subset_ids,
 )
 from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
+from eval.data.loader import DatasetNotFoundError
 from eval.data.preparation import Preparation, option
 
 __all__ = [
@@ -271,7 +272,13 @@ class CocoObject81(LabelledImages):
         ids = subset_ids(self, self.subset, self.list_file, "COCO")
         if self.label_source == "instances":
             self._hint = make_hint("data-coco-object", self.root, "build it")
-            self._require(self.root / INSTANCE_LABEL_DIR, "COCO-Object instance labels")
+            folder = self._require(self.root / INSTANCE_LABEL_DIR, "COCO-Object instance labels")
+            missing = [i for i in ids if not (folder / f"{i}.png").is_file()]
+            if missing:  # else each would be skipped as unreadable, and the run would score fewer images
+                raise DatasetNotFoundError(
+                    f"{len(missing)} of the {len(ids)} listed images have no COCO-Object instance label in "
+                    f"{folder} (e.g. {missing[0]}); `make data-coco-object ROOT={self.root}` builds them for the "
+                    f"curated {DEFAULT_LIST_FILE} list only (for subset=all use label_source=stuffthingmaps)")
         return ids
 
     def label_lut(self) -> np.ndarray:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from diffseg.masks import colorize, overlay
+from eval.report.figures import resize_nearest
 
 __all__ = ["anchors_picture", "heatmap", "label_picture", "mark", "mask_overlay", "resize_nearest"]
 
@@ -22,12 +23,6 @@ def mask_overlay(shown: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np
 def label_picture(label: np.ndarray) -> np.ndarray:
     """Class ids ``(H, W)`` as colours; ignored pixels (< 0) black."""
     return colorize(label)
-
-
-def resize_nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    rows = np.minimum((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0], a.shape[0] - 1).astype(int)
-    cols = np.minimum((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1], a.shape[1] - 1).astype(int)
-    return a[rows][:, cols]
 
 
 def mark(picture: np.ndarray, x: float, y: float, radius: int = 6) -> np.ndarray:

@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,13 @@ from omegaconf import OmegaConf
 
 from diffseg.masks import MaskFileError, read_mask_png
 from eval.compare import ImageStats, per_image_miou
-from eval.data.classes import dataset_classes
-from eval.explore.render import resize_nearest
-from eval.report.coco_results import CocoResults, matched_categories
+from eval.report.coco_results import CocoResults
+from eval.report.figures import match_to_classes, resize_nearest
 from eval.run.build import build_dataset
 from eval.run.mask_files import method_stem
 from eval.run.provenance import banner, images_note
 from eval.run.records import METRICS_FILE, load_run_records
+from eval.stats.runs import class_names
 
 __all__ = ["ALL_CLASSES", "RunError", "RunFolder", "compare_runs", "matched_colours"]
 
@@ -93,11 +94,11 @@ class RunFolder:
     def dataset(self) -> str:
         return str((self.metrics.get("run") or {}).get("dataset", "?"))
 
-    @property
+    @cached_property
     def ids(self) -> list[str]:
         return sorted(self.records)
 
-    @property
+    @cached_property
     def methods(self) -> list[str]:
         """Methods in metrics.json order that have per-image records."""
         seen = {m for r in self.records.values() for m in r["methods"]}
@@ -110,10 +111,7 @@ class RunFolder:
 
     @property
     def class_names(self) -> list[str]:
-        names = dataset_classes(self.dataset)
-        if names is not None and len(names) == self.num_classes:
-            return list(names)
-        return [f"class {i}" for i in range(self.num_classes)]
+        return class_names(self.dataset, self.num_classes)
 
     def banner_lines(self) -> tuple[list[str], list[str]]:
         """``(warnings, notes)`` of the run's provenance: the banner (random weights, synthetic data, unknown
@@ -141,10 +139,18 @@ class RunFolder:
 
     def per_image_miou(self) -> dict[str, np.ndarray]:
         """Each method's ``(N,)`` per-image mIoU (x100, NaN where undefined) over :attr:`ids`."""
+        return self._per_image_miou
+
+    @cached_property
+    def _per_image_miou(self) -> dict[str, np.ndarray]:  # the records never change once opened
         return {m: per_image_miou(self.stats(m)) for m in self.methods}
 
     def present(self) -> np.ndarray:
         """``(N, C)`` bool: class c is in image i's label (``tp + fn > 0``, the same for every method)."""
+        return self._present
+
+    @cached_property
+    def _present(self) -> np.ndarray:
         s = self.stats(self.methods[0])
         return (s.tp + s.fn) > 0
 
@@ -162,8 +168,9 @@ class RunFolder:
             if class_filter not in names:
                 raise RunError(f"class {class_filter!r} is not a class of {self.dataset}")
             rows = rows[present[:, names.index(class_filter)]]
+        ids = self.ids
         frame = pd.DataFrame({
-            IMAGE_COLUMN: [self.ids[i] for i in rows],
+            IMAGE_COLUMN: [ids[i] for i in rows],
             CLASSES_COLUMN: [", ".join(n for n, p in zip(names, present[i], strict=True) if p) for i in rows],
         })
         for method, values in self.per_image_miou().items():
@@ -271,28 +278,10 @@ class RunFolder:
 
 
 def matched_colours(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    """Segment ids relabelled for display: a segment the metric matched to a class takes its id.
-
-    Unmatched segments get ids from ``num_classes`` up, so colours agree with the label's where the
-    per-image Hungarian matching pairs them. ``mask`` is resized (nearest) to the label's shape.
-    """
-    if mask.shape != label.shape:
-        mask = resize_nearest(mask, label.shape)
-    categories = matched_categories(mask, label, num_classes)
-    lut = {}
-    spare = num_classes
-    for segment in sorted(categories):
-        cls = categories[segment]
-        hit = cls is not None and bool(((mask == segment) & (label == cls)).any())
-        if hit:
-            lut[segment] = cls
-        else:
-            lut[segment] = spare
-            spare += 1
-    out = np.zeros_like(mask, dtype=np.int64)
-    for segment, value in lut.items():
-        out[mask == segment] = value
-    return out
+    """Segment ids relabelled for display (:func:`eval.report.figures.match_to_classes`: a segment the
+    metric matched to a class takes its id, the others ids from ``num_classes`` up), with ``mask``
+    resized (nearest) to the label's shape."""
+    return match_to_classes(resize_nearest(mask, label.shape), label, num_classes)
 
 
 def compare_runs(a: RunFolder, b: RunFolder) -> tuple[pd.DataFrame, str]:

@@ -90,7 +90,7 @@ def plot_sweep(df: pd.DataFrame, param: str, out_path: str | os.PathLike, banner
     return save_figure(fig, out_path, dpi=120)
 
 
-def _nearest_resize(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize (half-pixel centres) of a 2-D array to ``shape``."""
     if mask.shape == shape:
         return mask
@@ -99,7 +99,7 @@ def _nearest_resize(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
 
 
-def _match_to_classes(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+def match_to_classes(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
     """Relabel segments for display: a segment matched to a GT class takes that class's id.
 
     Unmatched segments get ids from ``num_classes`` upwards, so colours agree with the
@@ -155,15 +155,15 @@ def qualitative_grid(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     for r in range(n):
         img = np.asarray(images[r], dtype=np.uint8)
         hw = img.shape[:2]
-        lab = _nearest_resize(np.asarray(labels[r]).astype(np.int64), hw)
+        lab = resize_nearest(np.asarray(labels[r]).astype(np.int64), hw)
         lab = np.where((lab >= 0) & (lab < num_classes), lab, -1)
         shown.update(int(c) for c in np.unique(lab) if c >= 0)
         gt = overlay(img, lab)
         gt[lab < 0] = 0
         panels = [("image", img), ("ground truth", gt)]
         for name, seq in masks.items():
-            mask = _nearest_resize(np.asarray(seq[r]).astype(np.int64), hw)
-            panels.append((name, overlay(img, _match_to_classes(mask, lab, num_classes))))
+            mask = resize_nearest(np.asarray(seq[r]).astype(np.int64), hw)
+            panels.append((name, overlay(img, match_to_classes(mask, lab, num_classes))))
         for c, (title, panel) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(panel)

@@ -211,7 +211,8 @@ def write_report(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Seq
     pairs_md, pairs_csv = table(*_pair_rows(compare))
     class_md, class_csv = table(*_class_rows(compare))
     written, extremes_md, compare["extremes"] = _figures(compare, stats, ids, out, banner)
-    full = all(v.get("full_run", True) for v in compare["methods"].values())
+    # a seeded method's point is the mean over its seed runs, not any one run's metrics.json
+    full = all(v.get("full_run", True) and not v.get("seed_spread") for v in compare["methods"].values())
     md = ([f"**{banner}**", ""] if banner else []) + [f"# Method comparison: {title}", ""]
     if compare["intersect"]["used"]:
         dropped = ", ".join(f"{n} from `{d}`" for d, n in compare["intersect"]["dropped"].items() if n)
@@ -222,6 +223,7 @@ def write_report(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Seq
         md += ["Seeds: runs whose settings differ only in seeds are one method; its point is the mean over seeds, "
                "`seed SD` the standard deviation of the per-seed scores, the first interval resamples images only, "
                "the last adds the seed variance (Student t, Welch-Satterthwaite degrees of freedom).", ""]
+        md += ["The per-image figures and the worst and best images show each seeded method's first seed run.", ""]
     if compare.get("seed_notes"):
         md += ["Not seed replicates (the same settings of the method in several seed folders):", "",
                *[f"- {n}" for n in compare["seed_notes"]], ""]
