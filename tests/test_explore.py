@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from explore_fixtures import RUN_OVERRIDES, synthetic_run_folder
+from explore_fixtures import RUN_OVERRIDES, disjoint_copy, synthetic_run_folder
 from hydra_compose import compose_eval
 from PIL import Image
 from reference_protocols import release_label_geometry
@@ -291,24 +291,9 @@ def test_diffcut_run_shows_image_and_label_cut_the_diffcut_way(diffcut_run):
     assert any(differs)
 
 
-def _disjoint_copy(source, target):
-    """``source`` copied to ``target`` with every method renamed "<name> [kl_threshold=0.5]" (an ablation's names)."""
-    shutil.copytree(source, target)
-    rename = {m: f"{m} [kl_threshold=0.5]" for m in RunFolder.open(source).methods}
-    metrics = json.loads((target / "metrics.json").read_text())
-    metrics["methods"] = {rename[m]: v for m, v in metrics["methods"].items()}
-    (target / "metrics.json").write_text(json.dumps(metrics))
-    records = read_records(target / "per_image.jsonl")
-    for record in records.values():
-        record["methods"] = {rename[m]: v for m, v in record["methods"].items()}
-    (target / "per_image.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records.values()))
-    shutil.rmtree(target / "masks")
-    return rename
-
-
 def test_two_runs_without_common_methods_side_by_side(synthetic_run, tmp_path):
     other = tmp_path / "ablation"
-    rename = _disjoint_copy(synthetic_run, other)
+    rename = disjoint_copy(synthetic_run, other)
     records = read_records(other / "per_image.jsonl")
     changed = sorted(records)[0]  # the "ablation" does worse on one image
     stats = records[changed]["methods"]["DiffSeg [kl_threshold=0.5]"]
