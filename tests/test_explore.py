@@ -353,3 +353,17 @@ def test_cli_help_names_the_interface(capsys):
     text = capsys.readouterr().out
     for flag in ("--model", "--image", "--port", "--no-browser", "RUN_DIR", "127.0.0.1"):
         assert flag in text
+
+
+def test_serve_on_a_port_taken_after_the_check_is_port_in_use(monkeypatch):
+    gr = pytest.importorskip("gradio")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # Gradio's launch sets it; restored as it was after the test
+    from eval.explore.__main__ import PortInUseError, serve
+
+    with socket.socket() as taken, gr.Blocks() as app:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is in use"):
+            serve(app, port=port, open_browser=False, block=False)
+    app.close()
