@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,8 @@ from hydra_compose import compose_eval
 
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate
+from eval.run.mask_files import method_stem
+from eval.run.records import read_records
 
 RUN_OVERRIDES = [
     "experiment=demo",           # tiny random backbone, synthetic COCO-Stuff layout, save_masks=true
@@ -35,3 +39,20 @@ def synthetic_run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         evaluate(compose_eval([*RUN_OVERRIDES, f"dataset.root={root}", f"paths.output_dir={out}"]))
         _RUNS[key] = out
     return _RUNS[key]
+
+
+def disjoint_copy(source: Path, target: Path) -> dict[str, str]:
+    """``source`` copied to ``target`` with every method renamed "<name> [kl_threshold=0.5]",
+    as an ablation names them: two runs with no method in common. Returns the renaming."""
+    shutil.copytree(source, target)
+    metrics = json.loads((source / "metrics.json").read_text())
+    rename = {m: f"{m} [kl_threshold=0.5]" for m in metrics["methods"]}
+    metrics["methods"] = {rename[m]: v for m, v in metrics["methods"].items()}
+    (target / "metrics.json").write_text(json.dumps(metrics))
+    records = read_records(target / "per_image.jsonl")
+    for record in records.values():
+        record["methods"] = {rename[m]: v for m, v in record["methods"].items()}
+    (target / "per_image.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    for old, new in rename.items():
+        (target / "masks" / method_stem(old)).rename(target / "masks" / method_stem(new))
+    return rename

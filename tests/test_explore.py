@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from explore_fixtures import synthetic_run_folder
+import torch.nn.functional as F
+from explore_fixtures import RUN_OVERRIDES, disjoint_copy, synthetic_run_folder
+from hydra_compose import compose_eval
 from PIL import Image
+from reference_protocols import release_label_geometry
 
 from diffseg import DiffSeg, aggregate_attention
 from diffseg.families import BackboneFamily
 from diffseg.masks import read_mask_png
+from diffseg.preprocess import load_image, load_label, preprocess_label
+from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.explore.__main__ import main as explore_main
 from eval.explore.runs import ALL_CLASSES, RunError, RunFolder, compare_runs, matched_colours
 from eval.explore.session import ImageSession, SegmentParams, weights_from
 from eval.report.coco_results import CocoResults
+from eval.run import evaluate
 from eval.run.cache import AttentionCache
 from eval.run.records import read_records
 
 SIDES = (16, 8, 4)
+REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeBackbone:
@@ -241,6 +252,89 @@ def test_two_runs_differences_sorted(synthetic_run, tmp_path):
         compare_runs(a, RunFolder.open(other))
 
 
+@pytest.fixture(scope="module")
+def diffcut_run(tmp_path_factory):
+    """A finished protocol=diffcut run (DiffSeg only) on 2 synthetic images, labels and masks at 128."""
+    root = tmp_path_factory.mktemp("explore_diffcut_data")
+    write_synthetic_coco_stuff(root, num_images=2, seed=9, size_range=(150, 190))
+    out = tmp_path_factory.mktemp("explore_diffcut_run")
+    evaluate(compose_eval([*RUN_OVERRIDES, "methods.kmeans_c=null", "protocol=diffcut", "protocol.size=128",
+                           f"dataset.root={root}", f"paths.output_dir={out}"]))
+    return out
+
+
+def test_diffcut_run_shows_image_and_label_cut_the_diffcut_way(diffcut_run):
+    run = RunFolder.open(diffcut_run)
+    assert run.metrics["run"]["protocol"] == "diffcut"
+    dataset = run.dataset_object()
+    differs = []
+    for image_id in run.ids:
+        image, label = run.image_and_label(image_id)
+        raw_label = load_label(dataset.label_path(image_id)).numpy()
+        raw_image = load_image(dataset.image_path(image_id))
+        h, w = raw_label.shape
+        # the release's geometry, computed here: crop min(h, w) - 1 at round-half-even offsets, then resizes
+        expected_label = dataset._lut[torch.as_tensor(release_label_geometry(raw_label, 128, 128))].numpy()
+        np.testing.assert_array_equal(label, expected_label)
+        side = min(h, w) - 1
+        top, left = int(np.round((h - side) / 2)), int(np.round((w - side) / 2))
+        crop = raw_image[:, top:top + side, left:left + side].float()[None]
+        resized = F.interpolate(crop, size=(128, 128), mode="bilinear", align_corners=False, antialias=False)[0]
+        expected_image = (resized / 127.5 - 1.0 + 1.0) * 127.5
+        expected_image = expected_image.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+        assert image.shape == (128, 128, 3)
+        assert np.abs(image.astype(int) - expected_image.astype(int)).max() <= 1  # float rounding of the [-1, 1] trip
+        # the label shown is the one the run scored: its classes are the records' (tp + fn > 0)
+        assert set(np.unique(label[label >= 0]).tolist()) == set(np.flatnonzero(run.present_of(image_id)).tolist())
+        # DiffSeg's cut of the same file (centre crop to min(h, w), nearest-exact) is another label
+        differs.append(not np.array_equal(label, dataset._lut[preprocess_label(torch.as_tensor(raw_label), 128)]))
+    assert any(differs)
+
+
+def test_two_runs_without_common_methods_side_by_side(synthetic_run, tmp_path):
+    other = tmp_path / "ablation"
+    rename = disjoint_copy(synthetic_run, other)
+    records = read_records(other / "per_image.jsonl")
+    changed = sorted(records)[0]  # the "ablation" does worse on one image
+    stats = records[changed]["methods"]["DiffSeg [kl_threshold=0.5]"]
+    stats["fn"] = [a + b for a, b in zip(stats["fn"], stats["tp"], strict=True)]
+    stats["tp"] = [0] * len(stats["tp"])
+    (other / "per_image.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    a, b = RunFolder.open(synthetic_run), RunFolder.open(other)
+    assert not set(a.methods) & set(b.methods)
+    frame, note = compare_runs(a, b)
+    assert frame.columns.tolist() == ["image", "A: DiffSeg", "A: K-Means-C", "B: DiffSeg [kl_threshold=0.5]",
+                                      "B: K-Means-C [kl_threshold=0.5]"]
+    assert frame["image"].tolist() == sorted(a.ids) and len(frame) == 3
+    source = read_records(synthetic_run / "per_image.jsonl")
+    for _, row in frame.iterrows():
+        for method, renamed in rename.items():
+            expected_a = _hand_miou(source[row["image"]]["methods"][method])
+            expected_b = _hand_miou(records[row["image"]]["methods"][renamed])
+            assert row[f"A: {method}"] == pytest.approx(round(expected_a, 1))
+            assert row[f"B: {renamed}"] == pytest.approx(round(expected_b, 1))
+    row = frame.set_index("image").loc[changed]
+    assert row["B: DiffSeg [kl_threshold=0.5]"] == 0.0 and row["A: DiffSeg"] > 0
+    assert "no method in common" in note and "DiffSeg [kl_threshold=0.5]" in note and "K-Means-C" in note
+
+
+def _one_line_exit(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eval.explore", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_port_in_use_exits_2_with_one_line(synthetic_run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = _one_line_exit([str(synthetic_run), "--port", str(port), "--no-browser"])
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: port ") and str(port) in lines[0] and "--port" in lines[0]
+    assert done.stdout.strip() == ""
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def test_cli_refuses_clearly(tmp_path, capsys):
     pytest.importorskip("gradio")
@@ -259,3 +353,17 @@ def test_cli_help_names_the_interface(capsys):
     text = capsys.readouterr().out
     for flag in ("--model", "--image", "--port", "--no-browser", "RUN_DIR", "127.0.0.1"):
         assert flag in text
+
+
+def test_serve_on_a_port_taken_after_the_check_is_port_in_use(monkeypatch):
+    gr = pytest.importorskip("gradio")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # Gradio's launch sets it; restored as it was after the test
+    from eval.explore.__main__ import PortInUseError, serve
+
+    with socket.socket() as taken, gr.Blocks() as app:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is in use"):
+            serve(app, port=port, open_browser=False, block=False)
+    app.close()

@@ -16,8 +16,10 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
-from explore_fixtures import synthetic_run_folder
+from explore_fixtures import disjoint_copy, synthetic_run_folder
+from PIL import Image
 
 from eval.run.cache import AttentionCache
 
@@ -109,8 +111,9 @@ def test_one_image_slider_and_click(browser, tmp_path):
     # 256 px input: 32 x 32 attention, so the page is quick on two cores
     session = ImageSession(tiny_backbone(attention_scale=TINY_ATTENTION_SCALE, device="cpu", input_size=256),
                            output_size=256)
-    session.add_path(image)
-    app = build_image_app(session, banner=RANDOM_BANNER, messages=[f"{tmp_path / 'broken.jpg'}: cannot be read"])
+    with Image.open(image) as decoded:  # named as a user names it (no temporary folder in the page)
+        session.add_array(np.asarray(decoded.convert("RGB")), name=image.name)
+    app = build_image_app(session, banner=RANDOM_BANNER)
     url = _serve(app)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
@@ -118,7 +121,8 @@ def test_one_image_slider_and_click(browser, tmp_path):
         page.goto(url)
         page.wait_for_function("() => /\\d+ segments?/.test(document.querySelector('#segment-count')?.innerText)")
         assert "RANDOM WEIGHTS" in page.inner_text("#banner")
-        assert "broken.jpg: cannot be read" in page.inner_text("#startup-errors")
+        assert page.inner_text("#startup-errors").strip() == ""  # a clean page
+        assert page.input_value("#image-choice input") == image.name
         before = _count(page)
 
         page.locator("#kl input[type=range]").fill("0.3")  # move the KL-threshold slider
@@ -151,11 +155,75 @@ def test_one_image_slider_and_click(browser, tmp_path):
         assert "256 anchors" in page.inner_text("#merge-note")
         page.locator("#merge-step input[type=range]").fill("1")
         page.wait_for_function("() => (document.querySelector('#merge-note')?.innerText || '').includes('iteration 1')")
+        page.locator("#merge-step input[type=range]").fill("3")  # the last step: the segments over the image
+        page.wait_for_function("() => (document.querySelector('#merge-note')?.innerText || '').includes('segments')")
+        assert "Error:" not in page.inner_text("body")
         _shot(page, "explore_image.png")
     finally:
         page.close()
         app.close()
         AttentionCache.clear_memory()
+
+
+def test_startup_errors_are_shown_in_the_page(browser, tmp_path):
+    from diffseg.testing.tiny import tiny_backbone
+    from eval.explore.image_app import build_image_app
+    from eval.explore.session import ImageSession
+
+    session = ImageSession(tiny_backbone(device="cpu", input_size=64), output_size=64)  # no image: nothing to segment
+    app = build_image_app(session, messages=[f"{tmp_path / 'broken.jpg'}: cannot be read as an image"])
+    url = _serve(app)
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_function("() => (document.querySelector('#startup-errors')?.innerText || '').includes('broken')")
+        assert "broken.jpg: cannot be read as an image" in page.inner_text("#startup-errors")
+    finally:
+        page.close()
+        app.close()
+
+
+def test_two_runs_without_common_methods_open_side_by_side(browser, tmp_path_factory, tmp_path):
+    from eval.explore.run_app import build_run_app
+    from eval.explore.runs import RunFolder
+
+    run_dir = synthetic_run_folder(tmp_path_factory)
+    other = tmp_path / "ablation"
+    rename = disjoint_copy(run_dir, other)
+    a, b = RunFolder.open(run_dir), RunFolder.open(other)
+    app = build_run_app([str(run_dir), str(other)])
+    url = _serve(app)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_selector('#images-table [data-testid="cell-0-0"]')
+        assert page.inner_text("#status").strip() == ""  # opened, no error
+        banner = page.inner_text("#banner")
+        assert "Run A" in banner and "Run B" in banner
+        page.get_by_role("tab", name="A vs B").click()
+        page.wait_for_selector('#compare-table [data-testid="cell-0-0"]')
+        header = page.inner_text("#compare-table")
+        for method in a.methods:
+            assert f"A: {method}" in header
+        for method in rename.values():
+            assert f"B: {method}" in header
+        assert "no method in common" in page.inner_text("#compare-note")
+        shown = [page.inner_text(f'#compare-table [data-testid="cell-{i}-0"]') for i in range(len(a.ids))]
+        assert shown == sorted(a.ids)
+
+        page.get_by_role("tab", name="Images").click()
+        page.locator('#images-table [data-testid="cell-0-0"]').click()
+        page.wait_for_function("() => document.querySelectorAll('#image-masks img').length >= 4")
+        note = page.inner_text("#image-note")
+        clicked = next(i for i in a.ids if i in note)
+        scores = b.per_image_miou_of(clicked)
+        for method, value in zip(b.methods, scores, strict=True):
+            assert f"{method} mIoU {value:.1f}" in note  # run B's own methods on the same image
+    finally:
+        page.close()
+        app.close()
 
 
 def test_run_sort_and_open_image(browser, tmp_path_factory):

@@ -16,7 +16,7 @@ from PIL import Image
 from reference_protocols import release_image, release_label_geometry, release_labels, to_project_order
 
 from diffseg.masks import read_mask_png
-from eval.data.base import contiguous_lut
+from eval.data.base import UNKNOWN_LABEL, contiguous_lut
 from eval.data.coco_object import coco_stuffthing_to_object_lut
 from eval.data.synthetic import write_synthetic_voc
 from eval.data.voc import Voc21
@@ -70,6 +70,40 @@ def test_diffcut_scoring_equals_the_release_rules(dataset):
         plain = image_stats(torch.as_tensor(pred[None]), torch.as_tensor(lut()[raw][None]), num_classes)[0]
         merged_somewhere |= [plain[k] for k in ("tp", "fp", "fn")] != [stats[k] for k in ("tp", "fp", "fn")]
     assert merged_somewhere  # the two protocols differ on these images
+
+
+def test_diffcut_scoring_ignores_unknown_label_values():
+    """Unknown label values (UNKNOWN_LABEL) count nowhere under protocol=diffcut, as in the release, whose
+    VOC label map passes a value such as 190 through and whose histograms leave it out."""
+    rng = np.random.default_rng(11)
+    raw = _raw_labels("voc", rng)
+    raw[4:12, 8:16] = 190  # a value VOC does not define: unknown, not boundary
+    label = contiguous_lut(21)[raw]
+    label[raw == 190] = UNKNOWN_LABEL
+    unknown = raw == 190
+    base = _prediction(rng)
+    variants = [base.copy() for _ in range(4)]
+    variants[1][unknown] = 0
+    variants[2][unknown] = 41  # the id of the largest segment elsewhere, or a new one
+    variants[3][unknown] = int(base.max()) + 7  # a segment found only on unknown pixels
+    release = release_labels(raw, "voc")
+    release[unknown] = 190  # the release's `-1 if x == 255 else x` keeps it
+    results = []
+    for pred in variants:
+        stats = image_stats(torch.as_tensor(pred[None]), torch.as_tensor(label[None]), 21,
+                            protocol="diffcut", background=0)[0]
+        tp, fp, fn, total = release_image(pred, release, 21, background=True)
+        assert [stats["tp"], stats["fp"], stats["fn"]] == [to_project_order(x).tolist() for x in (tp, fp, fn)]
+        assert stats["valid"] == total == raw.size - int(unknown.sum())
+        results.append([stats["tp"], stats["fp"], stats["fn"]])
+    assert all(r == results[0] for r in results)  # what the prediction holds on unknown pixels changes nothing
+    totals = [int(np.sum(x)) for x in results[0]]
+    assert totals[0] > 0 and totals[1] + totals[2] > 0
+    # the same pixels marked ignore (-1) are background under this protocol: they count
+    ignored = np.where(unknown, -1, label)
+    counted = image_stats(torch.as_tensor(variants[1][None]), torch.as_tensor(ignored[None]), 21,
+                          protocol="diffcut", background=0)[0]
+    assert counted["valid"] == raw.size
 
 
 def test_diffcut_scoring_without_background_is_one_matching():

@@ -11,24 +11,49 @@ One run, or two side by side::
     python -m eval.explore RUN_A RUN_B
 
 The server binds 127.0.0.1 (this machine only) unless ``--host`` says otherwise. Exit status 2
-when the model cannot be loaded, a run folder is missing or unfinished, or Gradio is not
-installed; an unreadable ``--image`` is reported in the page and the log.
+(one line on stderr) when the model cannot be loaded, a run folder is missing or unfinished,
+``--port`` is in use, or Gradio is not installed; an unreadable ``--image`` is reported in the
+page and the log.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from typing import Any
 
-__all__ = ["build_app", "load_backbone", "main", "serve"]
+__all__ = ["PortInUseError", "build_app", "check_port", "load_backbone", "main", "serve"]
 
 log = logging.getLogger("eval.explore")
 DEFAULT_HOST = "127.0.0.1"
 # The tiny random backbone's attention is sharpened as `make demo` does (conf/experiment/demo.yaml),
 # so it gives several segments instead of one.
 TINY_ATTENTION_SCALE = 5.0
+
+
+class PortInUseError(OSError):
+    """The port asked for is taken (the message names it and what to do)."""
+
+
+def _port_message(host: str, port: int) -> str:
+    return f"port {port} on {host} is in use (another explorer or server?): pick another with --port, or leave it out"
+
+
+def check_port(host: str, port: int | None) -> None:
+    """Raise :class:`PortInUseError` when ``port`` cannot be bound on ``host`` (None: Gradio picks a free one).
+
+    Bound as Gradio's own check does (``SO_REUSEADDR``, so a port in TIME_WAIT counts as free).
+    """
+    if port is None:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise PortInUseError(_port_message(host, port)) from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,8 +114,13 @@ def build_app(args: argparse.Namespace) -> Any:
 def serve(app: Any, host: str = DEFAULT_HOST, port: int | None = None, open_browser: bool = True,
           block: bool = True) -> str:
     """Launch ``app`` on ``host:port``; returns its local URL (``block=False`` returns at once)."""
-    _, url, _ = app.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=True,
-                           quiet=True, footer_links=[])
+    try:
+        _, url, _ = app.launch(server_name=host, server_port=port, inbrowser=open_browser,
+                               prevent_thread_lock=True, quiet=True, footer_links=[])
+    except OSError as exc:  # Gradio: "Cannot find empty port" when the port was taken since check_port
+        if port is not None:
+            raise PortInUseError(_port_message(host, port)) from exc
+        raise
     where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "other machines too"
     print(f"DiffSeg explorer on {url} (bound to {host}: reachable from {where})", flush=True)
     if block:
@@ -106,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     try:
+        check_port(args.host, args.port)  # first: before Gradio is imported or a model loaded for nothing
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         import gradio  # noqa: F401
     except ImportError:
         print("error: the explorer needs Gradio: pip install -e '.[explore]' (or make explore)", file=sys.stderr)
@@ -115,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         app = build_app(args)
-    except (RunError, ValueError, BackboneLoadError) as exc:
+        serve(app, args.host, args.port, open_browser=not args.no_browser)
+    except (RunError, ValueError, BackboneLoadError, PortInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    serve(app, args.host, args.port, open_browser=not args.no_browser)
     return 0
 
 

@@ -22,6 +22,8 @@ __all__ = ["build_run_app", "open_runs"]
 
 log = logging.getLogger("eval.explore")
 DESCENDING = "highest first"
+COMPARE_LABEL = "Per-image mIoU differences (largest drops first)"
+SIDE_BY_SIDE_LABEL = "Per-image mIoU of each run's own methods (no method in common)"
 ASCENDING = "lowest first"
 
 
@@ -119,7 +121,7 @@ def _lay_out_run_page(paths: list[str]) -> _RunPage:
                            elem_id="iou-bars")
         with gr.Tab("A vs B", id="compare", visible=False) as compare_tab:
             compare_note = gr.Markdown("", elem_id="compare-note")
-            compare_table = gr.Dataframe(label="Per-image mIoU differences (largest drops first)",
+            compare_table = gr.Dataframe(label=COMPARE_LABEL,
                                          interactive=False, max_height=420, elem_id="compare-table")
     return _RunPage(folders=folders, open_button=open_button, banner=banner, status=status, runs_state=runs_state,
                     which=which, class_filter=class_filter, sort_by=sort_by, order=order, table=table,
@@ -153,11 +155,13 @@ def _wire_open(app: gr.Blocks, page: _RunPage, workdir: Path) -> None:
         frame = run.table(None, run.methods[0], descending=True)
         ids = frame[IMAGE_COLUMN].tolist()
         compare_frame, note = comparison if comparison is not None else (pd.DataFrame(), "")
+        label = (COMPARE_LABEL if "B - A" in compare_frame.columns else SIDE_BY_SIDE_LABEL)
         return (runs, _banner(runs), gr.update(choices=tags, value=tags[0], visible=len(runs) > 1),
                 gr.update(choices=[ALL_CLASSES, *run.class_names], value=ALL_CLASSES),
                 gr.update(choices=[IMAGE_COLUMN, *run.methods], value=run.methods[0]),
                 gr.update(value=DESCENDING), frame, gr.update(choices=ids, value=None),
-                _iou_picture(run, workdir), gr.update(visible=comparison is not None), note, compare_frame, "")
+                _iou_picture(run, workdir), gr.update(visible=comparison is not None), note,
+                gr.update(value=compare_frame, label=label), "")
 
     load_outputs = [page.runs_state, page.banner, page.which, page.class_filter, page.sort_by, page.order,
                     page.table, page.image_id, page.iou, page.compare_tab, page.compare_note, page.compare_table,
@@ -207,6 +211,19 @@ def _wire_table(page: _RunPage, workdir: Path) -> None:
     page.table.select(row_clicked, None, page.image_id)
 
 
+def _other_run_scores(runs: list[RunFolder], run: RunFolder, image_id: str) -> str:
+    """`` · B (name): method mIoU x, ...``: the other open run's methods on ``image_id`` (empty with one run)."""
+    others = [(tag, r) for tag, r in zip("AB", runs, strict=False) if r is not run]
+    if len(runs) < 2 or not others:
+        return ""
+    tag, other = others[0]
+    if image_id not in other.records:
+        return f" · run {tag} ({other.name}) did not evaluate this image"
+    values = ", ".join(f"{m} mIoU {v:.1f}" for m, v in zip(other.methods, other.per_image_miou_of(image_id),
+                                                             strict=True))
+    return f" · run {tag} ({other.name}): {values}"
+
+
 def _wire_image(page: _RunPage) -> None:
     """The chosen image is shown with its label and every method's saved mask, coloured by matched class."""
 
@@ -219,6 +236,7 @@ def _wire_image(page: _RunPage) -> None:
         scores = {m: v for m, v in zip(run.methods, run.per_image_miou_of(chosen), strict=True)}
         present = [n for n, p in zip(run.class_names, run.present_of(chosen), strict=True) if p]
         note = f"**{chosen}** · classes in the label: {', '.join(present) or 'none'}"
+        note += _other_run_scores(runs, run, chosen)
         try:
             shown, label = run.image_and_label(chosen)
         except RunError as exc:
@@ -241,7 +259,8 @@ def _wire_image(page: _RunPage) -> None:
             note += f" · this run {what} {', '.join(missing)}"
             if run.mask_format() is None:
                 note += " (run with save_masks=true to keep them)"
-        note += " · masks coloured by the class the metric matched each segment to"
+        note += (f" · image and label cut as the run's {run.protocol} protocol cuts them; masks coloured by the "
+                 "class the metric matched each segment to")
         log.info("%s: image %s", run.path, chosen)
         return gr.update(value=items), note, ""
 

@@ -9,12 +9,14 @@ tp / fp / fn per class on every image). From them :class:`RunFolder` gives
   the label (``tp + fn > 0``), sortable and filterable by class;
 * the run's per-class IoU (``metrics.json``) and its provenance banner (random weights,
   synthetic data, partial data, settings other than the paper's; :mod:`eval.run.provenance`);
-* an image, its label (through the run's own dataset config) and each method's saved mask:
+* an image, its label (through the run's own dataset config, cut and resized with the geometry of
+  the run's protocol, :func:`eval.metrics.protocols.apply_protocol`) and each method's saved mask:
   ``masks/<method>/<id>.png`` (``save_masks=true``) or COCO RLE results (a JSON list of
   :mod:`eval.report.coco_results` records under ``masks/``), coloured by the class each segment is
   matched to (the metric's Hungarian matching).
 
-:func:`compare_runs` lists the per-image differences of two runs of one dataset, sorted.
+:func:`compare_runs` lists the per-image differences of two runs of one dataset, sorted, or,
+for two runs with no method in common, each run's own methods per image side by side.
 Every problem is a :class:`RunError` whose message names the path and what to do.
 """
 
@@ -34,6 +36,7 @@ from omegaconf import OmegaConf
 
 from diffseg.masks import MaskFileError, read_mask_png
 from eval.compare import ImageStats, per_image_miou
+from eval.metrics.protocols import ProtocolError, apply_protocol
 from eval.report.coco_results import CocoResults
 from eval.report.figures import match_to_classes, resize_nearest
 from eval.run.build import build_dataset
@@ -240,10 +243,18 @@ class RunFolder:
         return None
 
     # ---------------------------------------------------------------------------------- image and label
+    @property
+    def protocol(self) -> str:
+        """The protocol whose geometry cut the run's images and labels (``run.geometry`` of a re-scored run)."""
+        info = self.metrics.get("run") or {}
+        return str(info.get("geometry") or info.get("protocol") or "diffseg")
+
     def dataset_object(self) -> Any:
-        """The run's dataset, built from ``metrics.json["config"]`` (every id, no limit or shard)."""
+        """The run's dataset, built from ``metrics.json["config"]`` (every id, no limit or shard), with the
+        geometry of the run's protocol (as the runner gives it, :func:`eval.metrics.protocols.apply_protocol`)."""
         if self._dataset is None:
-            node = (self.metrics.get("config") or {}).get("dataset")
+            config = self.metrics.get("config") or {}
+            node = config.get("dataset")
             if not isinstance(node, dict) or not ("_target_" in node or isinstance(node.get("dataset"), dict)):
                 raise RunError(f"{self.path / METRICS_FILE}: no dataset config recorded, so the images cannot be "
                                "found")
@@ -251,10 +262,15 @@ class RunFolder:
             if isinstance(node.get("dataset"), dict):  # a config saved before the dataset node was flattened
                 node["dataset"] = {**node["dataset"], "limit": None, "shard": None}
             try:
-                self._dataset = build_dataset(OmegaConf.create(node))
+                dataset = build_dataset(OmegaConf.create(node))
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RunError(f"the images of {self.path} are not available: {exc} (start the explorer from "
                                "the folder the run was started in, or prepare the dataset)") from exc
+            try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
+                apply_protocol(OmegaConf.create({**config, "dataset": node}), dataset)
+            except ProtocolError as exc:
+                raise RunError(f"{self.path / METRICS_FILE}: the run's protocol cannot be applied ({exc})") from exc
+            self._dataset = dataset
         return self._dataset
 
     def image_and_label(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -285,30 +301,38 @@ def matched_colours(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np
 
 
 def compare_runs(a: RunFolder, b: RunFolder) -> tuple[pd.DataFrame, str]:
-    """Per-image mIoU of the methods both runs have, on the images both evaluated, sorted by B - A.
+    """Per-image mIoU of two runs of one dataset on the images both evaluated.
 
-    Returns the table (columns image, method, A, B, B - A; the largest drops first) and a note
-    on what it covers. Raises :class:`RunError` for runs of different datasets or with no method
-    or image in common.
+    With methods in common: those methods' per-image mIoU in A and B, sorted by B - A (columns
+    image, method, A, B, B - A; the largest drops first). With none in common (a run and its
+    ablation, two runs of different methods): one row per image, each run's own methods side by
+    side (columns image, ``A: <method>`` ..., ``B: <method>`` ...). Returns the table and a note on
+    what it covers. Raises :class:`RunError` for runs of different datasets or with no image in common.
     """
     if a.dataset != b.dataset:
         raise RunError(f"{a.path} is a {a.dataset} run and {b.path} a {b.dataset} run: per-image differences "
                        "need runs of one dataset")
-    methods = [m for m in a.methods if m in b.methods]
-    if not methods:
-        raise RunError(f"{a.path} ({', '.join(a.methods)}) and {b.path} ({', '.join(b.methods)}) have no method "
-                       "in common")
     ids = sorted(set(a.ids) & set(b.ids))
     if not ids:
         raise RunError(f"{a.path} and {b.path} evaluated no image in common")
-    rows = []
-    for method in methods:
-        va, vb = per_image_miou(a.stats(method, ids)), per_image_miou(b.stats(method, ids))
-        for image_id, x, y in zip(ids, va, vb, strict=True):
-            rows.append({IMAGE_COLUMN: image_id, "method": method, f"A: {a.name}": round(float(x), 1),
-                         f"B: {b.name}": round(float(y), 1), "B - A": round(float(y - x), 1)})
-    frame = pd.DataFrame(rows).sort_values(["B - A", "method", IMAGE_COLUMN], na_position="last", kind="stable")
-    note = f"{len(ids)} images evaluated by both runs, methods {', '.join(methods)}"
+    methods = [m for m in a.methods if m in b.methods]
+    if methods:
+        rows = []
+        for method in methods:
+            va, vb = per_image_miou(a.stats(method, ids)), per_image_miou(b.stats(method, ids))
+            for image_id, x, y in zip(ids, va, vb, strict=True):
+                rows.append({IMAGE_COLUMN: image_id, "method": method, f"A: {a.name}": round(float(x), 1),
+                             f"B: {b.name}": round(float(y), 1), "B - A": round(float(y - x), 1)})
+        frame = pd.DataFrame(rows).sort_values(["B - A", "method", IMAGE_COLUMN], na_position="last",
+                                               kind="stable")
+        note = f"{len(ids)} images evaluated by both runs, methods {', '.join(methods)}"
+    else:
+        frame = pd.DataFrame({IMAGE_COLUMN: ids})
+        for tag, run in (("A", a), ("B", b)):
+            for method in run.methods:
+                frame[f"{tag}: {method}"] = np.round(per_image_miou(run.stats(method, ids)), 1)
+        note = (f"{len(ids)} images evaluated by both runs; no method in common, so each run's own methods per "
+                f"image: A ({a.name}): {', '.join(a.methods)}; B ({b.name}): {', '.join(b.methods)}")
     dropped = len(set(a.ids) ^ set(b.ids))
     if dropped:
         note += f" ({dropped} images evaluated by only one run left out)"

@@ -32,7 +32,10 @@ fp (which absent class gets them is a tie, decided by the solver).
 DiffCut's protocol (``protocol="diffcut"``, :func:`diffcut_match`) scores the same
 histograms differently on datasets with a background class: a first matching without
 background, every segment left without a present class merged into one, and
-background, boundary and unlabelled pixels all counted as background.
+background, boundary and unlabelled pixels all counted as background. Unknown label
+values (:data:`eval.data.base.UNKNOWN_LABEL`: neither a class nor an ignore value of the
+dataset) stay ignored under both protocols, as the release's histogram ignores every value
+outside its classes.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from eval.data.base import UNKNOWN_LABEL
 from eval.stats.scores import scores as stats_scores
 
 NUM_CLASSES = 27
@@ -167,14 +171,18 @@ def diffcut_match(pred: Any, label: Any, num_classes: int, background: int | Non
     Args:
         pred: (H, W) non-negative segment ids.
         label: (H, W) classes in this project's convention: ``background`` is the background
-            class, values outside ``[0, num_classes)`` (-1, 255) are ignore/boundary pixels.
+            class, :data:`~eval.data.base.UNKNOWN_LABEL` (-2) marks unknown values, every other
+            value outside ``[0, num_classes)`` (-1, 255) is an ignore/boundary pixel.
         num_classes: N, background included.
         background: the background class, or None for a dataset without one.
 
     Without a background class: one Hungarian matching over the N classes, ignore pixels
     excluded (as DiffSeg's protocol). With one (VOC, Context, COCO-Object), the release's
     label space puts the N - 1 other classes first, in order, and turns background,
-    boundary and unlabelled pixels alike into -1. Then:
+    boundary and unlabelled pixels alike into -1; an unknown value (a file value that is
+    neither a class nor an ignore value, e.g. 190 in a VOC label) passes through the release's
+    label map unchanged and lies outside its classes, so its pixels are left out of both
+    histograms (they count nowhere, whatever ``pred`` holds there). Then:
 
     1. a Hungarian matching over the N - 1 classes on the pixels that are not -1;
     2. the classes whose row of the histogram, re-ordered by the matching, has a positive
@@ -205,6 +213,8 @@ def diffcut_match(pred: Any, label: Any, num_classes: int, background: int | Non
     inside = (label_np >= 0) & (label_np < num_classes)
     released = np.full_like(label_np, -1)
     released[inside] = to_release[label_np[inside]]
+    unknown = label_np == UNKNOWN_LABEL
+    released[unknown] = num_classes  # outside the classes of both matchings: never counted
     # 1-2: first matching over the non-background classes; unassigned segments become one new id
     first = confusion_histogram(pred_np, released, num_classes - 1)
     match = hungarian_match(first)
@@ -213,7 +223,7 @@ def diffcut_match(pred: Any, label: Any, num_classes: int, background: int | Non
     merged_id = int(pred_np.max()) + 1 if pred_np.size else 0
     merged = np.array([int(s) not in assigned for s in segments], dtype=bool)
     relabelled = np.where(np.isin(pred_np, segments[merged]), merged_id, pred_np)
-    # 3-4: background, boundary and unlabelled pixels -> class N - 1, then the final matching
+    # 3-4: background, boundary and unlabelled pixels (not unknown ones) -> class N - 1, then the final matching
     released[released == -1] = num_classes - 1
     final = confusion_histogram(relabelled, released, num_classes)
     tp_r, fp_r, fn_r = match_stats(final)
@@ -247,7 +257,7 @@ def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES, backgro
         protocol: the scoring rules, one of :data:`PROTOCOLS`: ``"diffseg"`` (every class
             matched once per image, ignore pixels excluded) or ``"diffcut"``
             (:func:`diffcut_match`: on a dataset with a background class, background,
-            boundary and unlabelled pixels all count as background).
+            boundary and unlabelled pixels all count as background; unknown values stay ignored).
 
     Returns:
         One dict per image, ``{"tp": [int] * C, "fp": [int] * C, "fn": [int] * C,
