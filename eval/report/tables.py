@@ -38,6 +38,7 @@ from eval.report.ledger import Claim, claims_for, load_ledger, render_claims
 from eval.report.markdown import markdown_rows, slug
 from eval.run.provenance import banner, images_note, method_label, protocol_key
 from eval.stats.report import na_text
+from eval.stats.runs import ids_sha256
 
 MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "protocol", "claims", "notes"]
 PAPER_NOTE = ("Claims: numbers published by others for the same method, dataset and protocol "
@@ -108,10 +109,12 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
     Where ``compare_dir`` holds an ``eval.compare`` output over a run's images, the
     columns ``ACC 95% CI`` and ``mIoU 95% CI`` give its bootstrap intervals, labelled with the
     level the compare output used (``ACC 90% CI`` after ``--confidence 0.9``); a refused
-    interval reads ``n/a (3 images)``.
+    interval reads ``n/a (3 images)``. An interval whose compare output no longer matches the
+    run's metrics.json (other image set or point estimates) reads ``n/a (stale compare output)``
+    and the notes cell says why.
     """
     ledger = load_ledger() if ledger is None else ledger
-    entries = []
+    entries, metrics_of = [], {}
     for run in runs:
         info = _info(run)
         if info.get("dataset") != dataset or info.get("ablation") is not None or protocol_key(run) != protocol:
@@ -119,11 +122,12 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
         for method, m in (run.get("methods") or {}).items():
             entries.append((method, method_label(method, run), str(info.get("model", "?")), _run_dir(run), m,
                             images_note(run), info.get("subset")))
+            metrics_of[_run_dir(run)] = run
     counts: dict[Any, int] = {}
     for _, label, model, _, _, _, _ in entries:
         counts[label] = counts.get(label, 0) + 1
         counts[(label, model)] = counts.get((label, model), 0) + 1
-    intervals = {d: load_intervals(compare_dir, d) if compare_dir is not None else {}
+    intervals = {d: load_intervals(compare_dir, d, metrics=metrics_of[d]) if compare_dir is not None else {}
                  for d in {e[3] for e in entries}}
     rows, labels, row_claims, numbers = [], [], [], {}
     subsets = {e[3]: e[6] for e in entries}
@@ -149,6 +153,8 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
         ci = intervals[run_dir].get(method)
         if ci is not None:
             rows[-1].update(_interval_cells(ci))
+            if ci.get("stale"):
+                rows[-1]["notes"] = "; ".join(filter(None, [rows[-1]["notes"], f"interval not shown: {ci['stale']}"]))
     columns = list(MAIN_COLUMNS)
     columns[2:2] = list(dict.fromkeys(k for r in rows for k in r if k.endswith(" CI")))
     df = pd.DataFrame(rows, index=pd.Index(labels, name="method"), columns=columns)
@@ -160,6 +166,8 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
 def _interval_cells(ci: dict[str, Any]) -> dict[str, str]:
     """``{"ACC 95% CI": "[42.1, 45.0]", "mIoU 95% CI": "n/a (3 images)"}``: the level is the compare output's."""
     level = f"{100 * float(ci.get('confidence', 0.95)):g}%"
+    if ci.get("stale"):
+        return {f"{column} {level} CI": "n/a (stale compare output)" for column in ("ACC", "mIoU")}
     cells = {}
     for column, metric in (("ACC", "acc"), ("mIoU", "miou")):
         bounds, refused = ci.get(metric), (ci.get("refused") or {}).get(metric)
@@ -452,17 +460,23 @@ def _source_fingerprint(run: dict[str, Any]) -> str | None:
 def protocol_sensitivity_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     """Methods x protocols on the same predictions: a run and its re-scorings (:mod:`eval.rescore`).
 
-    Groups runs by the fingerprint of the run that made the masks; a group with more than one
-    protocol gives a table with rows = methods and columns ``'<protocol> ACC'`` /
-    ``'<protocol> mIoU'``, the source run's protocol first. Keys are ``<dataset>_<fingerprint>``.
+    Groups runs by the fingerprint of the run that made the masks and by the image set scored
+    (:func:`image_set`: a run extended after its re-scoring has other images than the
+    re-scoring); a group with more than one protocol gives a table with rows = methods and
+    columns ``'<protocol> ACC'`` / ``'<protocol> mIoU'``, the source run's protocol first.
+    Keys are ``<dataset>_<fingerprint>`` (plus ``_<n>images`` where the same masks were
+    scored on several image sets); runs left out for their image set are named in the notes.
     """
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, tuple[int | None, str | None]], list[dict[str, Any]]] = {}
     for run in runs:
         fp = _source_fingerprint(run)
         if fp is not None and _info(run).get("ablation") is None:
-            groups.setdefault(fp, []).append(run)
+            groups.setdefault((fp, image_set(run)), []).append(run)
+    sets_per_fp: dict[str, int] = {}
+    for fp, _ in groups:
+        sets_per_fp[fp] = sets_per_fp.get(fp, 0) + 1
     tables: dict[str, pd.DataFrame] = {}
-    for fp, group in groups.items():
+    for (fp, images), group in groups.items():
         group = sorted(group, key=lambda r: "rescored" in (r.get("provenance") or {}))  # the source first
         protocols = list(dict.fromkeys(protocol_key(r) for r in group))
         if len(protocols) < 2:
@@ -476,10 +490,25 @@ def protocol_sensitivity_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.
                 data[m][f"{protocol_key(run)} mIoU"] = _num(scores.get("miou"))
         df = pd.DataFrame([data[m] for m in methods], index=pd.Index(methods, name="method"), columns=columns)
         dataset = str(_info(group[0]).get("dataset"))
+        others = [f"{_run_dir(r)} ({image_set(r)[0]} images) left out: not the {images[0]} images of this table"
+                  for (ofp, oimages), og in groups.items() if ofp == fp and oimages != images for r in og]
         df.attrs.update(dataset=dataset, fingerprint=fp, runs=[_run_dir(r) for r in group], banner=banner(group),
-                        notes=_group_notes(group))
-        tables[f"{dataset}_{fp}"] = df
+                        notes=_group_notes(group) + others)
+        key = f"{dataset}_{fp}" if sets_per_fp[fp] == 1 else f"{dataset}_{fp}_{images[0]}images"
+        tables[key if key not in tables else f"{key}_{(images[1] or '')[:8]}"] = df
     return tables
+
+
+def image_set(run: dict[str, Any]) -> tuple[int | None, str | None]:
+    """``(count, sha256)`` of the images a metrics.json's numbers rest on (count only for older files)."""
+    ids = run.get("image_ids")
+    if isinstance(ids, list):
+        return len(ids), ids_sha256(ids)
+    evaluated = ((run.get("provenance") or {}).get("images") or {}).get("evaluated")
+    if evaluated is None:
+        counts = {m.get("images") for m in (run.get("methods") or {}).values() if isinstance(m, dict)}
+        evaluated = counts.pop() if len(counts) == 1 else None
+    return evaluated, None
 
 
 def _write_sensitivity(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], str]:

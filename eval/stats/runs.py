@@ -9,6 +9,7 @@ times: their methods become one method with several seed runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -20,8 +21,8 @@ from eval.data.classes import dataset_classes
 from eval.run.records import METRICS_FILE, load_run_records
 from eval.stats.analysis import ImageStats
 
-__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "load_run", "method_groups", "method_settings",
-           "seed_groups"]
+__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "ids_sha256", "load_run", "method_groups",
+           "method_settings", "seed_groups"]
 
 IDENTITY_FILE = "run.json"  # eval.run.identity.IDENTITY_FILE (that module imports torch; this one must not)
 
@@ -116,6 +117,11 @@ def load_run(path: str | os.PathLike) -> Run:
         raise CompareError(f"{path}: no per-image records (per_image.jsonl); this run cannot be compared")
     settings = {"settings": identity["settings"], "data": identity.get("data")} if "settings" in identity else None
     return Run(path, meta, records, settings)
+
+
+def ids_sha256(ids: Sequence[str]) -> str:
+    """sha256 (hex) of an image set: its sorted ids joined by newlines (the same for any order of ``ids``)."""
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode("utf-8")).hexdigest()
 
 
 def _first(ids: Sequence[str], count: int = 5) -> str:
