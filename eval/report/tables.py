@@ -24,7 +24,6 @@ import math
 import numbers
 import os
 import sys
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,31 +216,43 @@ def expand_method_ablations(runs: Sequence[dict[str, Any]]) -> list[dict[str, An
             if key not in virtual:
                 info = {**_info(run), "ablation": {"param": tag["param"], "value": tag.get("value")}}
                 # _in_run: the tag sits in the method's own config node, beside the setting it names
-                virtual[key] = {**run, "run": info, "methods": {}, "_in_run": True}
-            virtual[key]["methods"][str(tag.get("method", name))] = metrics
+                virtual[key] = {**run, "run": info, "methods": {}, "_in_run": True, "_variants": {}}
+            base = str(tag.get("method", name))
+            if base in virtual[key]["methods"]:
+                raise ValueError(f"{_run_dir(run)}: methods {virtual[key]['_variants'][base]!r} and {name!r} are both "
+                                 f"tagged {tag['param']}={tag.get('value')} of {base}; give each variant its own value")
+            virtual[key]["methods"][base] = metrics
+            virtual[key]["_variants"][base] = name
         out.extend(virtual.values())
     return out
 
 
 _ABSENT = object()  # a method without the swept setting (e.g. K-Means in a KL-threshold sweep)
 _UNRECORDED = object()  # no recorded setting names the swept parameter: the run's tag is all there is
+MODEL_PARAMS = ("backbone", "model")  # sweeps over the model: rows are model ids (``run.model``)
+_PARAM_SETTINGS = {"anchors": "num_points"}  # a sweep label -> the recorded setting it names
+_SHARED_SECTIONS = ("model", "aggregation")  # run-wide settings of the attention pass every method reads
 
 
 def _find_leaf(node: Any, key: str) -> Any:
-    """The value at dotted ``key`` of ``node``, else of the unique leaf named ``key`` below it; else _UNRECORDED."""
+    """The scalar at dotted ``key`` of ``node``, else of the unique leaf named ``key`` below it; else _UNRECORDED.
+
+    A config node (dict or list) is no setting value: it counts as unrecorded.
+    """
+    key = _PARAM_SETTINGS.get(key, key)
     here = node
     for part in key.split("."):
         if not isinstance(here, dict) or part not in here:
             break
         here = here[part]
     else:
-        return here
+        return _UNRECORDED if isinstance(here, dict | list) else here
     found = []
 
     def walk(n: Any) -> None:
         if isinstance(n, dict):
             for k, v in n.items():
-                if k == key and not isinstance(v, dict):
+                if k == key and not isinstance(v, dict | list):
                     found.append(v)
                 walk(v)
 
@@ -255,53 +266,84 @@ def _method_nodes(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(n.get("name") or k): n for k, n in nodes.items() if isinstance(n, dict)}
 
 
+def model_id(run: dict[str, Any]) -> str:
+    """The model a run used: ``run.model`` (the hub id or folder), else ``config.model.name``; ``?`` if neither."""
+    return str(_info(run).get("model") or ((run.get("config") or {}).get("model") or {}).get("name") or "?")
+
+
 def own_setting(run: dict[str, Any], method: str, param: str) -> Any:
     """The value of the swept ``param`` that ``method`` itself ran with, from the run's recorded config.
 
-    Searched in the method's own node first (``segmenter.kl_threshold``, ``features.timestep``);
-    a setting that other methods of the run have and this one lacks gives ``_ABSENT``; then the
-    run-wide nodes (``model``, ``dataset``, ``aggregation``); ``_UNRECORDED`` when no recorded
-    setting has that name (a label such as ``backbone``, which the sweep resolves from ``model.name``).
+    A model sweep (``backbone``, ``model``) gives the model id (:func:`model_id`). Otherwise
+    the method's own node first (``segmenter.kl_threshold``, ``features.timestep``; a null
+    there defers to the run-wide value of the same name, e.g. DiffCut reading the shared pass),
+    then the run-wide settings of the attention pass every method reads (``model``,
+    ``aggregation``: DiffSeg's timestep is ``model.timestep``); a setting that other methods'
+    nodes have and neither this one's nor the shared ones gives ``_ABSENT`` (K-Means in a
+    KL-threshold sweep); then ``dataset``; ``_UNRECORDED`` when no recorded setting has that name.
     """
+    if param in MODEL_PARAMS:
+        return model_id(run)
     config = run.get("config") or {}
     nodes = _method_nodes(run)
+    shared = _UNRECORDED
+    for section in _SHARED_SECTIONS:
+        shared = _find_leaf(config.get(section) or {}, param)
+        if shared is not _UNRECORDED:
+            break
     if method in nodes:
         value = _find_leaf(nodes[method], param)
         if value is not _UNRECORDED:
-            return value
-        if any(_find_leaf(n, param) is not _UNRECORDED for name, n in nodes.items() if name != method):
-            return _ABSENT
-    for section in ("model", "aggregation", "dataset"):
-        value = _find_leaf(config.get(section) or {}, param)
-        if value is not _UNRECORDED:
-            return value
-    return _UNRECORDED
+            return shared if value is None and shared is not _UNRECORDED else value
+    if shared is not _UNRECORDED:
+        return shared
+    if method in nodes and any(_find_leaf(n, param) is not _UNRECORDED for name, n in nodes.items() if name != method):
+        return _ABSENT
+    return _find_leaf(config.get("dataset") or {}, param)
+
+
+def _variant_setting(run: dict[str, Any], method: str, param: str) -> Any:
+    """The value an in-run variant of ``method`` ran with: its own node's setting, else the run's tag."""
+    variant = (run.get("_variants") or {}).get(method, method)
+    node = _method_nodes(run).get(variant)
+    value = _find_leaf(node, param) if node is not None else _UNRECORDED
+    return value if value is not _UNRECORDED and value is not None else _info(run)["ablation"].get("value")
+
+
+def _seed(run: dict[str, Any]) -> Any:
+    """The run's ``seed`` setting (None where not recorded)."""
+    return (run.get("config") or {}).get("seed")
 
 
 def _sweep_cells(group: list[dict[str, Any]], param: str, name: str) -> tuple[dict[str, dict[Any, dict]], list[str]]:
-    """``{method: {own value: (scores, run)}}`` of a run-level sweep, and notes on methods it did not vary.
+    """``{method: {own value: (scores, run)}}`` of a sweep, and notes on methods it did not vary.
 
-    Each method's numbers go to the row of the value it ran with (:func:`own_setting`), never
-    to the row of the run's ``ablation`` tag; a method whose own value is the same in every run
-    (or that has no such setting) was not varied by the sweep and is left out with a note.
+    Each method's numbers go to the row of the value it ran with (:func:`own_setting`; an in-run
+    variant's own node, :func:`_variant_setting`), never to the row of the ``ablation`` tag; a
+    method whose own value is the same in every run (or that has no such setting) was not
+    varied by the sweep and is left out with a note. Two runs giving one method the same value
+    are refused (ValueError naming both folders): the table cannot say which one it shows.
     """
     cells: dict[str, dict[Any, tuple[dict, dict]]] = {}
     own: dict[str, list[Any]] = {}
+    collisions: list[tuple[str, Any, dict, dict]] = []
     for run in group:
         tag_value = _hashable(_info(run)["ablation"].get("value"))
         in_run = bool(run.get("_in_run"))
         for method, scores in (run.get("methods") or {}).items():
-            value = tag_value if in_run else own_setting(run, method, param)
+            value = _variant_setting(run, method, param) if in_run else own_setting(run, method, param)
             value = tag_value if value is _UNRECORDED else value
             own.setdefault(method, []).append(value)
             if value is _ABSENT:
                 continue
             value = _hashable(value)
             if value in cells.setdefault(method, {}):
+                collisions.append((method, value, cells[method][value][1], run))
                 continue
             cells[method][value] = (scores, run)
     notes = []
     rows = {v for per in cells.values() for v in per}
+    varied = set()
     for method, values in own.items():
         if any(v is _ABSENT for v in values):
             cells.pop(method, None)
@@ -309,31 +351,45 @@ def _sweep_cells(group: list[dict[str, Any]], param: str, name: str) -> tuple[di
         elif len(group) > 1 and len(rows) > 1 and len({_hashable(v) for v in values}) == 1:
             cells.pop(method, None)
             notes.append(f"{method}: ran at {param}={values[0]} in every run of the sweep; not varied, left out")
-        elif len({_hashable(v) for v in values}) < len(values):
-            warnings.warn(f"ablation {name}: {method} ran at the same {param} in several runs; keeping the first",
-                          stacklevel=3)
+        else:
+            varied.add(method)
+    for method, value, first, second in collisions:
+        if method in varied:
+            where = _run_dir(first) if first is second else f"{_run_dir(first)} and {_run_dir(second)}"
+            raise ValueError(f"ablation {name}: {method} ran at {param}={value} in {where} "
+                             f"(model {model_id(first)}); one row cannot hold both, give the tables one of them")
     return cells, notes
 
 
 def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """One table per ablation group (runs sharing ``run.name`` and dataset).
+    """One table per ablation group (runs sharing ``run.name``, dataset, protocol, model and seed).
 
     Keys are the swept parameter (``<param>_<dataset>`` if a parameter was swept on
-    several datasets); rows = swept values, sorted; columns ``'<method> ACC'`` and
-    ``'<method> mIoU'``. A method's numbers sit in the row of the value it ran with, read
-    from its recorded settings (:func:`own_setting`), not from the sweep's ``ablation`` tag;
-    methods the sweep did not vary are left out and named in ``df.attrs["notes"]``.
-    ``df.attrs`` holds param, dataset, name, runs (folders), banner and notes.
+    several datasets; ``_<model>`` / ``_seed<n>`` added where one run name holds several
+    models or seeds); rows = swept values, sorted (model ids in a ``backbone`` sweep); columns
+    ``'<method> ACC'`` and ``'<method> mIoU'``. A method's numbers sit in the row of the value
+    it ran with, read from its recorded settings (:func:`own_setting`), not from the sweep's
+    ``ablation`` tag; methods the sweep did not vary are left out and named in ``df.attrs["notes"]``.
+    ``df.attrs`` holds param, dataset, name, model, seed, runs (folders), banner and notes.
+
+    Raises:
+        ValueError: two runs of one group give a method the same value (:func:`_sweep_cells`).
     """
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str, Any], list[dict[str, Any]]] = {}
     for run in expand_method_ablations(runs):
         info = _info(run)
         if info.get("ablation") is None:
             continue
-        groups.setdefault((str(info.get("name")), str(info.get("dataset")), protocol_key(run)), []).append(run)
-    params = [str(_info(g[0])["ablation"].get("param", name)) for (name, _, _), g in groups.items()]
+        param = str(info["ablation"].get("param"))
+        model = "*" if param in MODEL_PARAMS else model_id(run)
+        groups.setdefault((str(info.get("name")), str(info.get("dataset")), protocol_key(run), model,
+                           json.dumps(_seed(run))), []).append(run)
+    params = [str(_info(g[0])["ablation"].get("param", name)) for (name, *_), g in groups.items()]
+    per_name: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    for name, dataset, protocol, model, seed in groups:
+        per_name.setdefault((name, dataset, protocol), []).append((model, seed))
     tables: dict[str, pd.DataFrame] = {}
-    for ((name, dataset, protocol), group), param in zip(groups.items(), params, strict=True):
+    for ((name, dataset, protocol, model, seed), group), param in zip(groups.items(), params, strict=True):
         cells, sweep_notes = _sweep_cells(group, param, name)
         methods = list(cells)
         values = sorted({v for per in cells.values() for v in per}, key=_value_key)
@@ -350,13 +406,22 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
             for m in methods:
                 if v in cells[m] and cells[m][v][1] not in used:
                     used.append(cells[m][v][1])
-        df = pd.DataFrame(data, index=pd.Index(values, name=param, dtype=object), columns=columns)
+        label = "model" if param in MODEL_PARAMS else param
+        df = pd.DataFrame(data, index=pd.Index(values, name=label, dtype=object), columns=columns)
+        siblings = per_name[(name, dataset, protocol)]
+        seed_value = json.loads(seed)
         df.attrs.update(param=param, dataset=dataset, name=name, protocol=protocol,
+                        model=None if model == "*" else model, seed=seed_value,
                         runs=list(dict.fromkeys(_run_dir(r) for r in used)),
                         banner=banner(group), notes=_group_notes(used) + sweep_notes)
-        key = param if params.count(param) == 1 else f"{param}_{dataset}"
+        parts = ([f"model {model}"] if len({m for m, _ in siblings}) > 1 else []) + \
+            ([f"seed {seed_value}"] if len({s for _, s in siblings}) > 1 else [])
+        suffix = "".join("_" + p.replace(" ", "") for p in parts)
+        df.attrs["variant"] = ", ".join(parts) or None
+        several = len({d for (_, d, *_), p in zip(groups, params, strict=True) if p == param}) > 1
+        key = (f"{param}_{dataset}" if several else param) + suffix
         if key in tables:
-            key = f"{name}_{dataset}"
+            key = f"{name}_{dataset}{suffix}"
         if key in tables or protocol != "diffseg":
             key = f"{key}_{protocol}"
         tables[slug(key, 'ablation')] = df
@@ -534,7 +599,9 @@ def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], 
     attrs = df.attrs
     banner_text = attrs.get("banner")
     dataset = dataset_title(attrs["dataset"])
-    title = f"Ablation: {attrs['param']} ({dataset}, {attrs['name']}, {attrs.get('protocol', 'diffseg')} protocol)"
+    variant = f", {attrs['variant']}" if attrs.get("variant") else ""
+    title = (f"Ablation: {attrs['param']} ({dataset}, {attrs['name']}{variant}, "
+             f"{attrs.get('protocol', 'diffseg')} protocol)")
     stem = f"ablation_{key}"
     from eval.report.figures import plot_sweep  # matplotlib only when a sweep is drawn
 
