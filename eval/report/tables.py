@@ -37,7 +37,7 @@ from eval.report.ledger import Claim, claims_for, load_ledger, render_claims
 from eval.report.markdown import markdown_rows, slug
 from eval.run.provenance import banner, images_note, method_label, protocol_key
 from eval.stats.report import na_text
-from eval.stats.runs import ids_sha256
+from eval.stats.runs import flatten, ids_sha256
 
 MAIN_COLUMNS = ["ACC", "mIoU", "segments/img", "images", "protocol", "claims", "notes"]
 PAPER_NOTE = ("Claims: numbers published by others for the same method, dataset and protocol "
@@ -134,7 +134,10 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
         if counts[label] > 1:
             unique_model = counts[(label, model)] == 1
             label = f"{label} ({model})" if unique_model else f"{label} ({model}, {run_dir})"
-        claims = claims_for(ledger, method, dataset, protocol, subsets[run_dir])
+        run = metrics_of[run_dir]
+        claims = claims_for(ledger, method, dataset, protocol, subsets[run_dir], model=model_id(run),
+                            settings=recorded_settings(run, method),
+                            changed=((run.get("provenance") or {}).get("non_default") or {}).get(method) or ())
         for claim in claims:
             numbers.setdefault(claim, len(numbers) + 1)
         cell, structured = render_claims(claims, _num(m.get("acc")), _num(m.get("miou")), numbers)
@@ -264,6 +267,16 @@ def _method_nodes(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each method's recorded config node (``metrics.json["config"]["methods"]``) by its table name."""
     nodes = ((run.get("config") or {}).get("methods") or {})
     return {str(n.get("name") or k): n for k, n in nodes.items() if isinstance(n, dict)}
+
+
+def recorded_settings(run: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """``method``'s settings by dotted key (its node's, plus ``model.*`` / ``dataset.*``); None without a config."""
+    config = run.get("config") or {}
+    node = _method_nodes(run).get(method)
+    if node is None:
+        return None
+    return {**flatten({k: config.get(k) for k in ("model", "dataset") if isinstance(config.get(k), dict)}),
+            **flatten(node)}
 
 
 def model_id(run: dict[str, Any]) -> str:

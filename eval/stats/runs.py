@@ -21,7 +21,7 @@ from eval.data.classes import dataset_classes
 from eval.run.records import METRICS_FILE, load_run_records
 from eval.stats.analysis import ImageStats
 
-__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "ids_sha256", "load_run", "method_groups",
+__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "flatten", "ids_sha256", "load_run", "method_groups",
            "method_settings", "seed_groups"]
 
 IDENTITY_FILE = "run.json"  # eval.run.identity.IDENTITY_FILE (that module imports torch; this one must not)
@@ -151,18 +151,19 @@ def comparable_ids(runs: list[Run], intersect: bool) -> list[str]:
     return sorted(common)
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"segmenter.tau": 0.5, ...}`` (leaves by dotted path)."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): node}
 
 
 def seed_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str] | None:
     """The settings in which ``a`` and ``b`` differ if all of them are seeds (names ending in ``seed``), else None."""
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten(a), flatten(b)
     differing = sorted(k for k in set(fa) | set(fb) if fa.get(k, "<missing>") != fb.get(k, "<missing>"))
     if all(k.rsplit(".", 1)[-1].endswith("seed") for k in differing):
         return differing
