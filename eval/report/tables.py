@@ -135,12 +135,15 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
             unique_model = counts[(label, model)] == 1
             label = f"{label} ({model})" if unique_model else f"{label} ({model}, {run_dir})"
         run = metrics_of[run_dir]
-        claims = claims_for(ledger, method, dataset, protocol, subsets[run_dir], model=model_id(run),
+        listed = image_list_note(run)
+        note = "; ".join(filter(None, [note, listed]))
+        claims = [] if listed else claims_for(ledger, method, dataset, protocol, subsets[run_dir], model=model_id(run),
                             settings=recorded_settings(run, method),
                             changed=((run.get("provenance") or {}).get("non_default") or {}).get(method) or ())
         for claim in claims:
             numbers.setdefault(claim, len(numbers) + 1)
         cell, structured = render_claims(claims, _num(m.get("acc")), _num(m.get("miou")), numbers)
+        cell = "not compared: non-standard image list" if listed else cell
         labels.append(label)
         row_claims.append(structured)
         rows.append({
@@ -163,6 +166,23 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
     df.attrs.update(dataset=dataset, protocol=protocol, methods=[e[0] for e in entries], claims=row_claims,
                     sources=[f"[{n}] {c.describe()}" for c, n in numbers.items()])
     return df
+
+
+def image_list_note(run: dict[str, Any]) -> str | None:
+    """``"non-standard image list: 4 images, sha256 0123456789ab"`` for a run on a list other than the benchmark's.
+
+    Read from ``provenance.image_list`` (``{"standard", "name", "count", "sha256"}``); None when the
+    list is the benchmark's or the run predates the record. Such a row is never set beside a claim.
+    """
+    listed = (run.get("provenance") or {}).get("image_list")
+    if not isinstance(listed, dict) or listed.get("standard") is not False:
+        return None
+    return f"non-standard image list: {listed.get('count', '?')} images, sha256 {str(listed.get('sha256') or '?')[:12]}"
+
+
+def _row_notes(runs: Iterable[dict[str, Any]]) -> str:
+    """The notes cell of a row built from ``runs``: their distinct image-list notes."""
+    return "; ".join(dict.fromkeys(n for n in map(image_list_note, runs) if n))
 
 
 def _interval_cells(ci: dict[str, Any]) -> dict[str, str]:
@@ -419,6 +439,10 @@ def ablation_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
             for m in methods:
                 if v in cells[m] and cells[m][v][1] not in used:
                     used.append(cells[m][v][1])
+        row_notes = [_row_notes(cells[m][v][1] for m in methods if v in cells[m]) for v in values]
+        if any(row_notes):
+            columns.append("notes")
+            data = [[*row, note] for row, note in zip(data, row_notes, strict=True)]
         label = "model" if param in MODEL_PARAMS else param
         df = pd.DataFrame(data, index=pd.Index(values, name=label, dtype=object), columns=columns)
         siblings = per_name[(name, dataset, protocol)]
@@ -566,6 +590,11 @@ def protocol_sensitivity_tables(runs: Sequence[dict[str, Any]]) -> dict[str, pd.
             for m, scores in (run.get("methods") or {}).items():
                 data[m][f"{protocol_key(run)} ACC"] = _num(scores.get("acc"))
                 data[m][f"{protocol_key(run)} mIoU"] = _num(scores.get("miou"))
+        row_notes = [_row_notes(r for r in group if m in (r.get("methods") or {})) for m in methods]
+        if any(row_notes):
+            columns.append("notes")
+            for m, note in zip(methods, row_notes, strict=True):
+                data[m]["notes"] = note
         df = pd.DataFrame([data[m] for m in methods], index=pd.Index(methods, name="method"), columns=columns)
         dataset = str(_info(group[0]).get("dataset"))
         others = [f"{_run_dir(r)} ({image_set(r)[0]} images) left out: not the {images[0]} images of this table"
