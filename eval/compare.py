@@ -43,6 +43,7 @@ from typing import Any
 
 from eval.atomic import write_json_atomic
 from eval.data.classes import dataset_title
+from eval.report.markdown import check_out_dir
 from eval.run.records import METRICS_FILE
 from eval.stats.analysis import INTERVALS, ImageStats, analyse, per_image_miou
 from eval.stats.report import fmt_interval, fmt_p, write_report
@@ -75,6 +76,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     """
     if not run_dirs:
         raise CompareError("no run folders given")
+    check_out_dir(out_dir)
     runs = [load_run(d) for d in run_dirs]
     ids = comparable_ids(runs, intersect)
     seed_notes: list[str] = []

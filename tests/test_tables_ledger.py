@@ -55,11 +55,6 @@ def test_sd14_row_at_other_settings_gets_no_claim(tmp_path, tau, refine):
     assert _claimed_miou(tmp_path / "r") == []
 
 
-def test_ssd1b_row_under_non_default_settings_gets_no_claim(tmp_path):
-    _diffcut_run(tmp_path / "r", "segmind/SSD-1B", 0.3, False, {"segmenter.tau": [0.3, 0.5]})
-    assert _claimed_miou(tmp_path / "r") == []
-
-
 def test_ledger_backbone_without_model_ids_is_refused(tmp_path):
     path = tmp_path / "numbers.yaml"
     path.write_text("backbones: {SD 1.4: [sd14]}\nclaims:\n  - {method: DiffSeg, dataset: voc21, protocol: diffseg, "

@@ -34,7 +34,7 @@ from eval.atomic import write_text_atomic
 from eval.compare import load_intervals
 from eval.data.classes import dataset_title
 from eval.report.ledger import Claim, claims_for, load_ledger, render_claims
-from eval.report.markdown import markdown_rows, slug
+from eval.report.markdown import check_out_dir, markdown_rows, slug
 from eval.run.provenance import banner, images_note, method_label, protocol_key
 from eval.stats.report import na_text
 from eval.stats.runs import flatten, ids_sha256
@@ -70,8 +70,10 @@ def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
         seen.add(key)
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
             raise ValueError(f"{f}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{f}: not a metrics.json (a JSON {type(data).__name__}, not an object)")
         data["_path"] = str(f)
         runs.append(data)
     return runs
@@ -138,8 +140,7 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
         listed = image_list_note(run)
         note = "; ".join(filter(None, [note, listed]))
         claims = [] if listed else claims_for(ledger, method, dataset, protocol, subsets[run_dir], model=model_id(run),
-                            settings=recorded_settings(run, method),
-                            changed=((run.get("provenance") or {}).get("non_default") or {}).get(method) or ())
+                            settings=recorded_settings(run, method))
         for claim in claims:
             numbers.setdefault(claim, len(numbers) + 1)
         cell, structured = render_claims(claims, _num(m.get("acc")), _num(m.get("miou")), numbers)
@@ -503,11 +504,16 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def csv_text(df: pd.DataFrame, banner: str | None = None) -> str:
-    """CSV of ``df`` with display rounding; a banner becomes a leading ``# `` comment line."""
+    """CSV of ``df`` with display rounding, plain enough for ``pandas.read_csv``.
+
+    A banner becomes the first column, ``banner``, repeated on every row (so it stays with
+    any row read alone); no comment lines.
+    """
     buf = io.StringIO()
+    text = format_table(df)
     if banner:
-        buf.write(f"# {banner}\n")
-    format_table(df).to_csv(buf)
+        text.insert(0, "banner", banner)
+    text.to_csv(buf)
     return buf.getvalue()
 
 
@@ -533,11 +539,11 @@ def _main_stem(dataset: str, protocol: str) -> str:
 
 
 def _write_main(runs: Sequence[dict[str, Any]], dataset: str, protocol: str, out: Path,
-                ledger: Sequence[Claim]) -> tuple[list[Path], str]:
-    """Write ``<stem>.md`` / ``.csv`` (:func:`_main_stem`); returns the paths and the README index line."""
+                df: pd.DataFrame) -> tuple[list[Path], str]:
+    """Write ``<stem>.md`` / ``.csv`` (:func:`_main_stem`) of ``df`` (:func:`main_table`); returns the paths
+    and the README index line."""
     mine = [r for r in runs if _is_main(r, dataset, protocol)]
     banner_text = banner(mine)
-    df = main_table(runs, dataset, ledger, compare_dir=out, protocol=protocol)
     title = f"{dataset_title(dataset)} ({protocol} protocol)"
     md = _header(banner_text, f"{title}: main results")
     md += [METRIC_NOTE, PAPER_NOTE, "", markdown_table(df).rstrip()]
@@ -658,44 +664,65 @@ def _write_ablation(key: str, df: pd.DataFrame, out: Path) -> tuple[list[Path], 
     return paths, f"- [{title}]({stem}.md) ([csv]({stem}.csv), [figure]({png.name}))"
 
 
+MANIFEST = ".eval_tables_manifest.json"  # the files an earlier `eval.tables --out` wrote in that folder
+
+
+class TablesWritten(list):
+    """The paths :func:`write_tables` wrote (README.md last); ``.removed``: stale tables it deleted."""
+
+    removed: list[Path]
+
+
+def _previous_tables(out: Path) -> list[str]:
+    """File names the manifest of an earlier run in ``out`` lists ([] without a readable one)."""
+    try:
+        names = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names or [] if isinstance(n, str) and n == Path(n).name and n != MANIFEST]
+
+
 def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
-                 ledger: Sequence[Claim] | None = None) -> list[Path]:
+                 ledger: Sequence[Claim] | None = None) -> TablesWritten:
     """Write every main, ablation and protocol-sensitivity table (Markdown + CSV), sweep figures and README.md.
 
-    Returns the written paths (README.md last).
+    Every table is computed before anything is written, so a refused input (ValueError) leaves
+    ``out_dir`` untouched. Tables an earlier call wrote in ``out_dir`` and this one did not (listed
+    in its manifest, ``.eval_tables_manifest.json``) are deleted; no other file is touched.
+    Returns the written paths (README.md last) with ``.removed``, the deleted ones.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out_dir)
     ledger = load_ledger() if ledger is None else ledger
     banner_text = banner(runs)
     runs = expand_method_ablations(runs)  # in-run variants go to the ablation tables
-    written: list[Path] = []
-    index = _header(banner_text, "Results")
-    index += ["Generated by `python -m eval.tables` from run JSON; do not edit by hand.", ""]
-    index += ["## Main tables", ""]
-
     keys: list[tuple[str, str]] = []  # (dataset, protocol): rows under different protocols never share a table
     for run in runs:
         ds = _info(run).get("dataset")
         if ds is not None and _is_main(run, ds) and (ds, protocol_key(run)) not in keys:
             keys.append((ds, protocol_key(run)))
-    for ds, protocol in keys:
-        paths, line = _write_main(runs, ds, protocol, out, ledger)
+    mains = {key: main_table(runs, key[0], ledger, compare_dir=out, protocol=key[1]) for key in keys}
+    sensitivity = protocol_sensitivity_tables(runs)
+    tables = ablation_tables(runs)
+
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_tables(out)
+    written = TablesWritten()
+    index = _header(banner_text, "Results")
+    index += ["Generated by `python -m eval.tables` from run JSON; do not edit by hand.", ""]
+    index += ["## Main tables", ""]
+    for (ds, protocol), df in mains.items():
+        paths, line = _write_main(runs, ds, protocol, out, df)
         written += paths
         index.append(line)
     if not keys:
         index.append("- (none)")
-
-    sensitivity = protocol_sensitivity_tables(runs)
     if sensitivity:
         index += ["", "## Protocol sensitivity", ""]
         for key, df in sensitivity.items():
             paths, line = _write_sensitivity(key, df, out)
             written += paths
             index.append(line)
-
     index += ["", "## Ablations", ""]
-    tables = ablation_tables(runs)
     for key, df in tables.items():
         paths, line = _write_ablation(key, df, out)
         written += paths
@@ -703,31 +730,46 @@ def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
     if not tables:
         index.append("- (none)")
 
-    ours = {p.name for p in written}
+    ours = {p.name for p in written} | {"README.md"}
+    written.removed = []
+    for name in previous:
+        if name not in ours and (out / name).is_file():
+            (out / name).unlink()
+            written.removed.append(out / name)
     others = sorted(p.name for p in out.glob("*.png") if p.name not in ours)
     if others:
         index += ["", "## Other figures", ""] + [f"- [{name}]({name})" for name in others]
     written.append(write_text_atomic(out / "README.md", "\n".join(index) + "\n"))
+    write_text_atomic(out / MANIFEST, json.dumps({"files": sorted(ours)}, indent=1) + "\n")
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: collect runs, write tables; returns the exit status."""
+    """CLI entry point: collect runs, write tables; returns the exit status.
+
+    2 with a one-line message, and nothing written, for a missing run folder, an unreadable
+    metrics.json or compare.json, an ``--out`` that is a file, a bad ledger or refused sweep
+    rows; 1 when no metrics.json is found.
+    """
     parser = argparse.ArgumentParser(prog="python -m eval.tables", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders, Hydra multirun folders or metrics.json files")
     parser.add_argument("--out", required=True, help="output folder for tables and figures")
     parser.add_argument("--ledger", default=None, help="claimed numbers YAML (default: conf/paper/numbers.yaml)")
     args = parser.parse_args(argv)
-    runs = collect_runs(args.runs)
-    if not runs:
-        print(f"no metrics.json found below: {' '.join(args.runs)}", file=sys.stderr)
-        return 1
     try:
+        check_out_dir(args.out)
+        runs = collect_runs(args.runs)
+        if not runs:
+            print(f"no metrics.json found below: {' '.join(args.runs)}", file=sys.stderr)
+            return 1
         ledger = load_ledger(args.ledger)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        written = write_tables(runs, args.out, ledger)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
-    for path in write_tables(runs, args.out, ledger):
+    for path in written.removed:
+        print(f"removed stale table: {path}")
+    for path in written:
         print(path)
     return 0
 
