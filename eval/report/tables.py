@@ -106,7 +106,8 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
     and ``df.attrs["sources"]`` the numbered claims shown. Row labels come from
     the run's provenance (:func:`eval.run.provenance.method_label`): a method run under
     settings other than the paper's names them, a random-weight run says so. A label
-    found in several runs is followed by its model (and its run folder if still ambiguous).
+    found in several runs is followed by its model, its seed where the runs differ in seed
+    (``-m seed=0,1,2``), and its run folder if still ambiguous.
     Where ``compare_dir`` holds an ``eval.compare`` output over a run's images, the
     columns ``ACC 95% CI`` and ``mIoU 95% CI`` give its bootstrap intervals, labelled with the
     level the compare output used (``ACC 90% CI`` after ``--confidence 0.9``); a refused
@@ -125,18 +126,24 @@ def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Cl
                             images_note(run), info.get("subset")))
             metrics_of[_run_dir(run)] = run
     counts: dict[Any, int] = {}
-    for _, label, model, _, _, _, _ in entries:
-        counts[label] = counts.get(label, 0) + 1
-        counts[(label, model)] = counts.get((label, model), 0) + 1
+    for _, label, model, run_dir, _, _, _ in entries:
+        seed = json.dumps(_seed(metrics_of[run_dir]))
+        for key in (label, (label, model), (label, model, seed)):
+            counts[key] = counts.get(key, 0) + 1
     intervals = {d: load_intervals(compare_dir, d, metrics=metrics_of[d]) if compare_dir is not None else {}
                  for d in {e[3] for e in entries}}
     rows, labels, row_claims, numbers = [], [], [], {}
     subsets = {e[3]: e[6] for e in entries}
     for method, label, model, run_dir, m, note, _ in entries:
-        if counts[label] > 1:
-            unique_model = counts[(label, model)] == 1
-            label = f"{label} ({model})" if unique_model else f"{label} ({model}, {run_dir})"
         run = metrics_of[run_dir]
+        if counts[label] > 1:  # the model, then the seed, then the folder tell rows of one label apart
+            seed = _seed(run)
+            parts = [model]
+            if counts[(label, model)] > 1 and counts[(label, model, json.dumps(seed))] < counts[(label, model)]:
+                parts.append(f"seed {seed}")
+            if counts[(label, model, json.dumps(seed))] > 1:
+                parts.append(run_dir)
+            label = f"{label} ({', '.join(parts)})"
         listed = image_list_note(run)
         note = "; ".join(filter(None, [note, listed]))
         claims = [] if listed else claims_for(ledger, method, dataset, protocol, subsets[run_dir], model=model_id(run),
