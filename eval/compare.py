@@ -43,9 +43,11 @@ from typing import Any
 
 from eval.atomic import write_json_atomic
 from eval.data.classes import dataset_title
+from eval.report.markdown import check_out_dir
+from eval.run.records import METRICS_FILE
 from eval.stats.analysis import INTERVALS, ImageStats, analyse, per_image_miou
 from eval.stats.report import fmt_interval, fmt_p, write_report
-from eval.stats.runs import CompareError, class_names, comparable_ids, load_run, method_groups
+from eval.stats.runs import CompareError, class_names, comparable_ids, ids_sha256, load_run, method_groups
 
 __all__ = ["COMPARE_FILE", "CompareError", "ImageStats", "analyse", "compare_runs", "load_intervals", "main",
            "per_image_miou"]
@@ -74,6 +76,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     """
     if not run_dirs:
         raise CompareError("no run folders given")
+    check_out_dir(out_dir)
     runs = [load_run(d) for d in run_dirs]
     ids = comparable_ids(runs, intersect)
     seed_notes: list[str] = []
@@ -99,11 +102,12 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         **{k: result[k] for k in ("methods", "pairs", "holm", "interval", "confidence", "resamples", "permutations")},
         "seed": int(seed), "min_images": int(min_images), "min_class_images": int(min_class_images),
         "dataset": dataset, "classes": class_names(dataset, num_classes.pop()), "images": len(ids),
+        "image_ids_sha256": ids_sha256(ids),
         "class_images": first.class_images().tolist(),
         "intersect": {"used": bool(intersect) and not all(len(r.ids) == len(ids) for r in runs),
                       "requested": bool(intersect), "dropped": {str(r.path): len(r.ids) - len(ids) for r in runs}},
-        "runs": [{"dir": str(r.path), "run": r.meta.get("run"), "provenance": r.provenance(), "images": len(r.ids)}
-                 for r in runs],
+        "runs": [{"dir": str(r.path), "run": r.meta.get("run"), "provenance": r.provenance(), "images": len(r.ids),
+                  "image_ids_sha256": ids_sha256(r.ids)} for r in runs],
         "notes": notes,
         "seed_notes": seed_notes,
     }
@@ -116,7 +120,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     return compare
 
 
-def load_intervals(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+def load_intervals(path: str | os.PathLike, run_dir: str | os.PathLike | None = None,
+                   metrics: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Intervals of a compare output, for tables: ``{method: {"acc": (low, high) | None, "miou": ..., ...}}``.
 
     ``path`` is a compare output folder, a ``compare.json``, or a run folder holding one
@@ -127,6 +132,11 @@ def load_intervals(path: str | os.PathLike, run_dir: str | os.PathLike | None = 
     compare.json's method names. With ``run_dir``, only that run's single-seed methods,
     keyed by their names in its metrics.json, and only intervals over all of that run's
     images (not those of an ``--intersect`` comparison on fewer images).
+
+    With ``run_dir``, each entry is checked against the run's current ``metrics.json``
+    (``metrics``, else read from ``run_dir``): a compare output over another image set (ids
+    hash or count) or with other point estimates than metrics.json (the run was extended or
+    re-made since) gives ``"stale"``, a one-line reason, and no bounds.
     """
     path = Path(path)
     candidates = [path] if path.suffix == ".json" else [path / COMPARE_FILE, path / "compare" / COMPARE_FILE]
@@ -149,6 +159,12 @@ def load_intervals(path: str | os.PathLike, run_dir: str | os.PathLike | None = 
             name = entry.get("method", key)
         item: dict[str, Any] = {"confidence": float(data.get("confidence", 0.95)),
                                 "interval": data.get("interval", "percentile"), "refused": {}}
+        if target is not None:
+            current = _current_metrics(target, metrics)
+            stale = _staleness(data, entry, target, name, current) if current is not None else None
+            if stale is not None:
+                out[name] = {**item, "acc": None, "miou": None, "stale": f"{found}: {stale}"}
+                continue
         for metric in ("acc", "miou"):
             values = entry.get(metric) or [None] * 3
             refused = (entry.get("refused") or {}).get(metric)
@@ -160,6 +176,41 @@ def load_intervals(path: str | os.PathLike, run_dir: str | os.PathLike | None = 
             continue
         out[name] = item
     return out
+
+
+def _current_metrics(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's metrics.json as it is now (``metrics`` if given), None when unreadable."""
+    if metrics is not None:
+        return metrics
+    try:
+        return json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _staleness(data: dict[str, Any], entry: dict[str, Any], run_dir: Path, method: str,
+               current: dict[str, Any]) -> str | None:
+    """Why a compare.json ``entry`` (of ``method`` in ``run_dir``) no longer describes ``current``; None if it does.
+
+    Compares the image set (the ids' sha256 where both record it, else the count) and the
+    point estimates (ACC, mIoU) with the run's current metrics.json.
+    """
+    scores = (current.get("methods") or {}).get(method) or {}
+    ids = current.get("image_ids")
+    now = len(ids) if isinstance(ids, list) else scores.get("images")
+    then_run = next((r for r in data.get("runs") or [] if Path(str(r.get("dir"))).resolve() == run_dir), {})
+    then = entry.get("images", then_run.get("images", data.get("images")))
+    if now is not None and then is not None and int(then) != int(now):
+        return f"compared {then} images, metrics.json now has {now}; re-run eval.compare"
+    digest = then_run.get("image_ids_sha256")
+    if digest and isinstance(ids, list) and ids_sha256(ids) != digest:
+        return f"compared another image set of {then} images than metrics.json lists; re-run eval.compare"
+    for metric, title in (("acc", "ACC"), ("miou", "mIoU")):
+        point, value = (entry.get(metric) or [None])[0], scores.get(metric)
+        if point is not None and isinstance(value, int | float) and abs(float(point) - float(value)) > 1e-6:
+            return f"{title} {float(point):.2f} in the compare output, {float(value):.2f} in metrics.json; " \
+                   "re-run eval.compare"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

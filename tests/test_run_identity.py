@@ -251,9 +251,9 @@ def test_tables_mark_random_weights_and_non_default_settings_without_any_flag(ro
     rows = [line for line in md.splitlines() if line.startswith("| DiffSeg")]
     assert len(rows) == 2 and all("(random weights)" in r for r in rows)
     assert any("kl_threshold=0.5" in r for r in rows) and any("dataset.size=128" in r for r in rows)
-    assert "72.5" in md  # the paper's number is still quoted beside the marked rows
+    assert "72.5" not in md  # the paper's SD 1.4 claim is never quoted beside a tiny-random model's rows
     csv = (tmp_path / "tables" / "coco_stuff27.csv").read_text()
-    assert csv.startswith("# RANDOM WEIGHTS")
+    assert csv.splitlines()[0].startswith("method,banner,") and "RANDOM WEIGHTS" in csv.splitlines()[1]
     # With an eval.compare output beside the tables, the main table shows its bootstrap intervals,
     # labelled with the compare output's level; too few images give "n/a (k images)".
     images = len(json.loads((out / "metrics.json").read_text())["image_ids"])

@@ -119,7 +119,7 @@ def test_write_tables(tmp_path):
     assert not md.startswith("**")  # no banner
     assert "- [1] DiffSeg (SD 1.4), coco_stuff27 (curated images), protocol diffseg: ACC 72.5, mIoU 43.6" in md
 
-    csv = pd.read_csv(out / "coco_stuff27.csv", index_col=0, comment="#")
+    csv = pd.read_csv(out / "coco_stuff27.csv", index_col=0, )
     assert csv.loc["DiffSeg", "ACC"] == 70.0
     assert csv.loc["DiffSeg", "mIoU"] == 41.3
     assert csv.loc["DiffSeg", "claims"].startswith("[1] 72.5 / 43.6")
@@ -131,7 +131,7 @@ def test_write_tables(tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["0.9", "1.1", "1.3"]
     assert "| 1.1 | 61.1 | 31.1 | 50.0 | 20.0 |" in abl
     assert "ablation_kl_threshold.png" in abl
-    abl_csv = pd.read_csv(out / "ablation_kl_threshold.csv", index_col=0, comment="#")
+    abl_csv = pd.read_csv(out / "ablation_kl_threshold.csv", index_col=0, )
     assert list(abl_csv.index) == [0.9, 1.1, 1.3]
 
     assert (out / "ablation_kl_threshold.png").read_bytes()[:8] == PNG_MAGIC
@@ -145,10 +145,14 @@ def test_random_weight_banner_on_every_file_from_provenance(tmp_path):
     out = tmp_path / "out"
     written = write_tables(collect_runs(_make_runs(tmp_path / "runs", demo=True)), out)
     for path in written:
-        if path.suffix in {".md", ".csv"}:
+        if path.suffix == ".md":
             first = path.read_text(encoding="utf-8").splitlines()[0]
             assert RANDOM_BANNER in first, path.name
-    csv = pd.read_csv(out / "coco_stuff27.csv", index_col=0, comment="#")
+        elif path.suffix == ".csv":  # plain CSV: the banner is the first column of every row
+            csv = pd.read_csv(path, index_col=0)
+            assert list(csv.columns)[0] == "banner", path.name
+            assert all(RANDOM_BANNER in b for b in csv["banner"]), path.name
+    csv = pd.read_csv(out / "coco_stuff27.csv", index_col=0)
     assert csv.loc["DiffSeg (random weights)", "ACC"] == 70.0
 
 

@@ -16,6 +16,12 @@ Each claim is a number someone published, quoted, never ours::
 
 A row is shown the claims of its method, dataset and protocol (and image set, where both
 say), each with our difference (ours - claim). Rows under other protocols never get them.
+A claim that names a backbone matches only rows of a model listed for it under the ledger's
+``backbones:`` map (model ids or config names: ``SD 1.4: [sd14, CompVis/stable-diffusion-v1-4]``;
+a row whose model is a local folder matches no such claim). A claim's ``settings`` must equal
+the row's recorded settings: a DiffCut SSD-1B row never gets the SD 1.4 claim, nor an SD 1.4
+row at tau 0.5 the claim made at tau 0.2. Other differences from the paper's settings are
+named in the row's label (:func:`eval.run.provenance.method_label`), beside the claim.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class Claim:
     miou: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    models: tuple[str, ...] = ()  # the model ids / config names of ``backbone`` (the ledger's ``backbones:``)
 
     def describe(self) -> str:
         """One line: what was claimed, under what, where, and how sure we are."""
@@ -77,6 +84,9 @@ def load_ledger(path: str | os.PathLike | None = None) -> list[Claim]:
     entries = data.get("claims") if isinstance(data, Mapping) else None
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a top-level `claims:` list (see eval/report/ledger.py)")
+    backbones = data.get("backbones") or {}
+    if not isinstance(backbones, Mapping) or not all(isinstance(v, list) for v in backbones.values()):
+        raise ValueError(f"{path}: `backbones:` must map each backbone name to a list of model ids")
     claims = []
     for i, entry in enumerate(entries):
         missing = [k for k in _REQUIRED if not entry.get(k)]
@@ -88,18 +98,42 @@ def load_ledger(path: str | os.PathLike | None = None) -> list[Claim]:
             value = entry.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise ValueError(f"{path}: claim {i} has {key}={value!r}, not a number")
-        unknown = set(entry) - {f.name for f in Claim.__dataclass_fields__.values()}
+        unknown = set(entry) - ({f.name for f in Claim.__dataclass_fields__.values()} - {"models"})
         if unknown:
             raise ValueError(f"{path}: claim {i} has unknown keys {sorted(unknown)}")
-        claims.append(Claim(**{**entry, "settings": dict(entry.get("settings") or {})}))
+        backbone = entry.get("backbone")
+        if backbone is not None and backbone not in backbones:
+            raise ValueError(f"{path}: claim {i} names backbone {backbone!r}, which the `backbones:` map lacks "
+                             f"(known: {sorted(backbones)})")
+        claims.append(Claim(**{**entry, "settings": dict(entry.get("settings") or {}),
+                               "models": tuple(map(str, backbones.get(backbone) or ()))}))
     return claims
 
 
-def claims_for(claims: Sequence[Claim], method: str, dataset: str, protocol: str,
-               subset: str | None = None) -> list[Claim]:
-    """The claims a row of ``method`` on ``dataset`` under ``protocol`` (and image ``subset``) is compared with."""
-    return [c for c in claims if c.method == method and c.dataset == dataset and c.protocol == protocol
-            and (c.subset is None or subset is None or c.subset == subset)]
+_MISSING = object()
+
+
+def claims_for(claims: Sequence[Claim], method: str, dataset: str, protocol: str, subset: str | None = None,
+               model: str | None = None, settings: Mapping[str, Any] | None = None) -> list[Claim]:
+    """The claims a row of ``method`` on ``dataset`` under ``protocol`` (and image ``subset``) is compared with.
+
+    ``model`` is the row's model (``run.model``); a claim naming a backbone needs it among the
+    claim's ``models``. ``settings`` holds the row's recorded settings by dotted key
+    (``segmenter.tau``, ``model.name``); a claim's every stated setting must be there with its
+    value. ``model=None`` / ``settings=None`` skip those checks (callers without a run).
+    """
+    out = []
+    for c in claims:
+        if c.method != method or c.dataset != dataset or c.protocol != protocol:
+            continue
+        if c.subset is not None and subset is not None and c.subset != subset:
+            continue
+        if c.backbone is not None and model is not None and str(model) not in c.models:
+            continue
+        if c.settings and settings is not None and any(settings.get(k, _MISSING) != v for k, v in c.settings.items()):
+            continue
+        out.append(c)
+    return out
 
 
 def _diff(ours: Any, claimed: float | None) -> float | None:

@@ -1,11 +1,22 @@
-"""The one Markdown table writer and file-name slug of the reports (tables, compare, bench)."""
+"""The reports' shared writing helpers (tables, compare, bench): Markdown tables, file-name slugs, output folders."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["markdown_rows", "slug"]
+__all__ = ["check_out_dir", "markdown_rows", "slug"]
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path; ValueError (one line) when it or a parent is an existing file, not a folder."""
+    out = Path(out_dir)
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out {out}: {folder} is a file, not a folder")
+    return out
 
 
 def slug(text: str, empty: str = "table") -> str:

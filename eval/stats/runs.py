@@ -9,6 +9,7 @@ times: their methods become one method with several seed runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -20,8 +21,8 @@ from eval.data.classes import dataset_classes
 from eval.run.records import METRICS_FILE, load_run_records
 from eval.stats.analysis import ImageStats
 
-__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "load_run", "method_groups", "method_settings",
-           "seed_groups"]
+__all__ = ["CompareError", "Run", "class_names", "comparable_ids", "flatten", "ids_sha256", "load_run", "method_groups",
+           "method_settings", "seed_groups"]
 
 IDENTITY_FILE = "run.json"  # eval.run.identity.IDENTITY_FILE (that module imports torch; this one must not)
 
@@ -118,6 +119,11 @@ def load_run(path: str | os.PathLike) -> Run:
     return Run(path, meta, records, settings)
 
 
+def ids_sha256(ids: Sequence[str]) -> str:
+    """sha256 (hex) of an image set: its sorted ids joined by newlines (the same for any order of ``ids``)."""
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode("utf-8")).hexdigest()
+
+
 def _first(ids: Sequence[str], count: int = 5) -> str:
     shown = ", ".join(ids[:count])
     return shown + (", ..." if len(ids) > count else "")
@@ -145,18 +151,19 @@ def comparable_ids(runs: list[Run], intersect: bool) -> list[str]:
     return sorted(common)
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"segmenter.tau": 0.5, ...}`` (leaves by dotted path)."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): node}
 
 
 def seed_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str] | None:
     """The settings in which ``a`` and ``b`` differ if all of them are seeds (names ending in ``seed``), else None."""
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten(a), flatten(b)
     differing = sorted(k for k in set(fa) | set(fb) if fa.get(k, "<missing>") != fb.get(k, "<missing>"))
     if all(k.rsplit(".", 1)[-1].endswith("seed") for k in differing):
         return differing
