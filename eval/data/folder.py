@@ -128,6 +128,9 @@ class FolderDataset(LabelledImages):
     def find_ids(self) -> Sequence[str]:
         images = self._names(self.root / self.image_dir, self.image_suffix, "folder dataset image folder")
         labels = self._names(self.root / self.label_dir, self.label_suffix, "folder dataset label folder")
+        if self.image_dir == self.label_dir:  # one folder: a label is not an image (e.g. .png and _mask.png)
+            images = {k: v for k, v in images.items() if not v.endswith(self.label_suffix) or k in labels}
+            labels = {k: v for k, v in labels.items() if not v.endswith(self.image_suffix) or k in images}
         if not images:
             raise DatasetNotFoundError(f"no *{self.image_suffix} images in {self.root / self.image_dir}; {self._hint}")
         unlabelled = sorted(images.keys() - labels.keys())
