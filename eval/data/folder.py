@@ -30,8 +30,9 @@ from eval.data.base import LabelledImages, contiguous_lut
 from eval.data.loader import DatasetNotFoundError
 from eval.data.preparation import Preparation, PrepareError, option
 
-__all__ = ["PREPARATION", "FolderDataset", "UnpairedFilesError", "folder_setting_problems", "prepare_folder"]
+__all__ = ["PINNED", "PREPARATION", "FolderDataset", "UnpairedFilesError", "folder_setting_problems", "prepare_folder"]
 
+PINNED: dict = {}  # nothing to download (eval.data.download.PINNED_FILES merges every module's)
 _SHOWN = 5  # file names or values a refusal names before "and N more"
 
 
