@@ -12,6 +12,7 @@ Usage::
     python datasets/prepare.py context [--root datasets/VOCdevkit/VOC2010]
     python datasets/prepare.py coco-object [--root datasets/coco_stuff27] [--overlap smallest_on_top]
     python datasets/prepare.py ade20k [--root datasets/ADEChallengeData2016]
+    python datasets/prepare.py folder --root DIR [--num-classes N]   (your own data: checks it, downloads nothing)
 
 ``--root`` defaults to the ``root`` of the dataset's config (under ``datasets/`` of the current folder).
 

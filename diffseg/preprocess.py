@@ -223,10 +223,11 @@ def load_label(path: str | os.PathLike, colour_map: dict[tuple[int, int, int], i
     """Decode a label PNG to an int64 tensor (H, W) holding the stored values.
 
     Single-channel ("L") images give their values; palette ("P") images give their
-    palette *indices* (the class ids), not colours. A multi-channel (RGB/RGBA) file is a
-    colour label: it is read through ``colour_map`` (``{(r, g, b): value}``) when the
-    dataset defines one; without one it is accepted only when its three colour channels are
-    equal (a gray index map stored as RGB), and refused otherwise: taking one channel of a
+    palette *indices* (the class ids), not colours; grey with alpha ("LA") gives its grey
+    values (the alpha is dropped). A multi-channel (RGB/RGBA) file is a colour label: it is
+    read through ``colour_map`` (``{(r, g, b): value}``) when the dataset defines one; without
+    one it is accepted only when its three colour channels are equal (a gray index map stored
+    as RGB), and refused otherwise: taking one channel of a
     colour label would give wrong classes without a word.
 
     Raises:
@@ -239,6 +240,8 @@ def load_label(path: str | os.PathLike, colour_map: dict[tuple[int, int, int], i
     if img.mode in ("I", "I;16", "F"):
         raise ImageDecodeError(f"label {path} has unsupported mode {img.mode!r} (expected 8-bit)")
     arr = np.asarray(img)
+    if img.mode in ("LA", "La"):  # grey + alpha: the alpha is dropped, as for grey RGBA
+        arr = arr[..., 0]
     if arr.ndim == 3:
         arr = _colour_label(arr[..., :3], path, img.mode, colour_map)
     return torch.from_numpy(arr.astype(np.int64))

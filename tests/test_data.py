@@ -273,3 +273,22 @@ def test_corrupt_files_are_skipped(tmp_path):
     assert len(only_bad[0]) == 0 and only_bad[0].images.shape == (0, 3, 16, 16)
     assert {i for i, _ in only_bad[0].skipped} == {ids[0], ids[1]}
     assert f"{ids[0]}.jpg" in dict(only_bad[0].skipped)[ids[0]]
+
+
+# ----------------------------------------------------------------------------- label files with alpha
+
+
+def test_grey_label_with_alpha_reads_as_grey_like_rgba_and_a_coloured_one_is_refused(tmp_path):
+    from diffseg.preprocess import LabelFormatError, load_label
+
+    values = np.array([[0, 3, 3, 255], [7, 7, 0, 1]], dtype=np.uint8)
+    alpha = np.array([[255, 0, 128, 255], [255, 255, 10, 0]], dtype=np.uint8)  # varies: must not be read as labels
+    Image.fromarray(np.stack([values, alpha], axis=-1), mode="LA").save(tmp_path / "la.png")
+    Image.fromarray(np.stack([values, values, values, alpha], axis=-1), mode="RGBA").save(tmp_path / "rgba.png")
+    assert Image.open(tmp_path / "la.png").mode == "LA"
+    for name in ("la.png", "rgba.png"):
+        assert load_label(tmp_path / name).tolist() == values.tolist(), name
+    coloured = np.stack([values, values[::-1], values, alpha], axis=-1)
+    Image.fromarray(coloured, mode="RGBA").save(tmp_path / "colour.png")
+    with pytest.raises(LabelFormatError, match="colour"):
+        load_label(tmp_path / "colour.png")

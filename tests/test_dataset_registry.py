@@ -36,7 +36,7 @@ def fresh_registry():
 
 def test_every_dataset_config_has_a_class_preparation_make_target_and_synthetic_writer(prepare, monkeypatch):
     monkeypatch.delenv("PROJECT_ROOT", raising=False)  # conf/paths: the default root_dir is "."
-    assert len(CONFIGS) == 6
+    assert len(CONFIGS) == 7
     parser, _ = prepare.build_parser()
     commands = _subcommands(parser)
     preps = classes.preparations()
@@ -54,7 +54,7 @@ def test_every_dataset_config_has_a_class_preparation_make_target_and_synthetic_
     # COCO-Object's config and COCO-Stuff's share a root but have their own preparations
     assert {c: n for c, (n, _) in preps.items()} == {
         "ade20k": "ade20k150", "cityscapes": "cityscapes", "coco-object": "coco_object81",
-        "coco": "coco_stuff27", "context": "context60", "voc": "voc21"}
+        "coco": "coco_stuff27", "context": "context60", "voc": "voc21", "folder": "folder"}
     assert classes.dataset_title("no_such_dataset") == "no_such_dataset"
     assert classes.dataset_classes("no_such_dataset") is None
     with pytest.raises(KeyError, match="no_such_dataset"):
@@ -62,7 +62,7 @@ def test_every_dataset_config_has_a_class_preparation_make_target_and_synthetic_
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-@pytest.mark.parametrize("command", ["voc", "ade20k", "coco-object"])
+@pytest.mark.parametrize("command", ["voc", "ade20k", "coco-object", "folder"])
 def test_make_data_target_of_a_command_runs_its_preparation(command):
     out = subprocess.run(["make", "-n", f"data-{command}", "ROOT=/data/x", "STAMP=", "PY=python"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout

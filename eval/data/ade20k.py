@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.data.base import LabelledImages
+from eval.data.base import LabelledImages, StandardList, ids_sha256
 from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
 from eval.data.preparation import Preparation, PrepareError
 
@@ -86,6 +86,10 @@ class Ade20k150(LabelledImages):
     first_label_value = 1
     make_target = "data-ade20k"
     options = {"split": "validation"}
+    # the official validation images are ADE_val_00000001 .. ADE_val_00002000
+    standard_list = StandardList("ADEChallengeData2016 validation", VAL_IMAGES,
+                                 ids_sha256(f"ADE_val_{i:08d}" for i in range(1, VAL_IMAGES + 1)),
+                                 {"split": "validation"})
 
     def find_ids(self) -> Sequence[str]:
         self.image_dir, self.label_dir = f"images/{self.split}", f"annotations/{self.split}"

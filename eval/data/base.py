@@ -11,8 +11,10 @@ states, as mmsegmentation's dataset classes do, its config ``name``, ``title``, 
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +25,8 @@ from torch.utils.data import Dataset
 from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
 from eval.data.loader import DatasetNotFoundError, UnreadableItemError, select_ids
 
-__all__ = ["IGNORE_INDEX", "UNKNOWN_LABEL", "LabelledImages", "contiguous_lut", "make_hint", "read_id_list"]
+__all__ = ["IGNORE_INDEX", "UNKNOWN_LABEL", "LabelledImages", "StandardList", "contiguous_lut", "ids_sha256",
+           "make_hint", "read_id_list"]
 
 IGNORE_INDEX = -1
 
@@ -45,6 +48,33 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
 def make_hint(target: str, root: str | os.PathLike, action: str = "download and prepare it") -> str:
     """How to get a missing root: ``run `make <target>` (or `make <target> ROOT=<root>`) to <action>``."""
     return f"run `make {target}` (or `make {target} ROOT={root}`) to {action}"
+
+def ids_sha256(ids: Iterable[str]) -> str:
+    """sha256 (hex) of the sorted ids joined by newlines: the same for a list in any order."""
+    return hashlib.sha256("\n".join(sorted(str(i) for i in ids)).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class StandardList:
+    """A benchmark's own image list: what a run on it may be set beside the paper's numbers as.
+
+    Attributes:
+        name: how tables and notes name it (e.g. ``"Coco164kFull_Stuff_Coarse_7.txt (DiffSeg's curated list)"``).
+        count: its number of images.
+        sha256: :func:`ids_sha256` of its ids; None where the ids are not known without the download
+            (then a list of ``count`` ids counts as standard).
+        options: the dataset settings it belongs to (e.g. ``{"split": "val"}``): other values are another list.
+    """
+
+    name: str
+    count: int
+    sha256: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def matches(self, ids: Sequence[str]) -> bool:
+        """True when ``ids`` are this list (by hash, or by count where the hash is unknown)."""
+        return ids_sha256(ids) == self.sha256 if self.sha256 else len(ids) == self.count
+
 
 UNKNOWN_LABEL = -2
 """Label value of a pixel whose file value is neither a class nor an ignore value of the dataset.
@@ -88,9 +118,11 @@ class LabelledImages(Dataset):
     make_target: ClassVar[str]               # the `make` target that prepares a root (`make data-<command>`)
     prepare_action: ClassVar[str] = "download and prepare it"
     options: ClassVar[dict[str, Any]] = {}   # keyword settings of the class and their defaults
+    described_keys: ClassVar[tuple[str, ...]] = ()  # config keys such as num_classes that the class takes as options
     geometry: Any = None  # another protocol's crop and resize (eval.metrics.protocols.apply_protocol); None = the above
     ignore_values: tuple[int, ...] = (255,)
     colour_map: dict[tuple[int, int, int], int] | None = None
+    standard_list: ClassVar[StandardList | None] = None  # the benchmark's image list (None: the dataset has none)
     image_dir: str = ""
     image_suffix: str = ".jpg"
     label_dir: str = ""
@@ -142,6 +174,32 @@ class LabelledImages(Dataset):
         :func:`contiguous_lut` of the classes from ``first_label_value``)."""
         return contiguous_lut(self.num_classes, self.first_label_value)
 
+    def standard_image_list(self) -> StandardList | None:
+        """The benchmark list for this dataset's settings: :attr:`standard_list` when its ``options`` are
+        the dataset's, else None (e.g. another split)."""
+        std = self.standard_list
+        if std is None or any(getattr(self, k, None) != v for k, v in std.options.items()):
+            return None
+        return std
+
+    def image_list(self) -> dict[str, Any]:
+        """What the run's image list is: ``{"standard": bool, "name": str, "count": int, "sha256": hex}``.
+
+        ``count`` and ``sha256`` (:func:`ids_sha256`) are of every listed id (before ``limit`` and
+        ``shard``); ``standard`` says whether they are the benchmark's own list
+        (:meth:`standard_image_list`); ``name`` is that list's name, else the list file's or the image folder's.
+        """
+        ids = [str(i) for i in self.all_ids]
+        std = self.standard_image_list()
+        standard = bool(std is not None and std.matches(ids))
+        if standard:
+            name = std.name
+        elif getattr(self, "list_path", None):
+            name = Path(self.list_path).name
+        else:
+            name = f"the images under {self.root / self.image_dir}"
+        return {"standard": standard, "name": name, "count": len(ids), "sha256": ids_sha256(ids)}
+
     def _require(self, path: Path, what: str) -> Path:
         """``path`` when it exists; else :class:`DatasetNotFoundError` naming it and how to prepare it."""
         if not path.exists():
@@ -180,7 +238,7 @@ class LabelledImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         image_id = self.ids[index]
         image = load_image(self.image_path(image_id))
-        raw = load_label(self.label_path(image_id), self.colour_map)
+        raw = self.read_label(image_id)
         if raw.shape != image.shape[-2:]:
             raise UnreadableItemError(
                 f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
@@ -191,9 +249,13 @@ class LabelledImages(Dataset):
         label = self._classes(preprocess_label(raw, self.size))
         return preprocess_image(image, self.input_size), label, image_id
 
+    def read_label(self, image_id: str) -> torch.Tensor:
+        """The label file of one image as stored, int64 (H, W) file values (a dataset may check them here)."""
+        return load_label(self.label_path(image_id), self.colour_map)
+
     def label(self, image_id: str) -> torch.Tensor:
         """The evaluation label of one image, int64 (size, size), without decoding the image."""
-        raw = load_label(self.label_path(image_id), self.colour_map)
+        raw = self.read_label(image_id)
         if self.geometry is not None:
             return self._classes(self.geometry.label(raw))
         return self._classes(preprocess_label(raw, self.size))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.data.base import LabelledImages
+from eval.data.base import LabelledImages, StandardList
 from eval.data.download import PinnedFile, pinned_files, safe_extract_zip, verify_file
 from eval.data.preparation import Preparation, PrepareError, option
 
@@ -108,6 +108,8 @@ class Cityscapes27(LabelledImages):
     make_target = "data-cityscapes"
     prepare_action = "prepare it from the official zips"
     options = {"split": "val"}
+    # the 500 val ids are only known from the official zips: recognised by their count
+    standard_list = StandardList("Cityscapes val (leftImg8bit/val)", VAL_IMAGES, options={"split": "val"})
     image_suffix, label_suffix = IMAGE_SUFFIX, LABEL_SUFFIX
 
     def find_ids(self) -> Sequence[str]:

@@ -31,13 +31,14 @@ from tqdm import tqdm
 
 from diffseg.preprocess import load_label
 from eval.atomic import write_json_atomic
-from eval.data.base import IGNORE_INDEX, LabelledImages, contiguous_lut, make_hint, read_id_list
+from eval.data.base import IGNORE_INDEX, LabelledImages, StandardList, contiguous_lut, make_hint, read_id_list
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
 from eval.data.coco_stuff import (
     COCO_STUFF_FINE_CLASSES,
     DEFAULT_LIST_FILE,
     IMAGE_DIR,
     LABEL_DIR,
+    STANDARD_LISTS,
     coco_hint,
     prepare_coco,
     subset_ids,
@@ -280,6 +281,9 @@ class CocoObject81(LabelledImages):
                     f"{folder} (e.g. {missing[0]}); `make data-coco-object ROOT={self.root}` builds them for the "
                     f"curated {DEFAULT_LIST_FILE} list only (for subset=all use label_source=stuffthingmaps)")
         return ids
+
+    def standard_image_list(self) -> StandardList | None:
+        return STANDARD_LISTS.get(self.subset)  # the COCO-Stuff-27 images
 
     def label_lut(self) -> np.ndarray:
         return contiguous_lut(self.num_classes) if self.label_source == "instances" else coco_stuffthing_to_object_lut()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.data.base import IGNORE_INDEX, LabelledImages, make_hint, read_id_list
+from eval.data.base import IGNORE_INDEX, LabelledImages, StandardList, make_hint, read_id_list
 from eval.data.download import PinnedFile, download_pinned, pinned_files, safe_extract_zip
 from eval.data.loader import DatasetNotFoundError
 from eval.data.preparation import Preparation, PrepareError, option, require_network
@@ -42,6 +42,7 @@ __all__ = [
     "COCO_STUFF_UNLABELLED",
     "DEFAULT_LIST_FILE",
     "PINNED",
+    "STANDARD_LISTS",
     "SUBSETS",
     "VAL2017_IMAGES",
     "CocoStuff27",
@@ -58,6 +59,15 @@ SUBSETS = {"curated": DEFAULT_LIST_FILE, "all": ALL_LIST_FILE}
 VAL2017_IMAGES = 5000
 IMAGE_DIR = "val2017"
 LABEL_DIR = "annotation_val2017"
+
+# Each subset's benchmark list. The curated hash is eval.data.base.ids_sha256 of the 2175 ids of the pinned
+# list file (PINNED["coco_stuff27_list"], the copy in github.com/google/diffseg data/coco/); the 5000
+# val2017 ids are only known from the archive, so that list is recognised by its count.
+STANDARD_LISTS = {
+    "curated": StandardList(f"{DEFAULT_LIST_FILE} (DiffSeg's curated list)", 2175,
+                            "90cdc2116a1c2bef94bc1cefeb98a672444fddaa44b8370127016d98b16108a4"),
+    "all": StandardList(f"{ALL_LIST_FILE} (every val2017 image)", VAL2017_IMAGES),
+}
 COCO_STUFF_UNLABELLED = 255
 
 # The files `make data-coco` fetches or expects, with the published checksums (merged into
@@ -387,6 +397,9 @@ class CocoStuff27(LabelledImages):
 
     def find_ids(self) -> Sequence[str]:
         return subset_ids(self, self.subset, self.list_file, self.title)
+
+    def standard_image_list(self) -> StandardList | None:
+        return STANDARD_LISTS.get(self.subset)
 
     def label_lut(self) -> np.ndarray:
         return coco_stuff_fine_to_coarse_lut()

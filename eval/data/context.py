@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eval.atomic import write_text_atomic
-from eval.data.base import LabelledImages
+from eval.data.base import LabelledImages, StandardList
 from eval.data.coco_format import annotation_masks, coco_from_dataset, write_label_png
 from eval.data.download import (
     DownloadError,
@@ -307,6 +307,9 @@ class Context60(LabelledImages):
     make_target = "data-context"
     prepare_action = "prepare it"
     options = {"split": "val"}
+    # the val list is built from the pinned annotation file (its ids are not kept here): recognised by its count
+    standard_list = StandardList("PASCAL-Context val (ImageSets/SegmentationContext/val.txt)", VAL_IMAGES,
+                                 options={"split": "val"})
     image_dir, label_dir = IMAGE_DIR, LABEL_DIR
 
     def find_ids(self) -> Sequence[str]:

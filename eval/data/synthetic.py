@@ -38,6 +38,7 @@ __all__ = [
     "write_synthetic_coco_object",
     "write_synthetic_coco_stuff",
     "write_synthetic_context",
+    "write_synthetic_folder",
     "write_synthetic_voc",
 ]
 
@@ -310,6 +311,44 @@ def write_synthetic_ade20k(
                    root / "annotations" / split / f"{name}.png", rng, seed)
         if split == "validation":
             ids.append(name)
+    mark_synthetic(root)
+    return sorted(ids)
+
+
+# --------------------------------------------------------------------------- a folder of one's own
+
+
+def write_synthetic_folder(
+    root: PathLike, num_images: int = 4, seed: int = 0, num_classes: int = 5, ignore_index: int | None = 255,
+    size_range: Pair = (200, 400), shape: Pair | None = None, image_dir: str = "images", label_dir: str = "labels",
+    image_suffix: str = ".jpg", label_suffix: str = ".png",
+) -> list[str]:
+    """Write a folder-dataset root (:mod:`eval.data.folder`): ``<image_dir>/<name><image_suffix>`` and
+    ``<label_dir>/<name><label_suffix>``, named ``img_<k>``.
+
+    Labels are single-channel ("L") PNGs with values 0..num_classes-1: a background class, a band of
+    another class, a few shapes, and a strip of ``ignore_index`` (unless None). Images are ``shape``
+    ``(height, width)`` when given, else random non-square sizes within ``size_range``.
+
+    Returns:
+        The ids (names), sorted.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    ids = []
+    for k in range(num_images):
+        name = f"img_{k:03d}"
+        h, w = shape if shape is not None else _random_size(rng, size_range)
+        label_img = Image.new("L", (w, h), color=int(rng.integers(0, num_classes)))
+        draw = ImageDraw.Draw(label_img)
+        draw.rectangle([0, int(h * rng.uniform(0.5, 0.7)), w, h], fill=int(rng.integers(0, num_classes)))
+        for _ in range(int(rng.integers(1, 4))):
+            _random_shape(draw, rng, h, w, int(rng.integers(0, num_classes)))
+        if ignore_index is not None:
+            draw.rectangle([0, 0, w, max(1, h // 16)], fill=int(ignore_index))
+        _save_pair(np.asarray(label_img), root / image_dir / f"{name}{image_suffix}", label_img,
+                   root / label_dir / f"{name}{label_suffix}", rng, seed)
+        ids.append(name)
     mark_synthetic(root)
     return sorted(ids)
 

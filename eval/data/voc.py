@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.data.base import LabelledImages
+from eval.data.base import LabelledImages, StandardList
 from eval.data.download import PinnedFile, download_pinned, read_tar_member, safe_extract_tar
 from eval.data.preparation import Preparation, PrepareError, listed_files_ready
 
@@ -108,6 +108,8 @@ class Voc21(LabelledImages):
     background = 0
     make_target = "data-voc"
     options = {"split": "val"}
+    # val.txt comes from the pinned trainval tar (its ids are not kept here): recognised by its count
+    standard_list = StandardList("VOC2012 ImageSets/Segmentation/val.txt", VAL_IMAGES, options={"split": "val"})
     image_dir, label_dir = IMAGE_DIR, LABEL_DIR
 
     def find_ids(self) -> Sequence[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset"]
@@ -35,14 +35,16 @@ def build_dataset(node: DictConfig) -> Any:
     """The dataset of a ``conf/dataset`` node: its ``_target_`` called with every key but :data:`DESCRIPTIVE_KEYS`.
 
     A config saved by an older run (the class in a nested ``dataset:`` block) builds that block.
-    The node's ``num_classes`` and ``background`` must be the dataset's own (a config that disagrees
-    with its dataset class is a ``ValueError`` naming both values).
+    A class that takes some of them as settings (its ``described_keys``, e.g. the folder dataset's
+    ``num_classes``) gets them. The node's ``num_classes`` and ``background`` must be the dataset's own
+    (a config that disagrees with its dataset class is a ``ValueError`` naming both values).
     """
     params = OmegaConf.to_container(node, resolve=True)
     if "_target_" not in params and isinstance(params.get("dataset"), dict):  # a config saved before the node
         params = {**{k: params[k] for k in DESCRIPTIVE_KEYS if k in params}, **params["dataset"]}  # was flattened
     described = {key: params.pop(key) for key in DESCRIPTIVE_KEYS if key in params}
-    dataset = build(OmegaConf.create(params))
+    taken = getattr(get_class(params["_target_"]), "described_keys", ()) if "_target_" in params else ()
+    dataset = build(OmegaConf.create({**params, **{k: described[k] for k in taken if k in described}}))
     for key in ("num_classes", "background"):
         if key in described and getattr(dataset, key, None) != described[key]:
             raise ValueError(f"conf/dataset/{described.get('name')}.yaml says {key}: {described[key]}, but "

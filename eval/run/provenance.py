@@ -10,6 +10,7 @@
      "non_default": {"DiffSeg": {"segmenter.kl_threshold": [0.5, 1.1]}},   # [ours, paper]
      "code_versions": {"5458e27a1b2c": 2175},   # code version -> evaluated images it made
      "batch_sizes": {"8": 2175},       # batch size -> evaluated images computed at it ("unknown": older records)
+     "image_list": {"standard": true, "name": "...", "count": 2175, "sha256": "..."},  # the listed images
      "notes": ["..."]}                 # the same facts as short human-readable marks
 
 Labels are derived from this record, never from a flag: :func:`banner` for files
@@ -127,11 +128,14 @@ def build_provenance(
     protocol: Mapping[str, Any] | None = None,
     code_versions: Mapping[str, int] | None = None,
     batch_sizes: Mapping[str, int] | None = None,
+    image_list: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``provenance`` record of a run (module docstring).
 
     ``code_versions`` and ``batch_sizes`` are :func:`tally` of the evaluated records by
-    ``"code"`` and ``"batch_size"``; more than one value of either adds a note.
+    ``"code"`` and ``"batch_size"``; more than one value of either adds a note. ``image_list`` is the
+    dataset's :meth:`~eval.data.base.LabelledImages.image_list` (kept as ``"image_list"``); a list other
+    than the benchmark's adds the note ``non-standard image list: <count> images, sha256 <12 hex>``.
     """
     total = int(data.get("num_ids", selected))
     partial = bool(partial_merge or skipped or evaluated < total)
@@ -140,6 +144,9 @@ def build_provenance(
         notes.append("random-weight backbone")
     if data.get("synthetic"):
         notes.append("synthetic data")
+    if image_list is not None and not image_list.get("standard"):
+        notes.append(f"non-standard image list: {image_list.get('count')} images, "
+                     f"sha256 {str(image_list.get('sha256'))[:12]}")
     if partial:
         text = f"partial: {evaluated} of {total} images"
         if skipped:
@@ -159,7 +166,7 @@ def build_provenance(
     if len(batch_sizes) > 1:
         notes.append("several batch sizes: " + ", ".join(f"{b} ({n} images)" for b, n in batch_sizes.items())
                      + "; per-image floats depend on the batch (about 1e-6 on CPU)")
-    return {
+    record: dict[str, Any] = {
         "fingerprint": fingerprint,
         "random_weights": bool(random_weights),
         "synthetic_data": bool(data.get("synthetic")),
@@ -171,6 +178,9 @@ def build_provenance(
         "batch_sizes": batch_sizes,
         "notes": notes,
     }
+    if image_list is not None:
+        record["image_list"] = dict(image_list)
+    return record
 
 
 def _short(value: Any) -> str:

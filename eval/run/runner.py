@@ -330,7 +330,8 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
     if ctx.is_main:
         records = load_run_records(out_dir)  # every rank's records, all appended before the sync
         mine = [records[i] for i in selected if i in records]
-        outcome = _write_result(cfg, out_dir, identity, totals, mine, len(selected), source, timing)
+        outcome = _write_result(cfg, out_dir, identity, totals, mine, len(selected), source, timing,
+                                getattr(dataset, "image_list", lambda: None)())
         if "result" in outcome:
             masks_out.finish(outcome["result"]["methods"], outcome["result"]["image_ids"])
             samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []),
@@ -345,7 +346,7 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
 
 def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
                   mine: list[dict[str, Any]], selected: int, source: BackbonePasses,
-                  timing: dict[str, Any]) -> dict[str, Any]:
+                  timing: dict[str, Any], image_list: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"result": metrics.json content}`` once written, or ``{"error": message}``."""
     evaluated = sum("methods" in r for r in mine)
     skipped = len(mine) - evaluated
@@ -370,7 +371,8 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
     folder_code = code_id(read_run_json(out_dir / IDENTITY_FILE).get("code") or {})
     provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(cfg, source),
                                   evaluated=evaluated, skipped=skipped, selected=selected,
-                                  code_versions=tally(mine, "code", folder_code), batch_sizes=tally(mine, "batch_size"))
+                                  code_versions=tally(mine, "code", folder_code), batch_sizes=tally(mine, "batch_size"),
+                                  image_list=image_list)
     extra: dict[str, Any] = {"timing": timing, "unknown_labels": {**unknown, "max_fraction": limit}}
     if source.cache.mode != "none":
         extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffseg.aggregation import check_weights
@@ -96,6 +96,13 @@ def _segmenter(node: DictConfig, key: str) -> str | None:
     return None
 
 
+def _dataset(cfg: DictConfig) -> list[str]:
+    """The dataset class's own checks of its settings (a class with ``setting_problems(dict) -> [message]``)."""
+    target = _value(cfg, "dataset._target_")
+    check = getattr(get_class(str(target)), "setting_problems", None) if target else None
+    return list(check(OmegaConf.to_container(cfg.dataset, resolve=True))) if check else []
+
+
 def _problems(cfg: DictConfig) -> list[str]:
     problems = [
         _integer(cfg, "batch_size", 1),
@@ -111,6 +118,7 @@ def _problems(cfg: DictConfig) -> list[str]:
         _integer(cfg, "model.head_chunk", 1, optional=True),
         _weights(_value(cfg, "aggregation.weights"), "aggregation.weights"),
         _device(cfg),
+        *_dataset(cfg),
     ]
     dtype = _value(cfg, "model.dtype")
     if dtype is not None and str(dtype) not in DTYPES:
