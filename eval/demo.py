@@ -20,11 +20,11 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from eval.config_path import config_dir
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.report.tables import collect_runs, write_tables
 from eval.run import evaluate
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEMO_IDS = ["000000000139", "000000000285", "000000000632", "000000000724", "000000000776",
             "000000000785", "000000000802", "000000000872", "000000000885", "000000001000",
             "000000001268", "000000001296"]
@@ -45,7 +45,7 @@ def run_demo(data_root: Path, outputs: Path, results: Path, num_images: int, fre
     if not (data_root / "Coco164kFull_Stuff_Coarse_7.txt").exists():
         write_synthetic_coco_stuff(data_root, num_images=num_images, seed=0, ids=DEMO_IDS[:num_images])
     for name, overrides in DEMO_RUNS:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose("eval", overrides=[
                 *overrides, f"dataset.root={data_root}", f"dataset.limit={num_images}",
                 f"paths.output_dir={outputs / name}", "batch_size=4", "num_workers=2",

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from eval.config_path import config_dir
 
 __all__ = [
     "CONF_DIR",
@@ -29,7 +30,7 @@ __all__ = [
     "preparations",
 ]
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = config_dir()
 
 
 @cache

@@ -35,9 +35,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from eval.config_path import config_dir
+
 __all__ = ["DEFAULT_LEDGER", "STATUSES", "Claim", "claims_for", "load_ledger", "render_claims"]
 
-DEFAULT_LEDGER = Path(__file__).resolve().parents[2] / "conf" / "paper" / "numbers.yaml"
+DEFAULT_LEDGER = config_dir() / "paper" / "numbers.yaml"
 STATUSES = ("confirmed", "secondary")
 _REQUIRED = ("method", "dataset", "protocol", "source", "status")
 

@@ -60,6 +60,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval.atomic import write_json_atomic
+from eval.config_path import config_dir
 from eval.metrics.protocols import protocol_settings
 
 __all__ = [
@@ -319,6 +320,7 @@ def check_contents(out_dir: str | os.PathLike, records: dict[str, dict[str, Any]
 
 
 def _package_root() -> Path:
+    """The folder above the ``eval`` package: the checkout whose git commit names the code (not a conf/ lookup)."""
     return Path(__file__).resolve().parents[2]
 
 
@@ -414,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to `python -m eval.run`")
     parser.add_argument("--prefix", required=True, help="parent folder of the run folders")
     args = parser.parse_intermixed_args(argv)
-    with initialize_config_dir(config_dir=str(_package_root() / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("eval", overrides=list(args.overrides))
     try:
         dataset = build_dataset(cfg.dataset)

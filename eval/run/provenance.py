@@ -30,6 +30,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from eval.config_path import config_dir
+
 __all__ = [
     "DEFAULT_PROTOCOL",
     "banner",
@@ -42,7 +44,7 @@ __all__ = [
     "tally",
 ]
 
-DEFAULT_PROTOCOL = Path(__file__).resolve().parents[2] / "conf" / "paper" / "protocol.yaml"
+DEFAULT_PROTOCOL = config_dir() / "paper" / "protocol.yaml"
 RANDOM_BANNER = "RANDOM WEIGHTS: backbone without pretrained weights: these numbers say nothing about DiffSeg"
 SYNTHETIC_BANNER = "SYNTHETIC DATA: generated images and labels, not the benchmark"
 UNKNOWN_BANNER = "UNKNOWN PROVENANCE: some results predate provenance records (settings and weights unchecked)"

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
 from diffseg.preprocess import LabelFormatError
+from eval.config_path import config_dir
 from eval.data.loader import DuplicateIdsError, build_loader
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.metrics.protocols import ProtocolError, apply_protocol, protocol_settings
@@ -488,7 +489,7 @@ def run_cli(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"), config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all work is in :func:`evaluate` (exit statuses: :func:`run_cli`)."""
     status = run_cli(cfg)
