@@ -129,6 +129,7 @@ class AttentionCache:
             raise ValueError(f"cache.max_gb: expected a positive size in GB, got {max_gb!r}")
         self.mode = mode
         self.prefix = setting_key(setting)
+        self.max_gb = float(max_gb)
         self.max_bytes = int(max_gb * 2**30)
         self.root = Path(directory) if directory is not None else None
         self.directory = self.root / self.prefix if self.root is not None else None
@@ -187,7 +188,7 @@ class AttentionCache:
         self.evicted += count
         log.info("attention cache: evicted %d least recently used entries (%.2f GB); %s now holds %d entries, "
                  "%.2f GB of max_gb=%.6g", count, freed / 1e9, self.root, len(self._sizes), self.size_bytes / 1e9,
-                 self.max_bytes / 2**30)
+                 self.max_gb)
 
     def file(self, key: str) -> Path:
         """The disk entry of an input key."""
@@ -247,7 +248,7 @@ class AttentionCache:
             if len(blob) > self.max_bytes:
                 if not self.too_large:
                     log.warning("attention cache: one entry takes %.1f MB, more than max_gb=%.6g: nothing is written "
-                                "to %s (raise cache.max_gb)", len(blob) / 1e6, self.max_bytes / 2**30, self.root)
+                                "to %s (raise cache.max_gb)", len(blob) / 1e6, self.max_gb, self.root)
                 self.too_large += 1
                 return
             path = self.file(key)
@@ -262,7 +263,7 @@ class AttentionCache:
         out: dict[str, Any] = {"mode": self.mode, "hits": self.hits, "misses": self.misses, "rejected": self.rejected}
         if self.mode == "disk":
             out.update(evicted=self.evicted, too_large=self.too_large, size_gb=round(self.size_bytes / 1e9, 6),
-                       max_gb=self.max_bytes / 2**30)
+                       max_gb=self.max_gb)
         return out
 
     @staticmethod
