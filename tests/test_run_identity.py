@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra_compose import FAST_DIFFSEG, compose_eval, run_config, synthetic_coco_stuff_root, totals
+import torch
+from hydra_compose import (
+    FAST_DIFFSEG,
+    assert_multi_segment,
+    compose_eval,
+    run_config,
+    synthetic_coco_stuff_root,
+    totals,
+)
 from PIL import Image
 
 from diffseg.backbone import StableDiffusionBackbone
@@ -49,7 +57,17 @@ scores = totals
 @pytest.fixture(scope="module")
 def full(root, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    return out, run(root, out)
+    return out, assert_multi_segment(run(root, out))  # totals that depend on the maps, not on the labels alone
+
+
+def perturb_records(folder: Path, name: str = "per_image.jsonl") -> None:
+    """Give the first evaluated record of ``folder`` the second one's stats (what a wrong record read would do)."""
+    path = folder / name
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    done = [r for r in records if "methods" in r]
+    assert done[0]["methods"] != done[1]["methods"]
+    done[0]["methods"] = json.loads(json.dumps(done[1]["methods"]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def test_changed_setting_in_the_same_folder_is_refused_and_old_results_untouched(root, full):
@@ -62,6 +80,8 @@ def test_changed_setting_in_the_same_folder_is_refused_and_old_results_untouched
     assert "new folder" in message
     with pytest.raises(RunMismatchError, match=r"model.timestep: 300 -> 200"):
         run(root, out, "model.timestep=200")
+    with pytest.raises(RunMismatchError, match=r"model.head_chunk: null -> 2"):  # the chunking rounds the maps
+        run(root, out, "model.head_chunk=2")
     assert (out / "metrics.json").read_bytes() == before
     # The same command again resumes: nothing recomputed, the same numbers.
     again = run(root, out)
@@ -76,7 +96,7 @@ def test_selection_and_speed_settings_may_differ_in_one_folder(root, full, tmp_p
     first = run(root, tmp_path, "dataset.limit=2")
     assert first["methods"]["DiffSeg"]["images"] == 2
     assert first["provenance"]["partial"] and "partial: 2 of 6 images" in first["provenance"]["notes"]
-    extended = run(root, tmp_path, "num_workers=1", "model.head_chunk=2")
+    extended = run(root, tmp_path, "num_workers=1")
     assert extended["timing"]["images_this_invocation"] == 4
     assert scores(extended) == scores(result)
     assert not extended["provenance"]["partial"]
@@ -94,6 +114,22 @@ def test_a_folder_built_from_several_batch_sizes_says_so(root, tmp_path):
     assert [r["batch_size"] for r in records] == [1, 1, 2, 2, 2, 2]
     assert extended["provenance"]["batch_sizes"] == {"1": 2, "2": 4}
     assert "several batch sizes: 1 (2 images), 2 (4 images)" in " ".join(extended["provenance"]["notes"])
+
+
+def test_each_record_carries_its_thread_count_and_the_provenance_counts_them(root, tmp_path):
+    """25.12: CPU sums depend on torch's thread count, so a folder made at several counts says so."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run(root, tmp_path, "dataset.limit=2")
+        torch.set_num_threads(2)
+        extended = run(root, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    records = [json.loads(line) for line in (tmp_path / "per_image.jsonl").read_text().splitlines()]
+    assert [r["threads"] for r in records] == [1, 1, 2, 2, 2, 2]
+    assert extended["provenance"]["threads"] == {"1": 2, "2": 4}
+    assert "several CPU thread counts: 1 (2 images), 2 (4 images)" in " ".join(extended["provenance"]["notes"])
 
 
 def test_records_from_an_older_version_are_refused(root, tmp_path):
@@ -147,9 +183,14 @@ def test_sigterm_finishes_the_batch_and_the_resume_equals_an_uninterrupted_run(r
     assert not (tmp_path / "metrics.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", original)
+    twin = tmp_path.parent / f"{tmp_path.name}_twin"
+    shutil.copytree(tmp_path, twin)
     resumed = run(root, tmp_path)
     assert resumed["timing"]["images_this_invocation"] == 4
     assert scores(resumed) == scores(clean)
+    # Twin: the resume replays the records it reads; one wrong record read changes the totals.
+    perturb_records(twin)
+    assert scores(run(root, twin)) != scores(clean)
     log = (tmp_path / "run.log").read_text()
     assert "run folder:" in log and "6 of 6 selected images evaluated" in log
 
@@ -205,19 +246,26 @@ def test_identity_cli_gives_one_folder_per_setting(root, capsys):
 
 @pytest.fixture(scope="module")
 def shards(root, tmp_path_factory):
+    """Two shards at ``batch_size=1``: a shard's batches hold other images than one run's at batch_size=2, and
+    the CPU UNet's floats depend on them (about 1e-6, enough to move a segment boundary)."""
     base = tmp_path_factory.mktemp("shards")
     made = {}
     for name, extra in [("s0", ["dataset.shard=0/2"]), ("s1", ["dataset.shard=1/2"]),
                         ("s1_kl05", ["dataset.shard=1/2", "methods.diffseg.segmenter.kl_threshold=0.5"])]:
-        run(root, base / name, *extra)
+        run(root, base / name, "batch_size=1", *extra)
         made[name] = base / name
     return made
 
 
-def test_merge_equals_one_run_and_records_shard_versions(shards, full, tmp_path):
-    _, clean = full
+def test_merge_equals_one_run_and_records_shard_versions(root, shards, tmp_path):
+    clean = assert_multi_segment(run(root, tmp_path / "one_run", "batch_size=1"))
     merged = merge_runs([shards["s0"], shards["s1"]], tmp_path / "m")
     assert scores(merged) == scores(clean)
+    # Twin: the merge sums the records it reads; one wrong record in a shard changes the totals.
+    wrong = tmp_path / "s1_wrong"
+    shutil.copytree(shards["s1"], wrong)
+    perturb_records(wrong)
+    assert scores(merge_runs([shards["s0"], wrong], tmp_path / "m_wrong")) != scores(clean)
     assert not merged["provenance"]["partial"]
     assert [m["shard"] for m in merged["merged_from"]] == ["0/2", "1/2"]
     assert all("torch" in m["versions"] for m in merged["merged_from"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra_compose import compose_eval
+from hydra_compose import MULTI_SEGMENT, assert_multi_segment, compose_eval
 
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate
@@ -24,7 +25,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 # batch composition is what makes ranks and one process exactly comparable.
 ARGS = ["experiment=coco_stuff27", "model=tiny", "dataset.size=128", "batch_size=1", "num_workers=0",
         "progress=false", "device=cpu", "save_masks=true", "methods.kmeans_c.segmenter.n_init=1",
-        "methods.kmeans_s.segmenter.n_init=1", "methods.diffseg_fp32=null"]
+        "methods.kmeans_s.segmenter.n_init=1", "methods.diffseg_fp32=null", MULTI_SEGMENT]
 
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this python")
 
@@ -44,7 +45,7 @@ def single(root, tmp_path_factory) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={out}"]))
+        return assert_multi_segment(evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={out}"])))
     finally:
         torch.set_num_threads(threads)
 
@@ -81,6 +82,8 @@ def test_two_ranks_equal_one_process_and_each_image_is_evaluated_once(root, sing
     assert len(list((tmp_path / "masks" / "DiffSeg").glob("*.png"))) == 7
     log = (tmp_path / "run.log").read_text()
     assert "data-parallel: 2 ranks" in log and log.count("run folder:") == 1  # rank 0 alone logs
+    assert result["provenance"]["threads"] == single["provenance"]["threads"] == {"1": 7}  # what makes them equal
+    assert "terminate called" not in err  # each rank destroys its process group (no gloo thread outlives it)
 
 
 def test_killed_two_rank_run_resumes_with_one_process_to_the_same_totals(root, single, tmp_path):
@@ -94,14 +97,55 @@ def test_killed_two_rank_run_resumes_with_one_process_to_the_same_totals(root, s
     assert not (tmp_path / "metrics.json").exists()
     done = len([r for r in load_run_records(tmp_path).values() if "methods" in r])
     assert 1 <= done < 7
+    twin = tmp_path.parent / f"{tmp_path.name}_twin"
+    shutil.copytree(tmp_path, twin)
+    rank_file = max((p for p in twin.glob("per_image.rank*.jsonl")), key=lambda p: p.stat().st_size)
+    records = [json.loads(line) for line in rank_file.read_text().splitlines()]
+    for record in records:  # one wrong record read: every method's first class counts change
+        for stats in record.get("methods", {}).values():
+            stats["tp"][0], stats["fn"][0] = stats["tp"][0] + 1000, stats["fn"][0] + 7
+    rank_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks and `single`: exact totals are compared
     try:
         resumed = evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={tmp_path}"]))
+        perturbed = evaluate(compose_eval([*ARGS, f"dataset.root={root}", f"paths.output_dir={twin}"]))
     finally:
         torch.set_num_threads(threads)
     assert resumed["timing"]["images_this_invocation"] == 7 - done
     assert totals(resumed) == totals(single)
+    # Twin: the resume reads the ranks' records; wrong ones change the totals of every method.
+    assert all(totals(perturbed)[name]["tp"] != totals(single)[name]["tp"] for name in totals(single))
+
+
+def test_a_run_destroys_the_process_group_it_created(monkeypatch):
+    """25.12: a gloo group left to the interpreter's exit can abort the rank (its threads outlive their owner)."""
+    import torch.distributed as dist
+
+    from eval.run import distributed
+
+    def single_rank_group(device):
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        return distributed.Dist()
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "init_from_env", single_rank_group)
+    assert not dist.is_initialized()
+    with distributed.process_group(torch.device("cpu")) as ctx:
+        assert dist.is_initialized() and ctx.rank == 0
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="stop"), distributed.process_group(torch.device("cpu")):
+        assert dist.is_initialized()
+        raise RuntimeError("stop")
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:  # a group the caller made is the caller's
+        with distributed.process_group(torch.device("cpu")):
+            pass
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
 
 
 def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):

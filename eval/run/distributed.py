@@ -14,19 +14,25 @@ The split is deterministic: the images still to do, in dataset order, go
 round-robin to the ranks (:func:`split`). There are no collectives inside the
 image loop, so ranks with unequal work never wait on each other; the metric
 states are summed once at the end through torchmetrics' sync.
+
+The run owns the process group it creates (:func:`process_group`) and destroys it when it
+ends: a gloo group left to the interpreter's exit keeps its C++ worker threads past their
+owner, and their destruction at exit can abort the process ("terminate called without an
+active exception", SIGABRT).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "export_slurm_env", "init_from_env", "split"]
+__all__ = ["Dist", "export_slurm_env", "init_from_env", "process_group", "split"]
 
 T = TypeVar("T")
 
@@ -94,6 +100,27 @@ def init_from_env(device: torch.device) -> Dist:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[Dist]:
+    """:func:`init_from_env` for the block; a group it created is destroyed when the block ends.
+
+    On a normal end every rank first meets at a barrier (no rank closes its connections while
+    another still reads the last broadcast); on an exception (a signal, a refusal) the group is
+    destroyed at once. A group initialised by the caller is left to the caller.
+    """
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    ctx = init_from_env(device)
+    try:
+        yield ctx
+    except BaseException:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    if created and dist.is_initialized():
+        ctx.barrier()
+        dist.destroy_process_group()
 
 
 def split(items: Sequence[T], ctx: Dist) -> list[T]:

@@ -12,14 +12,16 @@ A run folder holds ``run.json``::
 
 ``settings`` holds every setting that can change a per-image result: the dataset
 node (label mapping, evaluation size) without its root, limit and shard; the whole
-model node (name, dtype, timestep, noise and its seed, backbone) without
-``head_chunk``; the aggregation weights; every method's node; the protocol
-(:mod:`eval.metrics.protocols`: geometry and scoring rules); the device type
+model node (name, dtype, timestep, noise and its seed, ``head_chunk``: the chunking
+rounds the attention head sum, up to 3e-8, backbone); for a backbone loaded from local
+files, their content hash (``weights``, :func:`eval.run.weights.weights_identity`; a hub
+id is named by its configured revision); the aggregation weights; every method's node;
+the protocol (:mod:`eval.metrics.protocols`: geometry and scoring rules); the device type
 (CPU and CUDA kernels round differently). ``data`` names the image universe (the
 hash of the dataset's full id list) and whether it is synthetic. Settings that only
 choose which images (``dataset.limit``, ``dataset.shard``, ``dataset.root``) or how
-fast (batch size, workers, cache, ``model.head_chunk``) are left out, so a folder can
-be resumed or extended with other values of them.
+fast (batch size, workers, cache) are left out, so a folder can be resumed or extended
+with other values of them.
 
 Starting a run in a folder made under another fingerprint raises
 :class:`RunMismatchError` before any work, naming each differing setting. Every
@@ -29,7 +31,9 @@ recomputed from ``run.json``'s own ``settings`` and ``data``, so an edited ``run
 is refused rather than trusted.
 
 The code version (``code["id"]``: the git commit, plus a hash of the uncommitted diff
-of tracked files when the checkout is dirty) is not part of the fingerprint but is
+of tracked files when the checkout is dirty, plus the torch, diffusers and transformers
+versions, e.g. ``5458e27a1b2c torch-2.5.1 diffusers-0.31.0 transformers-4.46.3``) is not
+part of the fingerprint but is
 checked on resume (:func:`check_code_version`): records made by other code are only
 extended with ``allow_code_change=true``. Each record also carries the content hashes
 of its image and label files, checked on resume (:func:`check_contents`), so a folder
@@ -62,6 +66,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.atomic import write_json_atomic
 from eval.config_path import config_dir
 from eval.metrics.protocols import protocol_settings
+from eval.run.weights import weights_identity
 
 __all__ = [
     "IDENTITY_FILE",
@@ -81,6 +86,7 @@ __all__ = [
     "file_digests",
     "fingerprint_of",
     "identity_of",
+    "library_versions",
     "result_settings",
     "versions",
 ]
@@ -89,8 +95,10 @@ IDENTITY_FILE = "run.json"
 SYNTHETIC_MARKER = "SYNTHETIC.txt"
 # Keys of the dataset node that only choose which images (or where they are).
 _SELECTION_KEYS = ("root", "limit", "shard")
-# Keys of the model node that only change speed or memory.
-_SPEED_KEYS = ("head_chunk",)
+# Keys of the model node that only change speed or memory (none: ``head_chunk`` rounds the maps).
+_SPEED_KEYS: tuple[str, ...] = ()
+# Libraries whose version is part of the code version (they compute the maps and features).
+_CODE_LIBRARIES = ("torch", "diffusers", "transformers")
 
 
 class RunMismatchError(RuntimeError):
@@ -138,7 +146,7 @@ def result_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """Every setting of a composed config that can change a per-image result (plain, resolved)."""
     container = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig)
                  else cfg[key] for key in ("dataset", "model", "aggregation", "methods")}
-    return {
+    out = {
         "dataset": _without(container["dataset"], _SELECTION_KEYS),
         "model": _without(container["model"], _SPEED_KEYS),
         "aggregation": container.get("aggregation"),
@@ -146,6 +154,10 @@ def result_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "protocol": protocol_settings(cfg),
         "device": device.type,
     }
+    weights = weights_identity(container["model"].get("backbone") or {}, resolve_hub=False)
+    if any("sha256" in part for part in weights.values()):  # local files: their content, not their path
+        out["weights"] = weights
+    return out
 
 
 def is_synthetic(root: str | os.PathLike) -> bool:
@@ -325,7 +337,8 @@ def _package_root() -> Path:
 
 
 def code_id(code: dict[str, Any]) -> str:
-    """Short code version of a ``code`` record: ``<commit12>``, ``<commit12>+diff.<sha12>``, or the package version.
+    """Short code version of a ``code`` record: ``<commit12>``, ``<commit12>+diff.<sha12>``, or the package version,
+    followed by the library versions when the record has them (`` torch-2.5.1 diffusers-0.31.0 ...``).
 
     Records written before ``code`` had an ``id`` get one from their fields; a dirty
     checkout whose diff was not hashed then reads ``<commit12>+diff.unknown``.
@@ -334,8 +347,10 @@ def code_id(code: dict[str, Any]) -> str:
         return str(code["id"])
     git = code.get("git")
     if git and not str(git).startswith("unavailable"):
-        return str(git)[:12] + (f"+diff.{str(code.get('diff_sha256') or 'unknown')[:12]}" if code.get("dirty") else "")
-    return f"package {code.get('version', 'unknown')}"
+        out = str(git)[:12] + (f"+diff.{str(code.get('diff_sha256') or 'unknown')[:12]}" if code.get("dirty") else "")
+    else:
+        out = f"package {code.get('version', 'unknown')}"
+    return out + "".join(f" {name}-{version}" for name, version in (code.get("libraries") or {}).items())
 
 
 def _git(root: Path, *args: str) -> bytes:
@@ -373,13 +388,23 @@ def _own_code_version() -> str:
     return json.dumps(code_version_of(_package_root()))
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that compute the maps and features (part of the code version)."""
+    return {name: versions()[name] for name in _CODE_LIBRARIES}
+
+
 def code_version() -> dict[str, Any]:
-    """The harness's own version (:func:`code_version_of` its checkout), computed once per process.
+    """The harness's own version (:func:`code_version_of` its checkout, computed once per process) and the
+    versions of the libraries that compute the maps (:func:`library_versions`), both in its ``id``.
 
     Once per process because the code that runs is the code that was imported: later
-    edits of the working tree do not change it.
+    edits of the working tree do not change it. A resume after a torch or diffusers upgrade
+    is therefore refused like one after a code change (:func:`check_code_version`).
     """
-    return json.loads(_own_code_version())
+    out = {k: v for k, v in json.loads(_own_code_version()).items() if k != "id"}
+    out["libraries"] = library_versions()
+    out["id"] = code_id(out)
+    return out
 
 
 def versions() -> dict[str, str]:

@@ -19,12 +19,31 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffseg import aggregate_attention
 from diffseg.devices import resolve_dtype
+from eval.bench.timing import _cpu_name as cpu_name
 from eval.metrics.protocols import protocol_settings
 from eval.run.build import build
-from eval.run.cache import AttentionCache, input_key
+from eval.run.cache import AttentionCache, input_key, library_digest
+from eval.run.identity import versions
 from eval.run.methods import FeaturePass, Method, weights_key
+from eval.run.weights import unresolved, weights_identity
 
-__all__ = ["BackbonePasses", "segment_batch"]
+__all__ = ["BackbonePasses", "map_device", "segment_batch"]
+
+# Libraries whose code computes the maps (besides diffseg's own source).
+_MAP_LIBRARIES = ("torch", "diffusers", "transformers", "cuda")
+
+
+def map_device(device: torch.device) -> dict[str, Any]:
+    """The device as the maps depend on it: type and name; on CPU also torch's thread count.
+
+    The thread count splits the CPU matmuls' sums differently (a few pixels of the totals differ
+    between 1 and 2 threads); a CUDA pass does not depend on it.
+    """
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device)}
+    if device.type == "cpu":
+        return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads()}
+    return {"type": device.type}
 
 
 class BackbonePasses:
@@ -38,6 +57,13 @@ class BackbonePasses:
         self.needs_attention = any(m.features is None for m in methods)
         self.feature_passes = sorted({m.features for m in methods if m.features is not None},
                                      key=lambda p: (p.timestep is None, p.timestep or 0, p.noise_seed))
+        self.cache = self._attention_cache()
+
+    def _attention_cache(self) -> AttentionCache:
+        """The cache of this setting (module :mod:`eval.run.cache`: what the key holds)."""
+        cfg, device = self.cfg, self.device
+        backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+        self.weights = weights_identity(backbone) if cfg.cache.mode != "none" else {}
         setting = {
             "model": str(cfg.model.name),
             "dtype": str(self.dtype),
@@ -45,25 +71,37 @@ class BackbonePasses:
             "noise": bool(cfg.model.noise),
             "noise_seed": int(cfg.model.noise_seed),
             "size": int(cfg.dataset.size),
-            "backbone": OmegaConf.to_container(cfg.model.backbone, resolve=True),
-            "device": device.type,  # CPU and CUDA kernels round differently
+            "backbone": backbone,
+            "head_chunk": cfg.model.get("head_chunk"),  # the chunking rounds the head sum (up to 3e-8)
             "batch_size": int(cfg.batch_size),  # the UNet's floats depend on the batch (about 1e-6)
+            "weights": self.weights,
+            "code": library_digest(),
+            "libraries": {name: v for name, v in versions().items() if name in _MAP_LIBRARIES},
+            "device": map_device(device),  # kernels round differently per device (and CPU thread count)
         }
         geometry = protocol_settings(cfg).get("geometry")
         if geometry is not None:  # another protocol's crop gives other attention (key unchanged under diffseg)
             setting["geometry"] = geometry
-        self.cache = AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
+        return AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
 
     def load(self):
-        """The backbone, built on first use (so a run fully served by the cache never loads weights)."""
+        """The backbone, built on first use (so a run fully served by the cache never loads weights).
+
+        A hub revision that was not in the local Hugging Face cache is resolved once the weights
+        are loaded: the attention cache is then keyed by its commit.
+        """
         if self.backbone is None:
             self.backbone = build(self.cfg.model.backbone, dtype=self.dtype, device=self.device)
+            if unresolved(self.weights):
+                counts = (self.cache.hits, self.cache.misses, self.cache.rejected)
+                self.cache = self._attention_cache()
+                self.cache.hits, self.cache.misses, self.cache.rejected = counts
         return self.backbone
 
     @property
     def needs_backbone(self) -> bool:
-        """True unless every input can come from the attention cache."""
-        return self.cache.mode == "none" or bool(self.feature_passes)
+        """True unless every input can come from the attention cache (whose key must know the weights' commit)."""
+        return self.cache.mode == "none" or bool(self.feature_passes) or unresolved(self.weights)
 
     def __call__(self, images: torch.Tensor, ids: list[str]) -> tuple[dict[int, torch.Tensor] | None,
                                                                       dict[FeaturePass, torch.Tensor]]:

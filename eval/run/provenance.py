@@ -10,6 +10,7 @@
      "non_default": {"DiffSeg": {"segmenter.kl_threshold": [0.5, 1.1]}},   # [ours, paper]
      "code_versions": {"5458e27a1b2c": 2175},   # code version -> evaluated images it made
      "batch_sizes": {"8": 2175},       # batch size -> evaluated images computed at it ("unknown": older records)
+     "threads": {"8": 2175},           # torch CPU thread count -> evaluated images computed with it
      "image_list": {"standard": true, "name": "...", "count": 2175, "sha256": "..."},  # the listed images
      "notes": ["..."]}                 # the same facts as short human-readable marks
 
@@ -130,14 +131,15 @@ def build_provenance(
     protocol: Mapping[str, Any] | None = None,
     code_versions: Mapping[str, int] | None = None,
     batch_sizes: Mapping[str, int] | None = None,
+    threads: Mapping[str, int] | None = None,
     image_list: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``provenance`` record of a run (module docstring).
 
-    ``code_versions`` and ``batch_sizes`` are :func:`tally` of the evaluated records by
-    ``"code"`` and ``"batch_size"``; more than one value of either adds a note. ``image_list`` is the
-    dataset's :meth:`~eval.data.base.LabelledImages.image_list` (kept as ``"image_list"``); a list other
-    than the benchmark's adds the note ``non-standard image list: <count> images, sha256 <12 hex>``.
+    ``code_versions``, ``batch_sizes`` and ``threads`` are :func:`tally` of the evaluated records by
+    ``"code"``, ``"batch_size"`` and ``"threads"``; more than one value of any adds a note. ``image_list``
+    is the dataset's :meth:`~eval.data.base.LabelledImages.image_list` (kept as ``"image_list"``); a list
+    other than the benchmark's adds the note ``non-standard image list: <count> images, sha256 <12 hex>``.
     """
     total = int(data.get("num_ids", selected))
     partial = bool(partial_merge or skipped or evaluated < total)
@@ -168,6 +170,10 @@ def build_provenance(
     if len(batch_sizes) > 1:
         notes.append("several batch sizes: " + ", ".join(f"{b} ({n} images)" for b, n in batch_sizes.items())
                      + "; per-image floats depend on the batch (about 1e-6 on CPU)")
+    threads = dict(threads or {})
+    if len(threads) > 1:
+        notes.append("several CPU thread counts: " + ", ".join(f"{t} ({n} images)" for t, n in threads.items())
+                     + "; per-image floats on CPU depend on the thread count")
     record: dict[str, Any] = {
         "fingerprint": fingerprint,
         "random_weights": bool(random_weights),
@@ -178,6 +184,7 @@ def build_provenance(
         "non_default": diffs,
         "code_versions": code_versions,
         "batch_sizes": batch_sizes,
+        "threads": threads,
         "notes": notes,
     }
     if image_list is not None:

@@ -3,9 +3,10 @@
 ``<run dir>/per_image.jsonl`` gets one line per image, appended (and fsynced)
 after each batch; ``"fp"`` is the run's fingerprint (:mod:`eval.run.identity`), ``"code"``
 the code version that made the record, ``"batch_size"`` the batch size it was computed
-at, ``"root"`` the dataset root and ``"files"`` the sha256 of its image and label file::
+at, ``"threads"`` torch's CPU thread count then (CPU sums depend on it), ``"root"`` the
+dataset root and ``"files"`` the sha256 of its image and label file::
 
-    {"id": "000000000139", "fp": "3f9c...", "code": "5458e27a1b2c", "batch_size": 8,
+    {"id": "000000000139", "fp": "3f9c...", "code": "5458e27a1b2c", "batch_size": 8, "threads": 8,
      "root": "datasets/coco_stuff27", "files": {"image": "9a1f...", "label": "03c2..."},
      "methods": {"DiffSeg": {"tp": [...27], "fp": [...], "fn": [...], "valid": 262144, "segments": 7}, ...}}
     {"id": "000000000724", "fp": "3f9c...", "skipped": "OSError: cannot identify image file ..."}

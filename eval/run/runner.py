@@ -43,7 +43,7 @@ from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.metrics.protocols import ProtocolError, apply_protocol, protocol_settings
 from eval.report.figures import QualitativeSamples
 from eval.run.build import build_dataset
-from eval.run.distributed import Dist, export_slurm_env, init_from_env, split
+from eval.run.distributed import Dist, export_slurm_env, process_group, split
 from eval.run.identity import (
     IDENTITY_FILE,
     CodeVersionError,
@@ -157,16 +157,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     export_slurm_env()
     device = resolve_device(str(cfg.device))
-    ctx = init_from_env(device)
-    out_dir = Path(ctx.broadcast(str(cfg.paths.output_dir)))  # rank 0's folder for every rank
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not ctx.is_main:
-        _remove_stray_folder(Path(cfg.paths.output_dir), out_dir)
-    with _hold_folder(out_dir, ctx):
-        if ctx.is_main:
-            with _RunLog(out_dir):
-                return _evaluate(cfg, out_dir, device, ctx)
-        return _evaluate(cfg, out_dir, device, ctx)
+    with process_group(device) as ctx:  # destroyed when the run ends (no gloo thread outlives it)
+        out_dir = Path(ctx.broadcast(str(cfg.paths.output_dir)))  # rank 0's folder for every rank
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not ctx.is_main:
+            _remove_stray_folder(Path(cfg.paths.output_dir), out_dir)
+        with _hold_folder(out_dir, ctx):
+            if ctx.is_main:
+                with _RunLog(out_dir):
+                    return _evaluate(cfg, out_dir, device, ctx)
+            return _evaluate(cfg, out_dir, device, ctx)
 
 
 @contextlib.contextmanager
@@ -221,7 +221,7 @@ def _claim_folder(out_dir: Path, identity: RunIdentity, ctx: Dist, dataset: Any,
 def _new_record(image_id: str, identity: RunIdentity, cfg: DictConfig, dataset: Any) -> dict[str, Any]:
     """The bookkeeping part of an evaluated image's record: fingerprint, code version, batch size, files."""
     record: dict[str, Any] = {"id": image_id, "fp": identity.fingerprint, "code": identity.code_id,
-                              "batch_size": int(cfg.batch_size)}
+                              "batch_size": int(cfg.batch_size), "threads": torch.get_num_threads()}
     if hasattr(dataset, "image_path") and hasattr(dataset, "label_path"):
         record["root"] = str(getattr(dataset, "root", ""))
         record["files"] = file_digests(dataset, image_id)
@@ -373,11 +373,10 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
     provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(cfg, source),
                                   evaluated=evaluated, skipped=skipped, selected=selected,
                                   code_versions=tally(mine, "code", folder_code), batch_sizes=tally(mine, "batch_size"),
-                                  image_list=image_list)
+                                  threads=tally(mine, "threads"), image_list=image_list)
     extra: dict[str, Any] = {"timing": timing, "unknown_labels": {**unknown, "max_fraction": limit}}
     if source.cache.mode != "none":
-        extra["cache"] = {"mode": source.cache.mode, "hits": source.cache.hits, "misses": source.cache.misses,
-                          "rejected": source.cache.rejected}
+        extra["cache"] = source.cache.summary()
     result = write_metrics(
         out_dir, totals, mine, run=_run_info(cfg), provenance=provenance,
         config=OmegaConf.to_container(cfg, resolve=True), code=identity.code, versions=versions(), **extra,
