@@ -8,6 +8,7 @@ A run folder holds ``run.json``::
      "data": {"ids_sha256": "...", "num_ids": 2175, "synthetic": false},
      "code": {"version": "0.1.0", "git": "5458e27...", "dirty": true, "diff_sha256": "...",
               "id": "5458e27a1b2c+diff.0f3a9e1d2c4b"},
+     "outputs": {"save_masks": "png"},            # which files the folder holds besides the records
      "versions": {"torch": ..., "diffusers": ..., ...}}
 
 ``settings`` holds every setting that can change a per-image result: the dataset
@@ -22,6 +23,11 @@ hash of the dataset's full id list) and whether it is synthetic. Settings that o
 choose which images (``dataset.limit``, ``dataset.shard``, ``dataset.root``) or how
 fast (batch size, workers, cache) are left out, so a folder can be resumed or extended
 with other values of them.
+
+``outputs`` holds what the folder writes besides the records (``save_masks``: none, PNG or
+COCO masks). It changes no number, so it is not in the fingerprint, but a folder keeps one
+value: a run with another one is refused before anything is written (a folder's masks must
+cover every image its ``metrics.json`` lists, in one format).
 
 Starting a run in a folder made under another fingerprint raises
 :class:`RunMismatchError` before any work, naming each differing setting. Every
@@ -77,6 +83,7 @@ __all__ = [
     "RunMismatchError",
     "check_code_version",
     "check_contents",
+    "check_outputs",
     "check_run_folder",
     "code_id",
     "code_version",
@@ -121,6 +128,7 @@ class RunIdentity:
     settings: dict[str, Any]
     data: dict[str, Any]
     code: dict[str, Any] = field(default_factory=lambda: code_version())
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def code_id(self) -> str:
@@ -134,6 +142,7 @@ class RunIdentity:
             "settings": self.settings,
             "data": self.data,
             "code": self.code,
+            "outputs": self.outputs,
             "versions": versions(),
         }
 
@@ -188,9 +197,12 @@ def fingerprint_of(content: dict[str, Any]) -> str:
 
 def identity_of(cfg: DictConfig, dataset: Any, device: torch.device) -> RunIdentity:
     """The identity of running ``cfg`` on ``dataset`` on ``device``."""
+    from eval.run.mask_files import mask_format
+
     settings = result_settings(cfg, device)
     data = data_identity(dataset)
-    return RunIdentity(_fingerprint(settings, data), settings, data)
+    return RunIdentity(_fingerprint(settings, data), settings, data,
+                       outputs={"save_masks": mask_format(cfg.get("save_masks"))})
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -245,7 +257,25 @@ def check_run_folder(out_dir: str | os.PathLike, identity: RunIdentity, has_reco
         raise RunMismatchError(
             f"{out} holds results made under other settings (fingerprint {stored.get('fingerprint')}, "
             f"requested {identity.fingerprint}):\n{listing}\n{hint}")
+    check_outputs(out, stored, identity.outputs)
     return stored
+
+
+def check_outputs(out_dir: str | os.PathLike, stored: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Raise :class:`RunMismatchError` when ``outputs`` (``save_masks``) differ from the folder's.
+
+    A ``run.json`` written before it had ``outputs`` counts as the masks the folder holds.
+    """
+    from eval.run.mask_files import saved_mask_format
+
+    had = stored.get("outputs") or {"save_masks": saved_mask_format(out_dir)}
+    changes = [f"{key}: {json.dumps(had.get(key))} -> {json.dumps(value)}" for key, value in outputs.items()
+               if had.get(key) != value]
+    if changes:
+        raise RunMismatchError(
+            f"{out_dir} holds results written with other output settings ({'; '.join(changes)}): its masks "
+            "would cover only part of the images its metrics.json lists. Run again with the folder's "
+            f"save_masks={had.get('save_masks') or 'false'}, or start a new folder.")
 
 
 def read_run_json(path: str | os.PathLike) -> dict[str, Any]:

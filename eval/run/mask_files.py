@@ -5,9 +5,11 @@
 * ``save_masks=coco``: ``masks/<method>.json``, a COCO results list (:mod:`eval.report.coco_results`:
   one pycocotools RLE per segment, ``category_id`` = the class the run's protocol matched it
   to). Each batch is appended to ``masks/<method>[.rank<k>].coco.jsonl``, one line per image
-  (fsynced; a resumed run continues them, a later line for an image replaces an earlier one),
-  and the JSON is rebuilt from those parts when the run finishes, holding exactly the images
-  ``metrics.json`` lists. Decoding it gives the PNG masks exactly.
+  (fsynced) before its records are appended, and the JSON is rebuilt from those parts when the
+  run finishes, holding exactly the images ``metrics.json`` lists. Decoding it gives the PNG
+  masks exactly. A run stopped between the two appends leaves mask lines of images without a
+  record; a resumed run first drops them (:func:`prune_mask_parts`), so every part line it
+  reads belongs to the evaluation its image's record holds, whichever rank file it is in.
 
 Both are read back by :func:`load_saved_masks` (:mod:`eval.rescore`).
 """
@@ -24,10 +26,12 @@ import numpy as np
 import torch
 
 from diffseg.masks import read_mask_png, write_mask_png
+from eval.atomic import write_text_atomic
 from eval.metrics import diffcut_match
 from eval.report.coco_results import CocoResults, mask_to_records
 
-__all__ = ["MASK_DIR", "MaskWriter", "load_saved_masks", "mask_format", "method_stem"]
+__all__ = ["MASK_DIR", "MaskWriter", "load_saved_masks", "mask_format", "method_stem", "prune_mask_parts",
+           "saved_mask_format"]
 
 MASK_DIR = "masks"
 _FORMATS = {False: None, None: None, "none": None, "false": None, True: "png", "true": "png", "png": "png",
@@ -40,6 +44,17 @@ def mask_format(value: Any) -> str | None:
     if key not in _FORMATS:
         raise ValueError(f"save_masks must be false, true/png or coco, got {value!r}")
     return _FORMATS[key]
+
+
+def saved_mask_format(run_dir: str | os.PathLike) -> str | None:
+    """The format of the masks a run folder holds (``"coco"``, ``"png"``), or None when it holds none."""
+    folder = Path(run_dir) / MASK_DIR
+    if not folder.is_dir():
+        return None
+    entries = list(folder.iterdir())
+    if any(p.is_file() and p.name.endswith((".coco.jsonl", ".json")) for p in entries):
+        return "coco"
+    return "png" if any(p.is_dir() for p in entries) else None
 
 
 def method_stem(name: str) -> str:
@@ -114,6 +129,30 @@ class MaskWriter:
             results = CocoResults(r for i in keep for r in by_image[i])
             written.append(results.save(self.folder / f"{method_stem(name)}.json"))
         return written
+
+
+def prune_mask_parts(run_dir: str | os.PathLike, records: dict[str, dict[str, Any]]) -> list[Path]:
+    """Drop the COCO part lines of images without an evaluated record (and torn lines); returns the files rewritten.
+
+    Called when a run claims its folder, before any rank appends: a line of an image the
+    records do not hold was written by a run stopped before its records were appended, and
+    the image is evaluated again.
+    """
+    rewritten = []
+    for part in sorted((Path(run_dir) / MASK_DIR).glob("*.coco.jsonl")):
+        text = part.read_text(encoding="utf-8")
+        kept = []
+        for line in text.splitlines(keepends=True):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if line.endswith("\n") and "methods" in records.get(str(entry.get("image_id")), {}):
+                kept.append(line)
+        if "".join(kept) != text:
+            write_text_atomic(part, "".join(kept))
+            rewritten.append(part)
+    return rewritten
 
 
 def load_saved_masks(run_dir: str | os.PathLike, method: str) -> tuple[str, Any]:

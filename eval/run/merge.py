@@ -7,31 +7,46 @@ that can change a per-image result, :mod:`eval.run.identity`), the same dataset 
 Anything else is refused with the reason (exit status 2); ``--allow-partial``
 merges an incomplete set and marks the result partial everywhere it is shown.
 
+The shards must also hold the same data: as a resumed run does, the merge hashes the image and
+label file of every record under each dataset root the records name (where that root can be
+read here) and compares them with the hashes the records carry, so shards of two datasets that
+share ids (other pixels under the same names) are refused; shards whose roots differ and none
+of which can be read here are refused too (nothing could show they hold the same data).
+
 The per-image records of the images each shard's ``metrics.json`` rests on are
 concatenated into ``<out>/per_image.jsonl``, and the totals are written to
 ``<out>/metrics.json`` exactly as one run over all images would write them, with
 each shard's code and library versions under ``merged_from``, every code version
 and batch size the records were made with in the provenance, and the unknown label values
-of all the records under ``unknown_labels`` (as a run writes them).
+of all the records under ``unknown_labels`` (as a run writes them). The shards' saved masks
+(``save_masks``: PNG files or COCO results, the same setting in every shard) are carried into
+``<out>/masks/`` for exactly the merged images, so :mod:`eval.rescore` and the explorer read the
+merged folder as they read a run.
 
 The output folder must not be one of the shards, and must not already hold results
 (``metrics.json``, ``run.json`` or per-image records): both are refused before anything
 is written. ``--force`` replaces the results of a folder that is not an input (its old
-per-image files are removed first); an input is never written to, with or without it.
+per-image files and masks are removed first); an input is never written to, with or without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.atomic import write_json_atomic, write_text_atomic
-from eval.data.loader import parse_shard
-from eval.run.identity import IDENTITY_FILE, RunMismatchError, code_id, diff_settings, read_run_json
+from omegaconf import OmegaConf
+
+from eval.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from eval.data.loader import DuplicateIdsError, parse_shard
+from eval.report.coco_results import CocoResults
+from eval.run.build import build_dataset
+from eval.run.identity import IDENTITY_FILE, RunMismatchError, code_id, diff_settings, file_digests, read_run_json
+from eval.run.mask_files import MASK_DIR, method_stem, saved_mask_format
 from eval.run.provenance import build_provenance, tally
 from eval.run.records import METRICS_FILE, RECORDS_FILE, accumulate, load_run_records, method_scores, write_metrics
 from eval.run.unknown_labels import summarise_unknown
@@ -68,7 +83,7 @@ def _holds_results(folder: Path) -> list[str]:
     """Names of the result files in ``folder`` (metrics.json, run.json, per-image records)."""
     if not folder.is_dir():
         return []
-    return sorted({p.name for p in folder.iterdir() if p.name in _RESULT_FILES
+    return sorted({p.name for p in folder.iterdir() if p.name in _RESULT_FILES or p.name == MASK_DIR
                    or (p.name.startswith("per_image") and p.name.endswith(".jsonl"))})
 
 
@@ -109,12 +124,107 @@ def _check_shard_set(dirs: Sequence[Path], metas: Sequence[dict[str, Any]], allo
     return bool(missing)
 
 
+def _readable_datasets(config: dict[str, Any], roots: Sequence[str]) -> dict[str, Any]:
+    """The dataset (all its ids) under each of ``roots`` that can be built here, by root."""
+    out = {}
+    for root in roots:
+        node = {**config["dataset"], "root": root, "limit": None, "shard": None}
+        try:
+            out[root] = build_dataset(OmegaConf.create(node))
+        except (OSError, ValueError, DuplicateIdsError):
+            continue  # not on this machine (or not this dataset): nothing to compare with there
+    return out
+
+
+def _check_same_data(config: dict[str, Any], records: dict[str, dict[str, Any]], owner: dict[str, Path]) -> int:
+    """Refuse shards made from different data (what a resume checks, across the shards); returns files compared.
+
+    Every evaluated record's image and label hashes are compared with the files of the same id
+    under every dataset root the records name and this machine can read.
+    """
+    hashed = {i: r for i, r in records.items() if "methods" in r and r.get("files")}
+    roots = sorted({str(r.get("root")) for r in hashed.values()})
+    datasets = _readable_datasets(config, roots)
+    if len(roots) > 1 and not datasets:
+        raise MergeError(f"merge: the shards were made from the dataset roots {', '.join(roots)}, none of which can "
+                         "be read here, so nothing shows they hold the same data: merge where one can be read")
+    compared = 0
+    for root, dataset in datasets.items():
+        for image_id, record in hashed.items():
+            try:
+                now = file_digests(dataset, image_id)
+            except OSError:
+                continue  # no such file under this root: nothing to compare
+            compared += 1
+            changed = [k for k in ("image", "label") if record["files"].get(k) != now[k]]
+            if changed:
+                raise MergeError(
+                    f"merge: {owner[image_id]} holds results for image {image_id} made from other "
+                    f"{' and '.join(changed)} files (dataset root {record.get('root')}) than {root} holds now: "
+                    "shards of different data are never merged; run every shard on the same data")
+    return compared
+
+
+def _mask_plan(dirs: Sequence[Path], identities: Sequence[dict[str, Any]], methods: Sequence[str],
+               owner: dict[str, Path], evaluated: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
+    """The shards' common mask format and, per method, what the merged folder gets (all read before any write).
+
+    PNG: ``{method: [(source file, image id), ...]}``; COCO: ``{method: CocoResults}`` of the merged images.
+    """
+    formats = {d: (ident.get("outputs") or {"save_masks": saved_mask_format(d)}).get("save_masks")
+               for d, ident in zip(dirs, identities, strict=True)}
+    if len(set(formats.values())) > 1:
+        raise MergeError("merge: the shards saved masks differently ("
+                         + ", ".join(f"{d}: save_masks={f or 'false'}" for d, f in formats.items())
+                         + "); a merged folder holds the masks of every image or of none: run every shard with "
+                         "the same save_masks")
+    fmt = next(iter(formats.values()))
+    plan: dict[str, Any] = {}
+    for name in methods if fmt else []:
+        stem = method_stem(name)
+        if fmt == "png":
+            files = [(owner[i] / MASK_DIR / stem / f"{i.replace('/', '_')}.png", i) for i in evaluated]
+            missing = [str(f) for f, _ in files if not f.is_file()]
+            if missing:
+                raise MergeError(f"merge: {len(missing)} saved mask(s) of {name} missing, first {missing[0]}")
+            plan[name] = files
+            continue
+        loaded: dict[Path, dict[str, list[dict[str, Any]]]] = {}
+        for d in dirs:
+            path = d / MASK_DIR / f"{stem}.json"
+            try:
+                by_image: dict[str, list[dict[str, Any]]] = {}
+                for record in CocoResults.load(path).records():
+                    by_image.setdefault(str(record["image_id"]), []).append(record)
+            except (OSError, ValueError) as exc:
+                raise MergeError(f"merge: {d}: the saved COCO masks of {name} cannot be read ({exc})") from None
+            loaded[d] = by_image
+        records = []
+        for image_id in evaluated:
+            if image_id not in loaded[owner[image_id]]:
+                raise MergeError(f"merge: {owner[image_id]}: no saved COCO mask of {name} for image {image_id}")
+            records += loaded[owner[image_id]][image_id]
+        plan[name] = CocoResults(records)
+    return fmt, plan
+
+
+def _write_masks(out: Path, fmt: str | None, plan: dict[str, Any]) -> None:
+    for name, item in plan.items():
+        if fmt == "png":
+            for source, image_id in item:
+                write_bytes_atomic(out / MASK_DIR / method_stem(name) / f"{image_id.replace('/', '_')}.png",
+                                   source.read_bytes())
+        else:
+            item.save(out / MASK_DIR / f"{method_stem(name)}.json")
+
+
 def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_partial: bool = False,
                force: bool = False) -> dict[str, Any]:
     """Merge shard run folders into ``out_dir``; returns the merged ``metrics.json`` content.
 
     Raises :class:`MergeError` (before writing anything) when the folders are not the
-    shards of one experiment: other fingerprints (settings named), datasets or limits, a
+    shards of one experiment: other fingerprints (settings named), datasets, data files
+    (hashes), mask settings or limits, a
     folder that is not a shard, a shard given twice, a missing shard (unless
     ``allow_partial``), or an image evaluated by two shards; or when ``out_dir`` is one of
     the shards, or already holds results and ``force`` is off.
@@ -159,6 +269,9 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_part
 
     ordered = [records[i] for i in sorted(records)]
     evaluated = sum("methods" in r for r in ordered)
+    _check_same_data(first["config"], records, owner)
+    mask_format, masks = _mask_plan(dirs, identities, list(first["methods"]),
+                                    owner, [r["id"] for r in ordered if "methods" in r])
     code_versions: dict[str, int] = {}
     for d, ident in zip(dirs, identities, strict=True):  # a record without "code" counts as its shard's run.json
         mine = [records[i] for i in sorted(records) if owner[i] == d]
@@ -176,9 +289,12 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_part
                     "versions": m.get("versions")} for d, m in zip(dirs, metas, strict=True)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in stale:  # --force: old per-image files would otherwise be read with the new ones
-        if name.startswith("per_image") and name != RECORDS_FILE:
+    for name in stale:  # --force: old per-image files and masks would otherwise be read with the new ones
+        if name == MASK_DIR:
+            shutil.rmtree(out / name)
+        elif name.startswith("per_image") and name != RECORDS_FILE:
             (out / name).unlink()
+    _write_masks(out, mask_format, masks)
     write_json_atomic(out / IDENTITY_FILE, first_id)
     write_text_atomic(out / RECORDS_FILE, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in ordered))
     tags = {name: m.get("ablation") for name, m in first["methods"].items()}

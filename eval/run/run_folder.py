@@ -8,8 +8,10 @@
   ``flock`` is POSIX; on a network file system without lock support the run stops
   with a message saying so.
 * :class:`CheckRunFolder`: a Hydra callback that stops a command with exit status 2
-  and one line when its run (or sweep) folder cannot be written, before Hydra itself
-  tries to write its log and config there.
+  and one line when its run (or sweep) folder cannot be written or a setting is outside its
+  range (:mod:`eval.run.settings`), before Hydra creates the folder; it notes a folder Hydra
+  is about to create, so a run refused later removes it again while it is empty
+  (:func:`remove_if_new_and_empty`).
 * :func:`storage_error`: the one-line message of a full disk, a read-only or
   permission-denied path (exit status 2 in :func:`eval.run.main`).
 """
@@ -30,7 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 __all__ = ["LOCK_FILE", "CheckRunFolder", "FolderLock", "FolderLockedError", "RunFolderError", "check_writable",
-           "storage_error"]
+           "remove_if_new_and_empty", "storage_error"]
 
 LOCK_FILE = "run.lock"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -142,14 +144,50 @@ def storage_error(exc: OSError, folder: str | os.PathLike) -> str | None:
     return None
 
 
+# Folders that did not exist when Hydra started this process (Hydra creates them before the run).
+_NEW_FOLDERS: set[Path] = set()
+
+
+def remove_if_new_and_empty(folder: str | os.PathLike) -> bool:
+    """Remove ``folder`` when Hydra created it for this process's run and it is still empty; True when removed."""
+    path = Path(folder).absolute()
+    if path not in _NEW_FOLDERS and path.parent not in _NEW_FOLDERS:  # a run folder, or a sweep job's folder
+        return False
+    try:
+        path.rmdir()  # only ever an empty folder
+    except OSError:
+        return False
+    return True
+
+
 class CheckRunFolder(Callback):
-    """Hydra callback: exit 2 with one line when the run (sweep) folder is not writable, before Hydra writes there."""
+    """Hydra callback: exit 2 with one line when the run (sweep) folder is not writable or a setting is out of
+    range, before Hydra creates or writes the folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config.hydra.run.dir)
+        _exit_unless_valid(config)
+        _note_new(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config.hydra.sweep.dir)
+        _note_new(config.hydra.sweep.dir)
+
+
+def _note_new(folder: Any) -> None:
+    path = Path(str(folder)).absolute()
+    if not path.exists():
+        _NEW_FOLDERS.add(path)
+
+
+def _exit_unless_valid(config: DictConfig) -> None:
+    from eval.run.settings import SettingError, validate
+
+    try:
+        validate(config)
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _exit_unless_writable(folder: Any) -> None:

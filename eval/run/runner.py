@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import re
 import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from diffseg.backbone import BackboneLoadError
 from diffseg.devices import resolve_device
 from diffseg.preprocess import LabelFormatError
+from eval.atomic import write_text_atomic
 from eval.config_path import config_dir
 from eval.data.loader import DuplicateIdsError, build_loader
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
@@ -60,12 +63,12 @@ from eval.run.identity import (
     versions,
 )
 from eval.run.interrupt import GracefulStop, RunInterrupted
-from eval.run.mask_files import MaskWriter, mask_format
+from eval.run.mask_files import MaskWriter, mask_format, prune_mask_parts
 from eval.run.methods import build_methods
 from eval.run.passes import BackbonePasses, segment_batch
 from eval.run.provenance import banner, build_provenance, tally
 from eval.run.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
-from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, storage_error
+from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, remove_if_new_and_empty, storage_error
 from eval.run.settings import SettingError, validate
 from eval.run.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
 
@@ -113,41 +116,85 @@ def _check_records(records: dict[str, dict[str, Any]], fingerprint: str, out_dir
 
 
 class _RunLog:
-    """Logs of a run reach ``<out_dir>/run.log`` as they happen (unless Hydra already writes there)."""
+    """The run's log in ``<out_dir>/run.log``, and no log file for a refused run.
 
-    def __init__(self, out_dir: Path):
-        self.path = (out_dir / "run.log").resolve()
+    Until :meth:`start` (called once the folder is claimed) the log lines are kept in memory;
+    :meth:`start` writes them to ``run.log`` and the rest follows as it happens. A run refused
+    before that writes no log file (unless Hydra already writes to ``run.log`` itself).
+    """
+
+    def __init__(self, active: bool):
+        self.active = active
+        self.buffer: logging.handlers.MemoryHandler | None = None
         self.handler: logging.Handler | None = None
 
     def __enter__(self) -> _RunLog:
-        root = logging.getLogger()
-        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == self.path for h in root.handlers):
-            self.handler = logging.FileHandler(self.path, encoding="utf-8")
-            self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-            root.addHandler(self.handler)
+        if self.active:
+            root = logging.getLogger()
+            self.buffer = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1,
+                                                         flushOnClose=False)
+            root.addHandler(self.buffer)
             if root.level > logging.INFO or root.level == logging.NOTSET:
                 root.setLevel(logging.INFO)
         return self
 
+    def start(self, out_dir: Path) -> None:
+        """Write the lines kept so far to ``out_dir/run.log`` and log there from now on."""
+        if self.buffer is None:
+            return
+        root = logging.getLogger()
+        path = (out_dir / "run.log").resolve()
+        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+            self.handler = logging.FileHandler(path, encoding="utf-8")
+            self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            self.buffer.setTarget(self.handler)
+            self.buffer.flush()
+            root.addHandler(self.handler)
+        root.removeHandler(self.buffer)
+        self.buffer.close()
+        self.buffer = None
+
     def __exit__(self, *exc_info: object) -> None:
+        root = logging.getLogger()
+        if self.buffer is not None:  # refused before the folder was claimed: the kept lines are dropped
+            root.removeHandler(self.buffer)
+            self.buffer.close()
         if self.handler is not None:
-            logging.getLogger().removeHandler(self.handler)
+            root.removeHandler(self.handler)
             self.handler.close()
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+@dataclass
+class _Plan:
+    """What a run is, built before anything is written: its methods, data, protocol and identity."""
+
+    methods: list[Any]
+    dataset: Any
+    protocol: str
+    identity: RunIdentity
+    selected: list[str]
+
+
+def evaluate(cfg: DictConfig, hydra_config: DictConfig | None = None) -> dict[str, Any]:
     """Run every configured method on a dataset and write the run folder.
 
     Writes ``run.json`` (the run's identity, :mod:`eval.run.identity`), ``per_image.jsonl``
     (appended after each batch; ``per_image.rank<k>.jsonl`` per rank under torchrun),
     ``metrics.json`` (with its provenance record, :mod:`eval.run.provenance`), ``run.log``,
-    optionally ``masks/<method>/<id>.png``, and ``qualitative.png``. Under ``torchrun``
+    optionally ``masks/<method>/<id>.png``, ``qualitative.png``, and ``.hydra/`` (the composed
+    config, Hydra's config and the overrides, when ``hydra_config`` is given). Under ``torchrun``
     each rank evaluates its share of the images (:mod:`eval.run.distributed`) and rank 0
     alone writes ``run.json``, ``metrics.json``, the log and the grid.
 
+    Everything that can refuse the run is checked before anything is written: the settings,
+    the data, and an existing folder's identity, records and files (read only). A refused run
+    leaves no folder behind, and an existing folder exactly as it was (the checks are repeated
+    under the folder's lock, where a refusal can only come from another run writing meanwhile).
+
     Raises:
         SettingError: a setting is outside its allowed range (:mod:`eval.run.settings`; before anything is written).
-        RunMismatchError: the folder holds results of other settings (before any work).
+        RunMismatchError: the folder holds results of other settings, or of images outside this
+            run's selection (before anything is written).
         NoImagesError: no image could be evaluated, or more than ``max_skipped`` were skipped.
         RunInterrupted: SIGTERM/SIGINT; the batch in flight was finished and recorded.
 
@@ -159,14 +206,32 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     with process_group(device) as ctx:  # destroyed when the run ends (no gloo thread outlives it)
         out_dir = Path(ctx.broadcast(str(cfg.paths.output_dir)))  # rank 0's folder for every rank
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not ctx.is_main:
-            _remove_stray_folder(Path(cfg.paths.output_dir), out_dir)
-        with _hold_folder(out_dir, ctx):
-            if ctx.is_main:
-                with _RunLog(out_dir):
-                    return _evaluate(cfg, out_dir, device, ctx)
-            return _evaluate(cfg, out_dir, device, ctx)
+        with _RunLog(ctx.is_main) as run_log:
+            plan = _plan(cfg, device)
+            seen = _check_folder(out_dir, plan, cfg, ctx)  # read only: a refusal writes nothing
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if not ctx.is_main:
+                _remove_stray_folder(Path(cfg.paths.output_dir), out_dir)
+            with _hold_folder(out_dir, ctx):
+                records = _claim_folder(out_dir, plan, cfg, ctx, seen)
+                if ctx.is_main:
+                    run_log.start(out_dir)
+                    _save_hydra_files(out_dir, cfg, hydra_config)
+                return _evaluate(cfg, out_dir, device, ctx, plan, records)
+
+
+def _save_hydra_files(out_dir: Path, cfg: DictConfig, hydra_config: DictConfig | None) -> None:
+    """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` of this invocation, once the folder is claimed.
+
+    Hydra's own copy (``hydra.output_subdir``) is off (conf/hydra/default.yaml): it is written
+    before the run starts, so a refused run would rewrite the files of the folder it was refused from.
+    """
+    if hydra_config is None:
+        return
+    folder = out_dir / ".hydra"
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_config})))
+    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_config.overrides.task))
 
 
 @contextlib.contextmanager
@@ -188,36 +253,97 @@ def _hold_folder(out_dir: Path, ctx: Dist):
         lock.release()
 
 
-def _claim_folder(out_dir: Path, identity: RunIdentity, ctx: Dist, dataset: Any, selected: list[str],
-                  allow_code_change: bool) -> dict[str, dict[str, Any]]:
-    """Records of the folder, after rank 0 checked (or wrote) its identity; every rank raises on a mismatch.
+def _plan(cfg: DictConfig, device: torch.device) -> _Plan:
+    """Methods, dataset, protocol and identity of a run (nothing written)."""
+    methods = build_methods(cfg)
+    dataset = build_dataset(cfg.dataset)
+    protocol = apply_protocol(cfg, dataset)
+    return _Plan(methods, dataset, protocol, identity_of(cfg, dataset, device), list(dataset.ids))
 
-    Rank 0 also checks that the records were made by this code version (unless
-    ``allow_code_change``) and, for the selected images already done, from the files
-    the dataset holds now.
+
+def _check_selection(out_dir: Path, records: dict[str, dict[str, Any]], selected: list[str], cfg: DictConfig) -> None:
+    """Refuse a selection that leaves out images the folder holds results of (a smaller ``dataset.limit``, say):
+    the folder's ``metrics.json`` would rest on fewer images than its records."""
+    chosen = set(selected)
+    outside = sorted(i for i, r in records.items() if "methods" in r and i not in chosen)
+    if outside:
+        raise RunMismatchError(
+            f"{out_dir} holds results of {len(outside)} image(s) outside this run's selection of {len(selected)} "
+            f"(first: {outside[0]}; dataset.limit={cfg.dataset.get('limit')}, dataset.shard="
+            f"{cfg.dataset.get('shard')}): its metrics.json rests on every image it holds results of. Run again "
+            "with a selection that covers them (the folder's dataset.limit, a larger one or null), or start a new "
+            "folder.")
+
+
+def _folder_problem(out_dir: Path, plan: _Plan, cfg: DictConfig, records: dict[str, dict[str, Any]],
+                    check_files: bool, quiet: bool = False) -> dict[str, Any] | None:
+    """Check an existing folder against the run (nothing written while it holds records); its run.json or None.
+
+    Raises :class:`RunMismatchError` (or a subclass) on the first problem.
     """
-    records = load_run_records(out_dir)
-    error = None
+    if not records:
+        return None
+    identity = plan.identity
+    stored = check_run_folder(out_dir, identity, has_records=True)
+    _check_records(records, identity.fingerprint, out_dir)
+    _check_selection(out_dir, records, plan.selected, cfg)
+    versions_found = check_code_version(out_dir, stored, records, identity.code,
+                                        bool(cfg.get("allow_code_change", False)))
+    if len(set(versions_found) | {identity.code_id}) > 1 and not quiet:
+        log.warning("code versions: this run is %s; the folder's records were made by %s "
+                    "(allow_code_change=true): every record carries its version", identity.code_id,
+                    ", ".join(versions_found))
+    if check_files:
+        check_contents(out_dir, records, plan.dataset, plan.selected)
+    return stored
+
+
+def _raise_on_all_ranks(ctx: Dist, check) -> Any:
+    """Run ``check()`` on rank 0; its RunMismatchError is raised on every rank; returns rank 0's result there."""
+    error, value = None, None
     if ctx.is_main:
         try:
-            stored = check_run_folder(out_dir, identity, has_records=bool(records))
-            _check_records(records, identity.fingerprint, out_dir)
-            versions_found = check_code_version(out_dir, stored, records, identity.code, allow_code_change)
-            if len(set(versions_found) | {identity.code_id}) > 1:
-                log.warning("code versions: this run is %s; the folder's records were made by %s "
-                            "(allow_code_change=true): every record carries its version", identity.code_id,
-                            ", ".join(versions_found))
-            check_contents(out_dir, records, dataset, selected)
+            value = check()
         except RunMismatchError as exc:
             error = (type(exc).__name__, str(exc))
     error = ctx.broadcast(error)
-    ctx.barrier()  # every rank has read the records before any rank appends to them
     if error is not None:
         kinds = {k.__name__: k for k in (CodeVersionError, ContentMismatchError)}
         raise kinds.get(error[0], RunMismatchError)(error[1])
+    return value
+
+
+def _check_folder(out_dir: Path, plan: _Plan, cfg: DictConfig, ctx: Dist) -> dict[str, dict[str, Any]] | None:
+    """Before the folder is written: rank 0 checks an existing folder (read only); returns the records it checked."""
+
+    def check() -> dict[str, dict[str, Any]]:
+        records = load_run_records(out_dir) if out_dir.is_dir() else {}
+        _folder_problem(out_dir, plan, cfg, records, check_files=True, quiet=True)
+        return records
+
+    return _raise_on_all_ranks(ctx, check)
+
+
+def _claim_folder(out_dir: Path, plan: _Plan, cfg: DictConfig, ctx: Dist,
+                  seen: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Records of the folder, after rank 0 checked (or wrote) its identity under the lock; every rank raises on a
+    mismatch.
+
+    ``seen`` are the records :func:`_check_folder` checked; when the folder still holds exactly
+    those, their files are not hashed again. A folder without records gets this run's ``run.json``,
+    and its COCO mask part files lose the lines of images without a record (left by a run
+    stopped between writing masks and records), so a resumed run never takes a stale mask.
+    """
+    records = load_run_records(out_dir)
+
+    def claim() -> None:
+        if _folder_problem(out_dir, plan, cfg, records, check_files=records != seen) is None:
+            check_run_folder(out_dir, plan.identity, has_records=False)  # writes run.json
+        prune_mask_parts(out_dir, records)
+
+    _raise_on_all_ranks(ctx, claim)
+    ctx.barrier()  # every rank has read the records before any rank appends to them
     return records
-
-
 def _new_record(image_id: str, identity: RunIdentity, cfg: DictConfig, dataset: Any) -> dict[str, Any]:
     """The bookkeeping part of an evaluated image's record: fingerprint, code version, batch size, files."""
     record: dict[str, Any] = {"id": image_id, "fp": identity.fingerprint, "code": identity.code_id,
@@ -229,16 +355,12 @@ def _new_record(image_id: str, identity: RunIdentity, cfg: DictConfig, dataset: 
     return record
 
 
-def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -> dict[str, Any]:
+def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, plan: _Plan,
+              records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     num_classes = int(cfg.dataset.num_classes)
-    methods = build_methods(cfg)
-    dataset = build_dataset(cfg.dataset)
-    protocol = apply_protocol(cfg, dataset)
+    methods, dataset, identity, selected = plan.methods, plan.dataset, plan.identity, plan.selected
     masks_out = MaskWriter(out_dir, mask_format(cfg.save_masks), num_classes, cfg.dataset.get("background"),
-                           protocol, part=f".rank{ctx.rank}" if ctx.active else "")
-    identity = identity_of(cfg, dataset, device)
-    selected = list(dataset.ids)
-    records = _claim_folder(out_dir, identity, ctx, dataset, selected, bool(cfg.get("allow_code_change", False)))
+                           plan.protocol, part=f".rank{ctx.rank}" if ctx.active else "")
     records_file = RunRecords(out_dir, RECORDS_FILE if not ctx.active else f"per_image.rank{ctx.rank}.jsonl")
     done = [i for i in selected if "methods" in records.get(i, {})]
     todo = [i for i in selected if "methods" not in records.get(i, {})]
@@ -252,7 +374,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist) -
                      len(dataset.ids))
     # One metric per method; rank 0 replays the images already done, every rank adds its own.
     background = cfg.dataset.get("background")
-    metrics = {m.name: HungarianSegmentationMetric(num_classes, background, protocol, sync_on_compute=False)
+    metrics = {m.name: HungarianSegmentationMetric(num_classes, background, plan.protocol, sync_on_compute=False)
                for m in methods}
     if ctx.is_main:
         for name, metric in metrics.items():
@@ -447,26 +569,28 @@ def _resume_command(out_dir: Path) -> str:
     return shlex.join(["python", "-m", "eval.run", *overrides, f"hydra.run.dir={hydra_quote(str(out_dir))}"])
 
 
-def run_cli(cfg: DictConfig) -> int:
+def run_cli(cfg: DictConfig, hydra_config: DictConfig | None = None) -> int:
     """:func:`evaluate` as the command line runs it: its exit status, with one line on stderr for a refusal.
 
     Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 a setting outside
     its allowed range (:mod:`eval.run.settings`, before the folder is created), missing data or
-    weights, a folder holding results of other settings, code versions or files, a folder
+    weights, a folder holding results of other settings, code versions, files or images, a folder
     in use by another run, a duplicated id, an unusable ``run.json``, a full disk or an
     unwritable folder, unreadable or unknown labels (one clear line on stderr, no
     traceback); 128 + signal on SIGTERM/SIGINT, after the batch in flight was recorded,
-    with the folder and the command that resumes.
+    with the folder and the command that resumes. A refused run leaves its folder as it was:
+    one that Hydra created for it is removed again while it is empty.
     """
     out_dir = Path(cfg.paths.output_dir)
     export_slurm_env()
     if int(os.environ.get("RANK", "0")) > 0:
         _quiet_rank()
     try:
-        evaluate(cfg)
+        evaluate(cfg, hydra_config)
     except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError, RunFolderError,
             DuplicateIdsError, SettingError, UnknownLabelsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        remove_if_new_and_empty(out_dir)
         return 2
     except LabelFormatError as exc:  # raised in a loader worker: its message carries the worker's traceback
         print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
@@ -491,7 +615,9 @@ def run_cli(cfg: DictConfig) -> int:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all work is in :func:`evaluate` (exit statuses: :func:`run_cli`)."""
-    status = run_cli(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    status = run_cli(cfg, HydraConfig.get())
     if status:
         sys.exit(status)
 

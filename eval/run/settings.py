@@ -3,7 +3,8 @@
 :func:`validate` checks every setting whose wrong value would otherwise run (and give a
 wrong number), fail only after the folder exists, or fail after hours of work. Each
 problem names the key, the allowed range and the value given; all problems are reported
-at once as one :class:`SettingError` (``python -m eval.run`` exits 2 with it).
+at once, on one line, as one :class:`SettingError` (``python -m eval.run`` exits 2 with it, before
+Hydra creates the run folder: :class:`eval.run.run_folder.CheckRunFolder`).
 
 The segmenters and aggregation weights are checked by the library's own constructors and
 checks (:mod:`diffseg`), so the ranges live in one place; this module adds the key.
@@ -11,7 +12,9 @@ checks (:mod:`diffseg`), so the ranges live in one place; this module adds the k
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from diffseg.aggregation import check_weights
 from diffseg.backbone import SD_SCHEDULER_CONFIG
 from diffseg.devices import DTYPES
+from diffseg.families import self_attention_layout
 from eval.data.loader import parse_shard
+from eval.run.mask_files import mask_format
 
 __all__ = ["SettingError", "validate"]
 
@@ -103,6 +108,88 @@ def _dataset(cfg: DictConfig) -> list[str]:
     return list(check(OmegaConf.to_container(cfg.dataset, resolve=True))) if check else []
 
 
+def _tiny_unet_config(family: str) -> dict[str, Any] | None:
+    from diffseg.testing import tiny
+
+    configs = {"sd1": tiny.tiny_unet_config, "sd2-base": tiny.tiny_sd2_unet_config,
+               "sd2-v": lambda: tiny.tiny_sd2_unet_config(v_prediction=True), "sdxl": tiny.tiny_sdxl_unet_config}
+    return configs[family]() if family in configs else None
+
+
+def _pretrained_unet_config(backbone: DictConfig) -> dict[str, Any] | None:
+    """The UNet config of a ``from_pretrained`` backbone when it is on this machine already (no download)."""
+    model_id = str(backbone.get("model_id") or "")
+    path: Any = Path(model_id) / "unet" / "config.json"
+    if not model_id or model_id.endswith(".safetensors"):
+        return None
+    if not path.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            path = try_to_load_from_cache(model_id, "unet/config.json", revision=backbone.get("revision"))
+        except ValueError:  # not a hub id
+            return None
+        if not isinstance(path, str):
+            return None
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _unet_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """The configured backbone's UNet config, when it is known without loading weights or downloading."""
+    backbone = _value(cfg, "model.backbone")
+    target = str((backbone or {}).get("_target_", ""))
+    if target.endswith("tiny_backbone"):
+        return _tiny_unet_config(str(backbone.get("family") or "sd1"))
+    if target.endswith(".from_pretrained"):
+        return _pretrained_unet_config(backbone)
+    return None
+
+
+def largest_attention_side(cfg: DictConfig) -> tuple[int, str] | None:
+    """The largest self-attention side the configured backbone gives at ``model.size``, and how it was found.
+
+    The latent side is ``model.size // 8`` (the VAE of every family here halves the side three
+    times); the UNet's layout (:func:`diffseg.families.self_attention_layout`) is used when its
+    config is known without loading weights (the tiny backbones, a local diffusers folder, the
+    Hugging Face cache), else the latent side is the bound (no family has attention above it).
+    None when neither the size nor the model's native size is known.
+    """
+    unet = _unet_config(cfg)
+    size = _value(cfg, "model.size")
+    if size is None and unet is not None:
+        size = int(unet.get("sample_size") or 64) * 8
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        return None
+    latent = size // 8
+    if unet is None:
+        return latent, f"the latent side of model.size={size}"
+    layout = self_attention_layout(unet, latent)
+    if not layout:
+        return None
+    return max(layout), f"the largest attention side of {_value(cfg, 'model.name')} at model.size={size}"
+
+
+def _num_points(key: str, node: DictConfig, side: tuple[int, str] | None) -> str | None:
+    """DiffSeg's anchor grid must fit the attention: ``num_points`` at most the largest attention side."""
+    value = node.get("num_points")
+    if side is None or isinstance(value, bool) or not isinstance(value, int) or value <= side[0]:
+        return None
+    return f"{key}.num_points: expected an integer in [2, {side[0]}] ({side[1]}), got {value}"
+
+
+def _save_masks(cfg: DictConfig) -> str | None:
+    value = _value(cfg, "save_masks")
+    try:
+        mask_format(value)
+    except ValueError:
+        return f"save_masks: expected false, true/png or coco, got {value!r}"
+    return None
+
+
 def _problems(cfg: DictConfig) -> list[str]:
     problems = [
         _integer(cfg, "batch_size", 1),
@@ -118,6 +205,7 @@ def _problems(cfg: DictConfig) -> list[str]:
         _integer(cfg, "model.head_chunk", 1, optional=True),
         _weights(_value(cfg, "aggregation.weights"), "aggregation.weights"),
         _device(cfg),
+        _save_masks(cfg),
         *_dataset(cfg),
     ]
     dtype = _value(cfg, "model.dtype")
@@ -128,6 +216,7 @@ def _problems(cfg: DictConfig) -> list[str]:
         parse_shard(shard)
     except (ValueError, TypeError) as exc:
         problems.append(f"dataset.shard: {exc}")
+    side = largest_attention_side(cfg) if _value(cfg, "model.backbone") is not None else None
     for name, node in (cfg.get("methods") or {}).items():
         if node is None:
             continue
@@ -137,7 +226,9 @@ def _problems(cfg: DictConfig) -> list[str]:
             problems.append(_integer(cfg, f"{key}.features.timestep", 0, NUM_TRAIN_TIMESTEPS, optional=True))
             problems.append(_integer(cfg, f"{key}.features.noise_seed", 0, optional=True))
         if node.get("segmenter") is not None:
-            problems.append(_segmenter(node.segmenter, f"{key}.segmenter"))
+            problems.append(_segmenter(node.segmenter, f"{key}.segmenter")
+                            or (_num_points(f"{key}.segmenter", node.segmenter, side)
+                                if node.get("features") is None else None))
     return [p for p in problems if p]
 
 
@@ -148,6 +239,6 @@ def validate(cfg: DictConfig) -> None:
     """
     problems = _problems(cfg)
     if problems:
-        lines = "\n  ".join(problems)
-        raise SettingError(f"{len(problems)} setting(s) outside the allowed range (nothing was written):\n  {lines}")
+        raise SettingError(f"{len(problems)} setting(s) outside the allowed range (nothing was written): "
+                           + "; ".join(problems))
 
