@@ -136,7 +136,8 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     provenance = build_provenance(identity.fingerprint, settings, data, bool(old.get("random_weights")),
                                   evaluated=len(ids), skipped=len(skipped),
                                   selected=int(images.get("selected", len(ids) + len(skipped))),
-                                  code_versions=old.get("code_versions"), batch_sizes=old.get("batch_sizes"))
+                                  code_versions=old.get("code_versions"), batch_sizes=old.get("batch_sizes"),
+                                  threads=old.get("threads"), image_list=old.get("image_list"))
     differs = geometry_differences(source_geometry, protocol)
     provenance["rescored"] = {"source": str(src), "source_fingerprint": stored.get("fingerprint"),
                               "source_protocol": source_protocol, "scoring": protocol,

@@ -82,14 +82,14 @@ def other_root(root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full(root, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    return out, evaluate(cfg(root, out))
+    return out, evaluate(cfg(root, out, "batch_size=1"))  # batch 1 everywhere: shards batch other images together
 
 
 @pytest.fixture(scope="module")
 def png_shards(root, tmp_path_factory):
     base = tmp_path_factory.mktemp("png_shards")
     for i in range(2):
-        evaluate(cfg(root, base / f"s{i}", f"dataset.shard={i}/2", "save_masks=png"))
+        evaluate(cfg(root, base / f"s{i}", f"dataset.shard={i}/2", "save_masks=png", "batch_size=1"))
     return [base / "s0", base / "s1"]
 
 
@@ -124,6 +124,9 @@ def test_merge_equals_one_run_carries_png_masks_and_rescores(full, png_shards, t
     out = tmp_path / "merged"
     merged = merge_runs(png_shards, out)
     assert totals(merged) == totals(clean)
+    for key in ("image_list", "threads"):  # the shards' provenance carries over
+        assert merged["provenance"][key] == clean["provenance"][key]
+    assert merged["provenance"]["image_list"]["count"] == 4
     ids = merged["image_ids"]
     assert len(ids) == 4
     for image_id in ids:

@@ -277,11 +277,16 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_part
         mine = [records[i] for i in sorted(records) if owner[i] == d]
         for version, n in tally(mine, "code", code_id(ident.get("code") or {})).items():
             code_versions[version] = code_versions.get(version, 0) + n
+    lists = {json.dumps(m["provenance"].get("image_list"), sort_keys=True) for m in metas}
+    if len(lists) > 1:
+        raise MergeError("merge: the shards list different images (provenance image_list differs): "
+                         "shards of one run share one image list")
     provenance = build_provenance(
         first_id["fingerprint"], first_id["settings"], first_id["data"],
         random_weights=any(m["provenance"]["random_weights"] for m in metas),
         evaluated=evaluated, skipped=len(ordered) - evaluated, selected=selected, partial_merge=incomplete,
-        code_versions=dict(sorted(code_versions.items())), batch_sizes=tally(ordered, "batch_size"))
+        code_versions=dict(sorted(code_versions.items())), batch_sizes=tally(ordered, "batch_size"),
+        threads=tally(ordered, "threads"), image_list=metas[0]["provenance"].get("image_list"))
     config = first["config"]
     config.get("dataset", {})["shard"] = None
     run = {**first["run"], "shard": None}
