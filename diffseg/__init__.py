@@ -22,6 +22,7 @@ _EXPORTS = {
     "StableDiffusionBackbone": "diffseg.backbone",
     "aggregate_attention": "diffseg.aggregation",
     "anchor_grid": "diffseg.merging",
+    "capture_joint_attention": "diffseg.joint_attention",
     "capture_self_attention": "diffseg.capture",
     "merge_proposals": "diffseg.merging",
     "nms_mask": "diffseg.nms",
