@@ -19,6 +19,7 @@ _EXPORTS = {
     "DiffCut": "diffseg.diffcut",
     "DiffSeg": "diffseg.segmenter",
     "KMeansSegmenter": "diffseg.segmenter",
+    "Seg4Diff": "diffseg.seg4diff",
     "StableDiffusionBackbone": "diffseg.backbone",
     "aggregate_attention": "diffseg.aggregation",
     "anchor_grid": "diffseg.merging",
