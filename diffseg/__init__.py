@@ -25,6 +25,7 @@ _EXPORTS = {
     "anchor_grid": "diffseg.merging",
     "capture_joint_attention": "diffseg.joint_attention",
     "capture_self_attention": "diffseg.capture",
+    "image_self_attention": "diffseg.joint_aggregation",
     "merge_proposals": "diffseg.merging",
     "nms_mask": "diffseg.nms",
     "resolution_weights": "diffseg.aggregation",

@@ -125,20 +125,20 @@ def build_tiny_transformer(kind: str = "sd3", seed: int = 0) -> SD3Transformer2D
 
 
 def tiny_transformer_inputs(transformer: torch.nn.Module, batch: int = 1, text_tokens: int = 6,
-                            seed: int = 0) -> dict[str, Any]:
+                            seed: int = 0, side: int | None = None) -> dict[str, Any]:
     """Seeded keyword arguments for one forward pass of a (tiny) SD3 or Flux transformer.
 
-    SD3: ``hidden_states`` (B, C, s, s) at the config's ``sample_size``, ``encoder_hidden_states``
-    (B, T, joint_attention_dim), ``pooled_projections``, ``timestep``. Flux: packed latents (B, 16, C)
-    for a 4 x 4 token grid with their ``img_ids``, ``txt_ids`` zeros (T, 3), ``guidance`` when the model
-    embeds it. ``return_dict=False``.
+    SD3: ``hidden_states`` (B, C, s, s), s = ``side`` or the config's ``sample_size`` (s/2 x s/2 image
+    tokens), ``encoder_hidden_states`` (B, T, joint_attention_dim), ``pooled_projections``, ``timestep``.
+    Flux: packed latents (B, g*g, C) for a g x g token grid (g = ``side`` or 4) with their ``img_ids``,
+    ``txt_ids`` zeros (T, 3), ``guidance`` when the model embeds it. ``return_dict=False``.
     """
     config = transformer.config
     generator = torch.Generator().manual_seed(seed)
     text = torch.randn(batch, text_tokens, config.joint_attention_dim, generator=generator)
     pooled = torch.randn(batch, config.pooled_projection_dim, generator=generator)
     if "num_single_layers" in config:
-        side = 4
+        side = side or 4
         ids = torch.zeros(side, side, 3)
         ids[..., 1] = torch.arange(side)[:, None]
         ids[..., 2] = torch.arange(side)[None, :]
@@ -154,7 +154,7 @@ def tiny_transformer_inputs(transformer: torch.nn.Module, batch: int = 1, text_t
         if config.guidance_embeds:
             kwargs["guidance"] = torch.full((batch,), 3.5)
         return kwargs
-    side = config.sample_size
+    side = side or config.sample_size
     return {
         "hidden_states": torch.randn(batch, config.in_channels, side, side, generator=generator),
         "encoder_hidden_states": text,
