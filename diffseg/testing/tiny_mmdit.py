@@ -18,8 +18,10 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 __all__ = [
     "TINY_MMDIT_KINDS",
+    "build_tiny_sd3_pipeline",
     "build_tiny_transformer",
     "flux_transformer_config",
+    "save_tiny_sd3_pipeline",
     "sd3_medium_transformer_config",
     "sd35_large_transformer_config",
     "sd35_medium_transformer_config",
@@ -162,3 +164,48 @@ def tiny_transformer_inputs(transformer: torch.nn.Module, batch: int = 1, text_t
         "timestep": torch.full((batch,), 600.0),
         "return_dict": False,
     }
+
+
+# ------------------------------------------------------------------------------------------- pipelines
+def build_tiny_sd3_pipeline(kind: str = "sd3", seed: int = 0) -> Any:
+    """A tiny ``StableDiffusion3Pipeline`` without T5, seeded, offline.
+
+    Transformer :func:`build_tiny_transformer` (``kind`` sd3 / sd35_medium / sd35_large); two
+    ``CLIPTextModelWithProjection`` of hidden 16 (joint dim 16 + 16 = 32) and projection 12 (pooled
+    12 + 12 = 24) with the byte-level tokenizer of :func:`diffseg.testing.tiny.build_tiny_tokenizer`
+    (77 tokens); a 16-channel VAE with 3 downsamplings and SD3's latent shift/scale; SD3's
+    flow-matching scheduler config (shift 3.0); ``text_encoder_3`` / ``tokenizer_3`` None.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from diffseg.testing.tiny import build_tiny_tokenizer
+
+    if kind not in ("sd3", "sd35_medium", "sd35_large"):
+        raise ValueError(f"kind: expected an SD3-family kind, got {kind!r}")
+    tokenizer = build_tiny_tokenizer()
+    vocab = len(tokenizer)
+    text_config = CLIPTextConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, projection_dim=12, max_position_embeddings=77,
+                                 hidden_act="quick_gelu", bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+                                 pad_token_id=vocab - 1)
+    transformer = build_tiny_transformer(kind, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        text_encoder = CLIPTextModelWithProjection(text_config).eval()
+        text_encoder_2 = CLIPTextModelWithProjection(text_config).eval()
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
+                            layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=64,
+                            scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                            use_post_quant_conv=False).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae,
+                                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=build_tiny_tokenizer(), text_encoder_3=None, tokenizer_3=None)
+
+
+def save_tiny_sd3_pipeline(folder: str, kind: str = "sd3", seed: int = 0) -> str:
+    """Write :func:`build_tiny_sd3_pipeline` with ``save_pretrained`` (safetensors) to ``folder``; returns it."""
+    build_tiny_sd3_pipeline(kind, seed).save_pretrained(folder, safe_serialization=True)
+    return folder
