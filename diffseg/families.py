@@ -25,9 +25,11 @@ from typing import Any
 
 __all__ = [
     "BackboneFamily",
+    "MMDiTFamily",
     "UnsupportedModelError",
     "cross_attention_depths",
     "detect_family",
+    "detect_mmdit_family",
     "self_attention_layout",
 ]
 
@@ -205,3 +207,55 @@ def detect_family(
     native = int(unet_config.get("sample_size") or 64) * scale
     return BackboneFamily(name=name, native_size=native, prediction_type=prediction, text_encoders=encoders,
                           layout=layout)
+
+
+# ------------------------------------------------------------------------------------------------ MM-DiT
+_MMDIT_TITLES = {
+    "sd3": "Stable Diffusion 3 (MM-DiT)",
+    "sd35-medium": "Stable Diffusion 3.5 medium (MM-DiT-X: RMS q/k norms, dual attention)",
+    "sd35-large": "Stable Diffusion 3.5 large (MM-DiT, RMS q/k norms)",
+    "flux-dev": "FLUX.1 [dev] (guidance-distilled)",
+    "flux-schnell": "FLUX.1 [schnell] (timestep-distilled)",
+}
+
+
+@dataclass(frozen=True)
+class MMDiTFamily:
+    """What an MM-DiT transformer config says: ``name`` (a key of the titles above), token order and block counts.
+
+    ``token_order`` is ``("image", "text")`` for SD3/SD3.5 and ``("text", "image")`` for Flux;
+    ``single_blocks`` counts Flux's single-stream blocks (0 for SD3).
+    """
+
+    name: str
+    joint_blocks: int
+    heads: int
+    single_blocks: int = 0
+    token_order: tuple[str, str] = ("image", "text")
+
+    @property
+    def title(self) -> str:
+        """Human-readable family name."""
+        return _MMDIT_TITLES.get(self.name, self.name)
+
+
+def detect_mmdit_family(transformer_config: Mapping[str, Any]) -> MMDiTFamily:
+    """Recognise an MM-DiT from its transformer config (never from its name).
+
+    Rules: ``num_single_layers`` present -> Flux (``guidance_embeds`` -> flux-dev, else flux-schnell);
+    otherwise SD3-style: ``qk_norm`` unset -> sd3, ``qk_norm`` set with ``dual_attention_layers`` ->
+    sd35-medium, without -> sd35-large. Anything else raises :class:`UnsupportedModelError`.
+    """
+    config = dict(transformer_config)
+    heads = int(config.get("num_attention_heads") or 0)
+    if "num_single_layers" in config:
+        name = "flux-dev" if config.get("guidance_embeds") else "flux-schnell"
+        return MMDiTFamily(name, int(config["num_layers"]), heads, int(config["num_single_layers"]), ("text", "image"))
+    if "joint_attention_dim" not in config or "caption_projection_dim" not in config:
+        raise UnsupportedModelError("transformer config: neither SD3-style (joint_attention_dim, "
+                                    "caption_projection_dim) nor Flux-style (num_single_layers): not an MM-DiT")
+    if not config.get("qk_norm"):
+        name = "sd3"
+    else:
+        name = "sd35-medium" if config.get("dual_attention_layers") else "sd35-large"
+    return MMDiTFamily(name, int(config["num_layers"]), heads)
