@@ -4,8 +4,8 @@ Every run folder keeps the matching stats (tp, fp, fn per class, valid pixels) o
 method on every image (``per_image.jsonl``). From them, for every method of the given runs
 (:mod:`eval.stats` does the statistics, this module reads runs and writes files):
 
-* the dataset-level ACC and mIoU (exactly the numbers of ``metrics.json``) with a BCa
-  bootstrap interval over images (``--interval percentile`` for the percentile one);
+* the dataset-level ACC and mIoU (exactly the numbers of ``metrics.json``) with a bootstrap-t
+  interval over images (``--interval bca`` / ``percentile`` for the others);
 * for every pair of methods, the paired interval of the difference, the studentised paired
   bootstrap p-value of "equal dataset-level metric" and the sign-flip p-value
   (exchangeability), each with its Monte Carlo standard error (``--permutations`` draws),

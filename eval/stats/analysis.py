@@ -6,10 +6,17 @@ jackknife. A method may have several seed runs on the same images (blocks); its
 statistic is then the mean over its seeds of the dataset-level metric, and all its
 blocks are resampled with the same images.
 
-Fixed class sets: a block's mIoU is, in every resample and jackknife sample, the mean
-IoU over the classes present (``tp + fp + fn > 0``) in its full sample, so every
-resample scores the same quantity; a resample that lacks one of these classes leaves the
-mIoU undefined there and is left out of its interval (the share is reported).
+Intervals (default) and the paired test share one studentised bootstrap: in each resample
+every statistic and its delta-method standard error on that resample
+(:meth:`_Design.variances`, :func:`eval.stats.significance.ratio_variance`) give
+``t* = (theta* - theta) / se*``; the bootstrap-t interval
+(:func:`eval.stats.intervals.bootstrap_t_bounds`) and the test's p-value
+(:func:`eval.stats.significance.studentised_p`) are read off the same ``t*``.
+
+Fixed class sets: a block's mIoU is, in every resample, jackknife sample and sign flip, the
+mean IoU over the classes present (``tp + fp + fn > 0``) in its full sample, so every
+resample scores the same quantity as the observed one; a resample that lacks one of these
+classes leaves the mIoU undefined there and is left out (the share is reported).
 """
 
 from __future__ import annotations
@@ -202,7 +209,7 @@ class _Design:
             influence[b] = coef @ num[b][:, :c][:, keep].T - (coef * np.nan_to_num(ratio[:, b, :c][:, keep])) @ \
                 den[b][:, :c][:, keep].T
         weighted = influence * weights[None]
-        gram_miou = np.einsum("brn,crn->rbc", weighted, influence)
+        gram_miou = np.matmul(weighted.transpose(1, 0, 2), influence.transpose(1, 2, 0))  # (R, B, B)
         combos = self.combinations()
         var = np.einsum("sb,rbcu,sc->rsu", combos, np.nan_to_num(gram), combos, optimize=True)
         var_miou = np.einsum("sb,rbc,sc->rs", combos, gram_miou, combos, optimize=True)
