@@ -44,10 +44,10 @@ def test_interval_coverage_300_samples():
 
 
 def test_paired_test_level_fast():
-    equal = sp.rejections(300, 40, "equal-iou", draws=200)
+    equal = sp.rejections(200, 30, "equal-iou", draws=200)
     assert equal["miou"] <= 0.1, equal
     assert equal["acc"] >= 0.9, equal  # their ACCs differ (the aggressive one recovers more pixels): found
-    same = sp.rejections(100, 40, "exchangeable", draws=200)
+    same = sp.rejections(80, 30, "exchangeable", draws=200)
     assert same["miou"] <= 0.1 and same["acc"] <= 0.1 and same["signflip_miou"] <= 0.1, same
 
 
