@@ -175,9 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for images in args.images or (50, 1000):
                 start = time.perf_counter()
                 got = rejections(images, args.samples, pair, args.resamples)
-                print(f"rejections {pair} n={images}: studentised mIoU {got['miou']:.3f} (refused {got['refused']:.3f}), "
-                      f"ACC {got['acc']:.3f}, sign-flip mIoU {got['signflip_miou']:.3f}  "
-                      f"[{time.perf_counter() - start:.0f} s]", flush=True)
+                print(f"rejections {pair} n={images}: studentised mIoU {got['miou']:.3f} "
+                      f"(refused {got['refused']:.3f}), ACC {got['acc']:.3f}, "
+                      f"sign-flip mIoU {got['signflip_miou']:.3f}  [{time.perf_counter() - start:.0f} s]", flush=True)
     return 0
 
 
