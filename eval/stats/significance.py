@@ -124,7 +124,9 @@ def min_detectable(se: np.ndarray, t_reps: np.ndarray, confidence: float, power:
         crit = order_statistic(np.abs(t_reps), critical_rank(used, alpha), largest=True)
     else:
         crit = order_statistic(t_reps, critical_rank(used, alpha / 2.0), largest=True)
-    finite = np.where(np.isnan(t_reps), np.nan, t_reps)
+    low = np.full(t_reps.shape[1], np.nan)
+    some = used > 0
+    if some.any():
+        low[some] = np.nanquantile(t_reps[:, some], 1.0 - power, axis=0)
     with np.errstate(invalid="ignore"):
-        low = np.nanquantile(finite, 1.0 - power, axis=0) if t_reps.shape[0] else np.full(t_reps.shape[1], np.nan)
-    return (crit - low) * np.asarray(se, dtype=np.float64)
+        return (crit - low) * np.asarray(se, dtype=np.float64)
