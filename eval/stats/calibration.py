@@ -156,17 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=300, help="simulated samples per figure (300)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per sample (1000)")
     parser.add_argument("--interval", default="bootstrap-t", help="interval kind (bootstrap-t)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the simulated samples (0)")
     parser.add_argument("--only", choices=("coverage", "level"), help="print only these figures")
     parser.add_argument("--images", type=int, nargs="+", help="only these sample sizes (default 50 200; 50 1000)")
     args = parser.parse_args(argv)
-    print(f"27 classes, {args.samples} samples, {args.resamples} resamples, 95% {args.interval} intervals, "
-          "tests at 0.05")
+    print(f"27 classes, {args.samples} samples (seed {args.seed}), {args.resamples} resamples, 95% {args.interval} "
+          "intervals, tests at 0.05")
     if args.only != "level":
         for long_tail, images in ((False, 50), (False, 200), (True, 50), (True, 200)):
             if args.images and images not in args.images:
                 continue
             start = time.perf_counter()
-            got = coverage(images, args.samples, long_tail, args.resamples, interval=args.interval)
+            got = coverage(images, args.samples, long_tail, args.resamples, args.seed, interval=args.interval)
             print(f"coverage {'long-tailed' if long_tail else 'moderate'} n={images}: mIoU {got['miou']:.3f} "
                   f"(refused {got['refused']:.3f}), ACC {got['acc']:.3f}  [{time.perf_counter() - start:.0f} s]",
                   flush=True)
@@ -174,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for pair in ("equal-iou", "exchangeable"):
             for images in args.images or (50, 1000):
                 start = time.perf_counter()
-                got = rejections(images, args.samples, pair, args.resamples)
+                got = rejections(images, args.samples, pair, args.resamples, args.seed)
                 print(f"rejections {pair} n={images}: studentised mIoU {got['miou']:.3f} "
                       f"(refused {got['refused']:.3f}), ACC {got['acc']:.3f}, "
                       f"sign-flip mIoU {got['signflip_miou']:.3f}  [{time.perf_counter() - start:.0f} s]", flush=True)
