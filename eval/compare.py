@@ -4,8 +4,8 @@ Every run folder keeps the matching stats (tp, fp, fn per class, valid pixels) o
 method on every image (``per_image.jsonl``). From them, for every method of the given runs
 (:mod:`eval.stats` does the statistics, this module reads runs and writes files):
 
-* the dataset-level ACC and mIoU (exactly the numbers of ``metrics.json``) with a BCa
-  bootstrap interval over images (``--interval percentile`` for the percentile one);
+* the dataset-level ACC and mIoU (exactly the numbers of ``metrics.json``) with a bootstrap-t
+  interval over images (``--interval bca`` / ``percentile`` for the others);
 * for every pair of methods, the paired interval of the difference, the studentised paired
   bootstrap p-value of "equal dataset-level metric" and the sign-flip p-value
   (exchangeability), each with its Monte Carlo standard error (``--permutations`` draws),
@@ -65,7 +65,7 @@ def _banner(runs: list, notes: list[str]) -> str | None:
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, resamples: int = 2000,
-                 seed: int = 0, intersect: bool = False, confidence: float = 0.95, *, interval: str = "bca",
+                 seed: int = 0, intersect: bool = False, confidence: float = 0.95, *, interval: str = "bootstrap-t",
                  permutations: int | None = None, min_images: int = 30, min_class_images: int = 5) -> dict[str, Any]:
     """Compare every method of ``run_dirs``; write tables, figures and ``compare.json`` to ``out_dir``.
 
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--permutations", type=int, default=10000,
                         help="draws of each p-value: bootstrap resamples of the studentised test and sign flips "
                              "(10000; the Monte Carlo SE of p = 0.01 is then 0.001)")
-    parser.add_argument("--interval", choices=INTERVALS, default="bca", help="interval kind (bca)")
+    parser.add_argument("--interval", choices=INTERVALS, default="bootstrap-t", help="interval kind (bootstrap-t)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval coverage (0.95)")
     parser.add_argument("--min-images", type=int, default=30, help="fewer images: no interval, no test (30)")

@@ -235,3 +235,32 @@ def test_extremes_grid_from_saved_masks(tmp_path):
     (folder / f"{ids[0]}.png").unlink()
     saved = compare_runs([run], tmp_path / "o", resamples=20)
     assert saved["extremes"]["DiffSeg"]["masks"] is False
+
+
+def test_compare_md_names_the_interval_and_rare_class_refusals(tmp_path):
+    """compare.md says which interval its brackets are; a mIoU refused for rare classes reads `n/a (k of K classes
+    rare)` in the methods and pairs tables, while ACC keeps its interval."""
+    rng = np.random.default_rng(14)
+    common = _draw(rng, 40, num_classes=8)
+    tp, fp, fn = common.tp.copy(), common.fp.copy(), common.fn.copy()
+    tp[:, 3:], fn[:, 3:] = 0, 0
+    for c in range(3, 8):  # five of eight classes in ground truth of two images each
+        tp[[c, c + 10], c], fn[[c, c + 10], c] = 50, 20
+    rare = ImageStats(tp, fp, fn, tp.sum(1) + fn.sum(1))
+    other = ImageStats(tp, fp + 1, fn, rare.valid)
+    run = _write_run(tmp_path / "run", {"a": rare, "b": other}, _ids(40))
+    saved = compare_runs([run], tmp_path / "cmp", resamples=100)
+    assert saved["interval"] == "bootstrap-t"
+    entry = saved["methods"]["a"]
+    assert entry["miou"][1:] == [None, None] and entry["acc"][1] is not None
+    assert entry["refused"]["miou"]["rare_classes"] == 5 and entry["refused"]["miou"]["classes"] == 8
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "95% interval over images, symmetric bootstrap-t (studentised by the delta-method standard error" in md
+    assert f"| a | {entry['acc'][0]:.1f} [{entry['acc'][1]:.1f}, {entry['acc'][2]:.1f}] | " \
+           f"{entry['miou'][0]:.1f} [n/a (5 of 8 classes rare)] |" in md
+    pair = saved["pairs"]["a vs b"]
+    assert pair["miou"][1:] == [None, None, None] and pair["acc"][3] is not None
+    assert f"{pair['miou'][0]:+.1f} [n/a (5 of 8 classes rare)]" in md
+    percentile = compare_runs([run], tmp_path / "pct", resamples=100, interval="percentile")
+    assert percentile["interval"] == "percentile"
+    assert "95% interval over images, percentile bootstrap (" in (tmp_path / "pct" / "compare.md").read_text()

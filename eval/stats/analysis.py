@@ -6,10 +6,17 @@ jackknife. A method may have several seed runs on the same images (blocks); its
 statistic is then the mean over its seeds of the dataset-level metric, and all its
 blocks are resampled with the same images.
 
-Fixed class sets: a block's mIoU is, in every resample and jackknife sample, the mean
-IoU over the classes present (``tp + fp + fn > 0``) in its full sample, so every
-resample scores the same quantity; a resample that lacks one of these classes leaves the
-mIoU undefined there and is left out of its interval (the share is reported).
+Intervals (default) and the paired test share one studentised bootstrap: in each resample
+every statistic and its delta-method standard error on that resample
+(:meth:`_Design.variances`, :func:`eval.stats.significance.ratio_variance`) give
+``t* = (theta* - theta) / se*``; the bootstrap-t interval
+(:func:`eval.stats.intervals.bootstrap_t_bounds`) and the test's p-value
+(:func:`eval.stats.significance.studentised_p`) are read off the same ``t*``.
+
+Fixed class sets: a block's mIoU is, in every resample, jackknife sample and sign flip, the
+mean IoU over the classes present (``tp + fp + fn > 0``) in its full sample, so every
+resample scores the same quantity as the observed one; a resample that lacks one of these
+classes leaves the mIoU undefined there and is left out (the share is reported).
 """
 
 from __future__ import annotations
@@ -22,14 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from eval.stats.intervals import bca_bounds, combined_bounds, percentile_bounds
-from eval.stats.resample import bootstrap_weights, flip_weights, weighted_sums
+from eval.stats.intervals import bca_bounds, bootstrap_t_bounds, combined_bounds, percentile_bounds
+from eval.stats.resample import bootstrap_weights, exact_product, flip_weights, weighted_sums
 from eval.stats.scores import dataset_scores, scores, split_columns
-from eval.stats.significance import holm, influence, mc_se, min_detectable, signflip_p, studentised_p
+from eval.stats.significance import holm, mc_se, min_detectable, ratio_variance, signflip_p, studentised_p
 
 __all__ = ["INTERVALS", "ImageStats", "analyse"]
 
-INTERVALS = ("bca", "percentile")
+INTERVALS = ("bootstrap-t", "bca", "percentile")
+INTERVAL_NAMES = {
+    "bootstrap-t": "symmetric bootstrap-t (studentised by the delta-method standard error recomputed in each "
+                   "resample; Hall 1988, Efron & Tibshirani 1993 ch. 12)",
+    "bca": "BCa (bias-corrected and accelerated, jackknife acceleration over images; Efron 1987)",
+    "percentile": "percentile bootstrap",
+}
+SYMMETRIC = True  # the bootstrap-t interval and the paired test are symmetric (|t*|), see eval.stats.intervals
 METRICS = ("acc", "miou")
 
 
@@ -128,14 +142,81 @@ class _Design:
             out[f"d_{key}"] = out[key][:, a] - out[key][:, b]
         return out
 
-    def influences(self) -> dict[str, np.ndarray]:
-        """Per-image influence values of each pair's differences: ``d_acc``, ``d_miou`` (N, P), ``d_iou`` (N, P, C)."""
-        per_block = [influence(self.matrix[:, b * self.width:(b + 1) * self.width], self.num_classes,
-                               self.classes[b]) for b in range(len(self.classes))]
-        methods = {key: np.stack([np.mean([per_block[b][k] for b in bs], axis=0) for bs in self.blocks], axis=1)
-                   for k, key in enumerate(("acc", "iou", "miou"))}
-        a, b = (np.asarray([p[i] for p in self.pairs], dtype=np.int64) for i in (0, 1))
-        return {f"d_{key}": value[:, a] - value[:, b] for key, value in methods.items()}
+    def combinations(self) -> np.ndarray:
+        """(M + P, B) weights of the blocks in each reported statistic: a method's mean over its seed blocks,
+        then each pair's difference A - B."""
+        weights = np.zeros((len(self.names) + len(self.pairs), len(self.classes)))
+        for m, bs in enumerate(self.blocks):
+            weights[m, bs] = 1.0 / len(bs)
+        for j, (a, b) in enumerate(self.pairs):
+            weights[len(self.names) + j] = weights[a] - weights[b]
+        return weights
+
+    def _units(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Per-image numerators and denominators of the ratios, and their products (cached).
+
+        Returns ``num``, ``den`` (B, N, C + 1) float64 (``tp`` / union per class, then ``sum tp`` / valid for
+        ACC), ``products`` (N, L * 4 * (C + 1)): for each block pair ``(b, b2)``, ``b <= b2``, in the order
+        of the returned list, the per-image products ``num_b num_b2 | num_b den_b2 | den_b num_b2 | den_b den_b2``.
+        """
+        if getattr(self, "_cache", None) is None:
+            tp, fp, fn, valid = (x.astype(np.float64) for x in split_columns(
+                self.matrix.reshape(self.num_images, -1, self.width).transpose(1, 0, 2), self.num_classes))
+            num = np.concatenate([tp, tp.sum(-1, keepdims=True)], axis=-1)
+            den = np.concatenate([tp + fp + fn, valid[..., None]], axis=-1)
+            pairs = [(b, b2) for b in range(len(self.classes)) for b2 in range(b, len(self.classes))]
+            products = np.concatenate([x * y for b, b2 in pairs for x, y in
+                                       ((num[b], num[b2]), (num[b], den[b2]), (den[b], num[b2]), (den[b], den[b2]))],
+                                      axis=1)
+            self._cache = (num, den, products, pairs)
+        return self._cache
+
+    def variances(self, weights: np.ndarray, sums: np.ndarray) -> dict[str, np.ndarray]:
+        """Delta-method variances of every reported statistic, each computed on its own resample.
+
+        Args:
+            weights: (R, N) image counts of each resample (ones for the full sample).
+            sums: (R, B * K) their stat sums (``weights @ matrix``).
+
+        Returns:
+            The keys and shapes of :meth:`statistics` (x100^2 units): ``n^-2 sum_i w_i l_i^2`` with ``l_i``
+            the influence value of image i of the statistic in that resample
+            (:func:`eval.stats.significance.ratio_variance`); NaN where a ratio is undefined. ACC and
+            per-class IoU come from weighted moments of the per-image numerators and denominators; the
+            mIoU, a mean over classes, from its per-image influence values (R, N) directly.
+        """
+        num, den, products, pairs = self._units()
+        rows, blocks, units, c = weights.shape[0], len(self.classes), self.num_classes + 1, self.num_classes
+        tp, fp, fn, valid = (x.astype(np.float64) for x in split_columns(sums.reshape(rows, blocks, self.width), c))
+        total_num = np.concatenate([tp, tp.sum(-1, keepdims=True)], axis=-1)  # (R, B, C + 1)
+        total_den = np.concatenate([tp + fp + fn, valid[..., None]], axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(total_den > 0, total_num / total_den, np.nan)
+            scale = np.where(total_den > 0, 100.0 / total_den, np.nan)
+        moments = (weights @ products).reshape(rows, len(pairs), 4, units)
+        gram = np.zeros((rows, blocks, blocks, units))
+        for k, (b, b2) in enumerate(pairs):
+            value = ratio_variance(scale[:, b], ratio[:, b], scale[:, b2], ratio[:, b2],
+                                   tuple(moments[:, k, j] for j in range(4)))
+            gram[:, b, b2] = gram[:, b2, b] = value
+        # mIoU: l_i = mean over the block's classes of the class influence values, (R, N) per block
+        influence = np.zeros((blocks, rows, self.num_images))
+        for b in range(blocks):
+            keep = self.classes[b]
+            if not keep.any():
+                continue
+            coef = np.nan_to_num(scale[:, b, :c][:, keep]) / keep.sum()
+            influence[b] = coef @ num[b][:, :c][:, keep].T - (coef * np.nan_to_num(ratio[:, b, :c][:, keep])) @ \
+                den[b][:, :c][:, keep].T
+        weighted = influence * weights[None]
+        gram_miou = np.matmul(weighted.transpose(1, 0, 2), influence.transpose(1, 2, 0))  # (R, B, B)
+        combos = self.combinations()
+        var = np.einsum("sb,rbcu,sc->rsu", combos, np.nan_to_num(gram), combos, optimize=True)
+        var_miou = np.einsum("sb,rbc,sc->rs", combos, gram_miou, combos, optimize=True)
+        var, var_miou = np.maximum(var, 0.0), np.maximum(var_miou, 0.0)
+        m = len(self.names)
+        return {"acc": var[:, :m, c], "miou": var_miou[:, :m], "iou": var[:, :m, :c],
+                "d_acc": var[:, m:, c], "d_miou": var_miou[:, m:], "d_iou": var[:, m:, :c]}
 
 
 def _design(methods: dict[str, Any]) -> _Design:
@@ -162,24 +243,50 @@ def _design(methods: dict[str, Any]) -> _Design:
     return _Design(names, blocks, matrix, c, classes, list(combinations(range(len(names)), 2)))
 
 
-def _bounds(point: np.ndarray, reps: np.ndarray, jack: np.ndarray, confidence: float,
-            interval: str) -> tuple[np.ndarray, np.ndarray]:
-    """Interval bounds of statistics of any shape: ``point`` (...), ``reps`` (R, ...), ``jack`` (N, ...)."""
+def _studentise(values: np.ndarray, point: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``(theta* - theta) / se*`` of replicates (R, ...) about ``point`` (...): 0 where ``theta* == theta`` (even
+    with ``se* = 0``), +-inf where ``se* = 0`` otherwise, NaN where ``theta*`` is undefined."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (values - point) / np.sqrt(var)
+    return np.where(values == point, 0.0, t)
+
+
+def _bootstrap(design: _Design, point: dict[str, np.ndarray], draws: int,
+               rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Bootstrap replicates ``theta*`` and studentised replicates ``t*`` (draws, ...) of every statistic.
+
+    Each resample's standard error is the delta-method one computed on that resample
+    (:meth:`_Design.variances`); the resamples are processed in blocks of bounded memory.
+    """
+    n = design.num_images
+    step = max(1, (1 << 20) // max(n, 1))
+    reps: dict[str, list[np.ndarray]] = {key: [] for key in point}
+    studentised: dict[str, list[np.ndarray]] = {key: [] for key in point}
+    for block in bootstrap_weights(n, draws, rng):
+        for start in range(0, block.shape[0], step):
+            weights = block[start:start + step]
+            sums = exact_product(weights, design.matrix)
+            values, var = design.statistics(sums), design.variances(weights, sums)
+            for key in point:
+                reps[key].append(values[key])
+                studentised[key].append(_studentise(values[key], point[key], var[key]))
+    return ({key: np.concatenate(v) for key, v in reps.items()},
+            {key: np.concatenate(v) for key, v in studentised.items()})
+
+
+def _bounds(interval: str, confidence: float, point: np.ndarray, se: np.ndarray, reps: np.ndarray,
+            t_reps: np.ndarray, jack: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Interval bounds of statistics of any shape: ``point``, ``se`` (...), ``reps``, ``t_reps`` (R, ...),
+    ``jack`` (N, ...) (BCa only)."""
     flat = reps.reshape(reps.shape[0], -1)
-    if interval == "bca":
+    if interval == "bootstrap-t":
+        low, high = bootstrap_t_bounds(t_reps.reshape(t_reps.shape[0], -1), point.reshape(-1), se.reshape(-1),
+                                       confidence, symmetric=SYMMETRIC)
+    elif interval == "bca":
         low, high = bca_bounds(flat, point.reshape(-1), jack.reshape(jack.shape[0], -1), confidence)
     else:
         low, high = percentile_bounds(flat, confidence)
     return low.reshape(point.shape), high.reshape(point.shape)
-
-
-def _sd(reps: np.ndarray) -> np.ndarray:
-    """(S,) standard deviation of the finite replicates (R, S) of each column (NaN if none)."""
-    finite = np.isfinite(reps)
-    count = finite.sum(0)
-    mean = np.where(finite, reps, 0.0).sum(0) / np.maximum(count, 1)
-    var = np.where(finite, (reps - mean) ** 2, 0.0).sum(0) / np.maximum(count, 1)
-    return np.where(count > 0, np.sqrt(var), np.nan)
 
 
 def _num(value: Any) -> float | None:
@@ -193,23 +300,14 @@ def _pair_columns(values: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([values["d_acc"], values["d_miou"], values["d_iou"].reshape(lead, -1)], axis=1)
 
 
-def _studentised(design: _Design, point: dict[str, np.ndarray], draws: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Studentised paired bootstrap p-values and replicate counts of every pair column (Q,)."""
-    n = design.num_images
-    psi = _pair_columns(design.influences())  # (N, Q)
-    sums, moments = weighted_sums(bootstrap_weights(n, draws, rng), design.matrix, np.concatenate([psi, psi**2], 1))
-    q = psi.shape[1]
-    mean, square = moments[:, :q] / n, moments[:, q:] / n
-    rep_var = (square - mean**2) / n
-    variance = ((psi**2).mean(0) - psi.mean(0) ** 2) / n
-    reps = _pair_columns(design.statistics(sums))
-    return studentised_p(_pair_columns(point)[0], variance, reps, rep_var)
-
-
 def _signflip(design: _Design, point: dict[str, np.ndarray], draws: int,
               rng: np.random.Generator) -> list[dict[str, float] | None]:
-    """Sign-flip p-values of ACC and mIoU per pair (None where the methods have different seed counts)."""
+    """Sign-flip p-values of ACC and mIoU per pair (None where the methods have different seed counts).
+
+    Each side of a flip is scored as the observed difference is: its mIoU over the fixed class set of the
+    method it stands for (that method's classes with ``tp + fp + fn > 0`` over all images). A flip in which
+    one of those classes has no stats on its side leaves the difference undefined; it is left out.
+    """
     flips, _ = weighted_sums(flip_weights(design.num_images, draws, rng), design.matrix)
     total = design.matrix.sum(0)
     k, c = design.width, design.num_classes
@@ -222,14 +320,14 @@ def _signflip(design: _Design, point: dict[str, np.ndarray], draws: int,
         for ba, bb in zip(design.blocks[a], design.blocks[b], strict=True):
             # swapping image i's stats moves (B_i - A_i) from B's sums to A's
             moved = flips[:, bb * k:(bb + 1) * k] - flips[:, ba * k:(ba + 1) * k]
-            acc_a, miou_a, _ = dataset_scores(total[ba * k:(ba + 1) * k] + moved, c)
-            acc_b, miou_b, _ = dataset_scores(total[bb * k:(bb + 1) * k] - moved, c)
+            acc_a, miou_a, _ = dataset_scores(total[ba * k:(ba + 1) * k] + moved, c, design.classes[ba])
+            acc_b, miou_b, _ = dataset_scores(total[bb * k:(bb + 1) * k] - moved, c, design.classes[bb])
             diffs = {"acc": diffs["acc"] + acc_a - acc_b, "miou": diffs["miou"] + miou_a - miou_b}
         entry = {}
         for metric in METRICS:
             perm = diffs[metric] / len(design.blocks[a])
-            p = float(signflip_p(perm[:, None], point[f"d_{metric}"][0, j:j + 1])[0])
-            entry[metric] = {"p": _num(p), "mc_se": _num(mc_se(p, draws))}
+            p, used = signflip_p(perm[:, None], point[f"d_{metric}"][0, j:j + 1])
+            entry[metric] = {"p": _num(p[0]), "mc_se": _num(mc_se(p[0], used[0])), "draws": int(used[0])}
         out.append(entry)
     return out
 
@@ -270,9 +368,26 @@ def _seeds(design: _Design, m: int, entry: dict[str, Any], confidence: float) ->
     return out
 
 
+def _rare_refusals(design: _Design, class_images: list[np.ndarray], min_class_images: int) -> list[dict | None]:
+    """Per method, the refusal of its mIoU interval where most (over half) of its mIoU's classes are in fewer
+    than ``min_class_images`` images (their IoUs barely vary over resamples, so the interval is too narrow), else
+    None."""
+    out: list[dict | None] = []
+    for m, bs in enumerate(design.blocks):
+        keep = design.classes[bs[0]]
+        rare = int((class_images[m][keep] < min_class_images).sum())
+        if rare * 2 > int(keep.sum()):
+            out.append({"images": design.num_images, "rare_classes": rare, "classes": int(keep.sum()),
+                        "reason": f"{rare} of the mIoU's {int(keep.sum())} classes in fewer than --min-class-images "
+                                  f"{min_class_images} images: no mIoU interval or test is given"})
+        else:
+            out.append(None)
+    return out
+
+
 def _method_entries(design: _Design, point: dict[str, np.ndarray], bounds: dict[str, tuple[np.ndarray, np.ndarray]],
-                    lacking: np.ndarray, refusal: dict[str, Any] | None, class_images: list[np.ndarray],
-                    min_class_images: int, confidence: float) -> dict[str, Any]:
+                    lacking: np.ndarray, refusal: dict[str, Any] | None, rare: list[dict | None],
+                    class_images: list[np.ndarray], min_class_images: int, confidence: float) -> dict[str, Any]:
     """``methods`` of the result: points, bounds (None where refused or undefined) and the refusals' reasons."""
     out = {}
     for m, name in enumerate(design.names):
@@ -283,6 +398,9 @@ def _method_entries(design: _Design, point: dict[str, np.ndarray], bounds: dict[
             entry[metric] = [_num(point[metric][0, m]), _num(bounds[metric][0][m]), _num(bounds[metric][1][m])]
             if refusal:
                 entry["refused"][metric] = refusal
+        if not refusal and rare[m]:
+            entry["miou"][1:] = [None, None]
+            entry["refused"]["miou"] = rare[m]
         rows = []
         for c in range(design.num_classes):
             value = _num(point["iou"][0, m, c])
@@ -303,22 +421,29 @@ def _method_entries(design: _Design, point: dict[str, np.ndarray], bounds: dict[
 
 
 def _pair_entries(design: _Design, point: dict[str, np.ndarray], bounds: dict[str, tuple[np.ndarray, np.ndarray]],
-                  tests: dict[str, Any], refusal: dict[str, Any] | None, class_images: list[np.ndarray],
-                  min_class_images: int) -> dict[str, Any]:
-    """``pairs`` of the result (before Holm): differences A - B with interval, p and the sign-flip p."""
+                  tests: dict[str, Any], refusal: dict[str, Any] | None, rare: list[dict | None],
+                  class_images: list[np.ndarray], min_class_images: int) -> dict[str, Any]:
+    """``pairs`` of the result (before Holm): differences A - B with interval, p and the sign-flip p.
+
+    ``refused`` is the refusal of the whole pair (too few images); ``refused_metrics`` maps a metric refused on
+    its own (the mIoU where most classes are rare in either method) to its reason.
+    """
     npairs, c = len(design.pairs), design.num_classes
     out = {}
     for j, (a, b) in enumerate(design.pairs):
-        entry: dict[str, Any] = {"refused": refusal}
+        entry: dict[str, Any] = {"refused": refusal, "refused_metrics": {}}
+        if not refusal and (rare[a] or rare[b]):
+            entry["refused_metrics"]["miou"] = rare[a] or rare[b]
         for k, metric in enumerate(METRICS):
             col = k * npairs + j
-            p = tests["p"][col] if tests else math.nan
-            entry[metric] = [_num(point[f"d_{metric}"][0, j]), _num(bounds[f"d_{metric}"][0][j]),
-                             _num(bounds[f"d_{metric}"][1][j]), _num(p)]
+            off = metric in entry["refused_metrics"]
+            p = tests["p"][col] if tests and not off else math.nan
+            low, high = (math.nan, math.nan) if off else (bounds[f"d_{metric}"][0][j], bounds[f"d_{metric}"][1][j])
+            entry[metric] = [_num(point[f"d_{metric}"][0, j]), _num(low), _num(high), _num(p)]
             entry.setdefault("test", {})[metric] = {
                 "p": _num(p), "mc_se": _num(mc_se(p, tests["draws"][col])) if tests else None,
                 "draws": int(tests["draws"][col]) if tests else 0}
-            mdd = tests["mdd"][metric][j] if tests else math.nan
+            mdd = tests["mdd"][metric][j] if tests and not off else math.nan
             entry.setdefault("power", {})[metric] = {
                 "mdd": _num(mdd), "images_for_1_point": (int(math.ceil(design.num_images * mdd**2))
                                                          if _num(mdd) is not None else None)}
@@ -353,26 +478,33 @@ def _adjust(pairs: dict[str, Any], alpha: float) -> dict[str, Any]:
 
 
 def analyse(methods: dict[str, ImageStats | list[ImageStats]], resamples: int = 2000, seed: int = 0,
-            confidence: float = 0.95, *, interval: str = "bca", permutations: int | None = None,
+            confidence: float = 0.95, *, interval: str = "bootstrap-t", permutations: int | None = None,
             min_images: int = 30, min_class_images: int = 5) -> dict[str, Any]:
     """Intervals, paired differences and tests of methods on the same images.
+
+    One bootstrap of ``max(resamples, permutations)`` resamples of the images gives every statistic's
+    replicate and its studentised replicate (:func:`_bootstrap`); the intervals use the first
+    ``resamples`` of them, the studentised paired test the first ``permutations``, so with equal counts a
+    pair's interval holds 0 iff its p is at least ``1 - confidence`` (bootstrap-t interval).
 
     Args:
         methods: name -> per-image stats (N images, C classes, same row order), or a list of
             one method's seed runs on those images.
         resamples: bootstrap resamples of the intervals.
-        seed: seeds the generators (intervals, sign flips and the test get independent streams).
+        seed: seeds the generators (the bootstrap and the sign flips get independent streams).
         confidence: interval coverage; ``1 - confidence`` is also the tests' level after Holm.
-        interval: ``"bca"`` (default) or ``"percentile"``.
+        interval: ``"bootstrap-t"`` (default), ``"bca"`` or ``"percentile"`` (:data:`INTERVAL_NAMES`).
         permutations: draws of each p-value (bootstrap resamples of the studentised test and
             sign flips); default ``resamples``.
         min_images: fewer images give no interval and no test (bounds and p None, with a reason).
-        min_class_images: a class in fewer images gets no per-class interval.
+        min_class_images: a class in fewer images gets no per-class interval; a method with most of
+            its mIoU's classes below it gets no mIoU interval (nor its pairs a mIoU test).
 
     Returns:
         ``{"methods": {name: {"acc": [point, low, high], "miou": [...], "iou": [[point, low, high]
         or None per class], "images": N, "refused": {...}, ...}}, "pairs": {"A vs B": {"acc":
-        [A - B, low, high, p], "miou": [...], "test", "signflip", "power", "iou"}}, "holm": {...}}``.
+        [A - B, low, high, p], "miou": [...], "test", "signflip", "power", "iou", "refused",
+        "refused_metrics"}}, "holm": {...}, "interval", "interval_name", ...}``.
     """
     if resamples < 1 or (permutations is not None and permutations < 1):
         raise ValueError(f"resamples and permutations must be >= 1, got {resamples}, {permutations}")
@@ -382,26 +514,37 @@ def analyse(methods: dict[str, ImageStats | list[ImageStats]], resamples: int = 
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     design = _design(methods)
     draws = resamples if permutations is None else permutations
-    boot_seq, flip_seq, test_seq = np.random.SeedSequence(seed).spawn(3)
+    boot_seq, flip_seq = np.random.SeedSequence(seed).spawn(2)
     n = design.num_images
-    point = design.statistics(design.matrix.sum(0, keepdims=True))
+    total = design.matrix.sum(0, keepdims=True)
+    point = design.statistics(total)
+    se = {key: np.sqrt(v[0]) for key, v in design.variances(np.ones((1, n)), total).items()}
     refusal = _refusal(n, min_images, "--min-images") if n < min_images else None
     nan = {key: (np.full(v.shape[1:], np.nan),) * 2 for key, v in point.items()}
     bounds, tests, lacking = nan, None, np.full(len(design.names), np.nan)
     if refusal is None:
-        reps = design.statistics(weighted_sums(bootstrap_weights(n, resamples, np.random.default_rng(boot_seq)),
-                                               design.matrix)[0])
-        jack = design.statistics(design.matrix.sum(0, keepdims=True) - design.matrix)
-        bounds = {key: _bounds(point[key][0], reps[key], jack[key], confidence, interval) for key in point}
-        lacking = np.isnan(reps["miou"]).mean(0)
+        reps, t_reps = _bootstrap(design, point, max(resamples, draws), np.random.default_rng(boot_seq))
+        jack = design.statistics(total - design.matrix) if interval == "bca" else {key: None for key in point}
+        bounds = {key: _bounds(interval, confidence, point[key][0], se[key], reps[key][:resamples],
+                               t_reps[key][:resamples], jack[key]) for key in point}
+        lacking = np.isnan(reps["miou"][:resamples]).mean(0)
         if design.pairs:
-            p, used = _studentised(design, point, draws, np.random.default_rng(test_seq))
-            mdd = {m: min_detectable(_sd(reps[f"d_{m}"]), confidence) for m in METRICS}
+            d, d_se, d_t = _pair_columns(point)[0], _pair_columns({k: v[None] for k, v in se.items()})[0], \
+                _pair_columns(t_reps)[:draws]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                t_obs = np.where(d == 0, np.where(d_se > 0, 0.0, np.nan), d / d_se)
+            p, used = studentised_p(t_obs, d_t, symmetric=SYMMETRIC)
+            p = np.where(np.isfinite(d), p, np.nan)
+            mdd = {m: min_detectable(se[f"d_{m}"], t_reps[f"d_{m}"][:draws], confidence, symmetric=SYMMETRIC)
+                   for m in METRICS}
             tests = {"p": p, "draws": used, "mdd": mdd,
                      "signflip": _signflip(design, point, draws, np.random.default_rng(flip_seq))}
     class_images = _class_images(design)
-    out_methods = _method_entries(design, point, bounds, lacking, refusal, class_images, min_class_images, confidence)
-    pairs = _pair_entries(design, point, bounds, tests, refusal, class_images, min_class_images)
+    rare = _rare_refusals(design, class_images, min_class_images)
+    out_methods = _method_entries(design, point, bounds, lacking, refusal, rare, class_images, min_class_images,
+                                  confidence)
+    pairs = _pair_entries(design, point, bounds, tests, refusal, rare, class_images, min_class_images)
     holm_info = _adjust(pairs, round(1.0 - confidence, 12))
     return {"methods": out_methods, "pairs": pairs, "holm": holm_info, "interval": interval,
-            "confidence": confidence, "resamples": resamples, "permutations": draws}
+            "interval_name": INTERVAL_NAMES[interval], "confidence": confidence, "resamples": resamples,
+            "permutations": draws}

@@ -16,20 +16,26 @@ import numpy as np
 
 from eval.atomic import write_text_atomic
 from eval.report.markdown import markdown_rows, slug
-from eval.stats.analysis import ImageStats, per_image_miou
+from eval.stats.analysis import INTERVAL_NAMES, ImageStats, per_image_miou
 
 __all__ = ["EXTREMES", "fmt_interval", "fmt_p", "na_text", "slug", "table", "write_report"]
 
 EXTREMES = 6  # worst / best images listed per method
 TEST_NOTE = {
-    "studentised": "studentised paired bootstrap test; null: equal dataset-level metric of A and B",
+    "studentised": "studentised paired bootstrap test (the difference over its delta-method standard error, against "
+                   "the resampled differences each over the standard error of its own resample; the inversion of the "
+                   "bootstrap-t interval); null: equal dataset-level metric of A and B",
     "signflip": "sign-flip permutation test; null: the two methods' per-image stats are exchangeable",
 }
 
 
 def na_text(refused: dict[str, Any] | None) -> str:
-    """``n/a (3 images)`` for a refused interval."""
-    count = int((refused or {}).get("images", 0))
+    """``n/a (3 images)`` for a refused interval; ``n/a (19 of 27 classes rare)`` for a mIoU refused because most
+    of its classes are in fewer than --min-class-images images."""
+    refused = refused or {}
+    if refused.get("rare_classes") is not None:
+        return f"n/a ({refused['rare_classes']} of {refused['classes']} classes rare)"
+    count = int(refused.get("images", 0))
     return f"n/a ({count} image{'s' if count != 1 else ''})"
 
 
@@ -90,7 +96,8 @@ def _pair_rows(compare: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             test = v["test"][metric]
             holm = test.get("holm")
             mark = " *" if test.get("significant") else ""
-            row += [fmt_interval(v[metric], True, v.get("refused")), fmt_p(test),
+            refused = v.get("refused") or (v.get("refused_metrics") or {}).get(metric)
+            row += [fmt_interval(v[metric], True, refused), fmt_p(test),
                     ("" if holm is None else f"{holm:.4f}") + mark]
         power = v["power"]["miou"]
         row += [fmt_p((v.get("signflip") or {}).get("miou")),
@@ -173,14 +180,15 @@ def _figures(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Sequenc
 def _method_note(compare: dict[str, Any], full: bool) -> str:
     """The paragraph under the title: what the points, brackets and p-values are."""
     n, level = compare["images"], f"{100 * compare['confidence']:g}%"
-    kind = {"bca": "BCa (bias-corrected and accelerated, jackknife acceleration over images)",
-            "percentile": "percentile"}[compare["interval"]]
+    kind = compare.get("interval_name") or INTERVAL_NAMES[compare["interval"]]
     return (f"Point estimates are the dataset-level scores over the {n} images (x100; ACC = pixel accuracy, "
             "mIoU = mean over classes of the IoU of the summed tp/fp/fn, per-image Hungarian matching)"
             + (", equal to each run's metrics.json. " if full else ". ")
-            + f"Brackets: {level} {kind} bootstrap interval over images ({compare['resamples']} resamples, seed "
+            + f"Brackets: {level} interval over images, {kind} ({compare['resamples']} resamples, seed "
             f"{compare['seed']}); `n/a (k images)`: refused, fewer than --min-images {compare['min_images']} images "
-            f"(--min-class-images {compare['min_class_images']} for a class). Differences are paired (the same "
+            f"(--min-class-images {compare['min_class_images']} for a class); `n/a (k of K classes rare)`: mIoU "
+            f"interval and test refused, most of the mIoU's classes are in fewer than --min-class-images images. "
+            "Differences are paired (the same "
             f"resampled images for both methods). p: {TEST_NOTE['studentised']}; sign-flip p: "
             f"{TEST_NOTE['signflip']} (a different null: it also rejects equal scores with different error "
             f"profiles). Each p is given ± its Monte Carlo standard error ({compare['permutations']} draws); "

@@ -1,19 +1,28 @@
-"""Paired tests of two methods on the same images, multiplicity, and power.
+"""Paired tests of two methods on the same images, their standard errors, multiplicity and power.
 
+* **Standard error** (:func:`ratio_variance`): every statistic is a ratio of sums over images or a
+  linear combination of such ratios (ACC = sum tp / sum valid, IoU = sum tp / sum union, mIoU and
+  differences: means and differences of those). Its variance is the nonparametric delta-method
+  (linearisation, infinitesimal-jackknife) variance ``v_L = n^-2 sum_i l_i^2`` with the empirical
+  influence values of a ratio ``l_i = (t_i - (T / U) u_i) / mean(u)`` (Davison & Hinkley 1997,
+  *Bootstrap Methods and their Application*, sec. 2.7.2 and example 2.18; Efron & Tibshirani 1993,
+  sec. 21.3). In a bootstrap resample it is recomputed on the resample itself (weights ``w_i``:
+  how often image i was drawn): ``v_L* = n^-2 sum_i w_i l*_i^2`` with ``T*``, ``U*`` the resample's
+  sums; this is what studentises the bootstrap-t (Davison & Hinkley sec. 5.2.1).
 * :func:`studentised_p`: the studentised paired bootstrap test of **equal dataset-level
   metric** (null: ``metric(A) == metric(B)`` on the image population). Its statistic is
-  ``t = d / se(d)``; the bootstrap replicates ``t* = (d* - d) / se*(d*)`` are centred on
-  the observed difference, so they follow the null distribution of ``t`` whatever the
-  methods' error profiles. ``se`` is the linearisation (influence-function) standard
-  error of the ratio-of-sums metric (:func:`influence`). Two-sided:
-  ``p = (1 + #{|t*| >= |t|}) / (R + 1)``.
+  ``t = d / se(d)``; the replicates ``t* = (d* - d) / se*(d*)``, each over the standard error
+  of its own resample, are centred on the observed difference, so they follow the null
+  distribution of ``t`` whatever the methods' error profiles. Two-sided, symmetric:
+  ``p = (1 + #{|t*| >= |t|}) / (R + 1)`` (equal-tailed: twice the smaller tail). It is the
+  inversion of :func:`eval.stats.intervals.bootstrap_t_bounds` on the same replicates.
 * :func:`signflip_p`: the sign-flip permutation test (null: **exchangeability**, the two
   methods' per-image stats are interchangeable on every image). Two methods with equal
   mIoU but different error profiles are not exchangeable; this test rejects them.
 * :func:`mc_se`: Monte Carlo standard error of a p-value from R draws, ``sqrt(p (1 - p) / R)``.
 * :func:`holm`: Holm's step-down adjustment (family-wise error control).
-* :func:`min_detectable`: the smallest true difference a two-sided level-``alpha`` test
-  detects with the given power, ``(z_{1 - alpha/2} + z_power) * sd``.
+* :func:`min_detectable`: the smallest true difference the test detects with the given power,
+  from the test's own standard error and critical value.
 """
 
 from __future__ import annotations
@@ -21,72 +30,60 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import ndtri
 
-from eval.stats.scores import split_columns
+from eval.stats.intervals import critical_rank, order_statistic
 
-__all__ = ["holm", "influence", "mc_se", "min_detectable", "signflip_p", "studentised_p"]
-
-
-def influence(matrix: np.ndarray, num_classes: int, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image influence (linearisation) values of ACC, IoU and mIoU, x100.
-
-    For a ratio of sums ``T / U`` the influence of image i is ``(t_i - (T / U) u_i) / mean(u)``:
-    the estimate moves by about ``mean_i(weight_i * influence_i)`` when images are reweighted,
-    and its variance is about ``var(influence) / N``.
-
-    Args:
-        matrix: (N, 3C + 1) per-image stats, columns ``tp | fp | fn | valid``.
-        num_classes: C.
-        classes: bool (C,) class set of the mIoU.
-
-    Returns:
-        ``acc (N,)``, ``iou (N, C)`` (0 for a class without stats), ``miou (N,)``.
-    """
-    tp, fp, fn, valid = (x.astype(np.float64) for x in split_columns(matrix, num_classes))
-    n = max(matrix.shape[0], 1)
-    union = tp + fp + fn
-    tp_sum, union_sum, valid_sum = tp.sum(0), union.sum(0), valid.sum()
-    ratio = np.divide(tp_sum, union_sum, out=np.zeros_like(tp_sum), where=union_sum > 0)
-    scale = np.divide(100.0 * n, union_sum, out=np.zeros_like(union_sum), where=union_sum > 0)
-    iou = (tp - ratio * union) * scale
-    acc = 100.0 * n * (tp.sum(1) - tp.sum() / valid_sum * valid) / valid_sum if valid_sum > 0 else np.zeros(n)
-    keep = np.asarray(classes, dtype=bool)
-    miou = iou[:, keep].mean(1) if keep.any() else np.zeros(matrix.shape[0])
-    return acc, iou, miou
+__all__ = ["holm", "mc_se", "min_detectable", "ratio_variance", "signflip_p", "studentised_p"]
 
 
-def studentised_p(observed: np.ndarray, variance: np.ndarray, reps: np.ndarray,
-                  rep_variance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided studentised bootstrap p-values of ``observed == 0``, and the replicates used.
+def ratio_variance(scale_a: np.ndarray, ratio_a: np.ndarray, scale_b: np.ndarray, ratio_b: np.ndarray,
+                   moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """``n^-2 sum_i w_i l_i^a l_i^b``: the delta-method (co)variance of two ratios of weighted sums.
+
+    With ``l_i = s (t_i - r u_i)`` (``r = T / U`` the ratio, ``s = n / U``, any common factor such as
+    100 folded into ``s``), the sum expands into weighted moments of the per-image numerators and
+    denominators, so one matrix product of the weights with the per-image products gives it for every
+    resample. All arguments broadcast together.
 
     Args:
-        observed: (S,) observed differences ``d``.
-        variance: (S,) their estimated variances.
-        reps: (R, S) bootstrap replicates ``d*`` (NaN where undefined: left out).
-        rep_variance: (R, S) variance estimates of each replicate.
-
-    Returns:
-        ``p (S,)`` (NaN where undefined; 1 where ``d = 0`` with zero variance) and the
-        number of replicates used per statistic (S,).
+        scale_a, ratio_a: ``s`` and ``r`` of the first ratio (divided by ``n`` already: ``s = 1 / U``
+            gives ``n^-2 sum w l^2`` directly).
+        scale_b, ratio_b: those of the second.
+        moments: weighted sums ``sum_i w_i x_i y_i`` of ``(t^a t^b, t^a u^b, u^a t^b, u^a u^b)``.
     """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t_obs = np.abs(observed) / np.sqrt(variance)
-        t_rep = np.abs(reps - observed) / np.sqrt(np.maximum(rep_variance, 0.0))
-    t_rep = np.where(reps == observed, 0.0, t_rep)  # a replicate equal to d is not extreme, even with se* = 0
-    used = np.isfinite(reps).sum(0)
-    extreme = (np.where(np.isfinite(reps), t_rep, -np.inf) >= t_obs * (1 - 1e-12)).sum(0)
-    p = (1.0 + extreme) / (used + 1.0)
-    p = np.where(np.isfinite(t_obs), p, np.nan)
-    p = np.where((observed == 0) & (variance == 0), 1.0, p)
-    return np.where(np.isfinite(observed), p, np.nan), used
+    tt, tu, ut, uu = moments
+    return scale_a * scale_b * (tt - ratio_b * tu - ratio_a * ut + ratio_a * ratio_b * uu)
 
 
-def signflip_p(perm: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Two-sided sign-flip p-values ``(1 + #{|d_perm| >= |d|}) / (R + 1)`` (S,), from (R, S) flipped differences."""
+def studentised_p(t_obs: np.ndarray, t_reps: np.ndarray,
+                  symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided studentised bootstrap p-values of ``d == 0`` (S,), and the replicates used (S,).
+
+    Args:
+        t_obs: (S,) observed ``d / se(d)``; NaN where ``d = 0`` with ``se = 0`` (p = 1 there).
+        t_reps: (R, S) replicates ``(d* - d) / se*`` (NaN where undefined: left out).
+        symmetric: extremes by ``|t*| >= |t|``; else ``2 min(#{t* >= t}, #{t* <= t})`` (+1 each).
+    """
+    t_obs = np.asarray(t_obs, dtype=np.float64)
+    used = (~np.isnan(t_reps)).sum(0)
+    with np.errstate(invalid="ignore"):
+        if symmetric:
+            extreme = (np.abs(t_reps) >= np.abs(t_obs)).sum(0)
+            p = (1.0 + extreme) / (used + 1.0)
+        else:
+            upper, lower = (t_reps >= t_obs).sum(0), (t_reps <= t_obs).sum(0)
+            p = np.minimum(1.0, 2.0 * (1.0 + np.minimum(upper, lower)) / (used + 1.0))
+    p = np.where(np.isnan(t_obs), 1.0, p)
+    return np.where(used > 0, p, np.nan), used
+
+
+def signflip_p(perm: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided sign-flip p-values ``(1 + #{|d_perm| >= |d|}) / (R + 1)`` (S,) from (R, S) flipped differences,
+    and the flips used (S,): a flip whose difference is undefined (NaN) is left out."""
     tol = 1e-9 * np.maximum(1.0, np.abs(observed))
-    extreme = (np.abs(np.nan_to_num(perm, nan=0.0)) >= np.abs(observed) - tol).sum(0)
-    return np.where(np.isfinite(observed), (1.0 + extreme) / (perm.shape[0] + 1.0), np.nan)
+    used = np.isfinite(perm).sum(0)
+    extreme = (np.abs(np.where(np.isfinite(perm), perm, 0.0)) >= np.abs(observed) - tol).sum(0)
+    return np.where(np.isfinite(observed), (1.0 + extreme) / (used + 1.0), np.nan), used
 
 
 def mc_se(p: np.ndarray, draws: np.ndarray | int) -> np.ndarray:
@@ -107,6 +104,29 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def min_detectable(sd: np.ndarray, confidence: float, power: float = 0.8) -> np.ndarray:
-    """Smallest detectable true difference at ``power`` for a two-sided test at level ``1 - confidence``."""
-    return (ndtri(0.5 + confidence / 2.0) + ndtri(power)) * np.asarray(sd, dtype=np.float64)
+def min_detectable(se: np.ndarray, t_reps: np.ndarray, confidence: float, power: float = 0.8,
+                   symmetric: bool = True) -> np.ndarray:
+    """(S,) smallest true difference the studentised test at level ``1 - confidence`` detects with ``power``.
+
+    A true difference ``delta`` shifts the statistic to about ``t* + delta / se``; the test rejects when
+    that passes its critical value ``c`` (the one :func:`studentised_p` uses: the ``j``-th largest ``|t*|``,
+    or the upper ``t*`` critical value when equal-tailed), so ``delta = (c - t*_{1 - power}) se`` with
+    ``t*_{1 - power}`` the ``1 - power`` quantile of the replicates (about ``-z_power``). The far tail is
+    ignored (its rejections add under ``(1 - confidence) / 2``).
+
+    Args:
+        se: (S,) standard errors of the differences on the full sample (the test's).
+        t_reps: (R, S) studentised replicates.
+    """
+    used = (~np.isnan(t_reps)).sum(0)
+    alpha = 1.0 - confidence
+    if symmetric:
+        crit = order_statistic(np.abs(t_reps), critical_rank(used, alpha), largest=True)
+    else:
+        crit = order_statistic(t_reps, critical_rank(used, alpha / 2.0), largest=True)
+    low = np.full(t_reps.shape[1], np.nan)
+    some = used > 0
+    if some.any():
+        low[some] = np.nanquantile(t_reps[:, some], 1.0 - power, axis=0)
+    with np.errstate(invalid="ignore"):
+        return (crit - low) * np.asarray(se, dtype=np.float64)
