@@ -99,7 +99,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     dataset = runs[0].dataset
     first = next(iter(groups.values()))[0][2]
     compare = {
-        **{k: result[k] for k in ("methods", "pairs", "holm", "interval", "confidence", "resamples", "permutations")},
+        **{k: result[k] for k in ("methods", "pairs", "holm", "interval", "interval_name", "confidence", "resamples",
+                                  "permutations")},
         "seed": int(seed), "min_images": int(min_images), "min_class_images": int(min_class_images),
         "dataset": dataset, "classes": class_names(dataset, num_classes.pop()), "images": len(ids),
         "image_ids_sha256": ids_sha256(ids),
@@ -127,7 +128,7 @@ def load_intervals(path: str | os.PathLike, run_dir: str | os.PathLike | None = 
     ``path`` is a compare output folder, a ``compare.json``, or a run folder holding one
     (``<run>/compare.json`` or ``<run>/compare/compare.json``); {} where none exists.
     Each entry also holds ``"confidence"`` (the interval level, e.g. 0.9), ``"interval"``
-    (``"bca"`` / ``"percentile"``) and ``"refused"`` (metric -> ``{"images", "reason"}``
+    (``"bootstrap-t"`` / ``"bca"`` / ``"percentile"``) and ``"refused"`` (metric -> ``{"images", "reason"}``
     where the interval was refused, its bounds then None). Without ``run_dir`` the keys are
     compare.json's method names. With ``run_dir``, only that run's single-seed methods,
     keyed by their names in its metrics.json, and only intervals over all of that run's

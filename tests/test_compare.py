@@ -251,6 +251,8 @@ def test_compare_md_names_the_interval_and_rare_class_refusals(tmp_path):
     run = _write_run(tmp_path / "run", {"a": rare, "b": other}, _ids(40))
     saved = compare_runs([run], tmp_path / "cmp", resamples=100)
     assert saved["interval"] == "bootstrap-t"
+    on_disk = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert on_disk["interval_name"].startswith("symmetric bootstrap-t (studentised by the delta-method")
     entry = saved["methods"]["a"]
     assert entry["miou"][1:] == [None, None] and entry["acc"][1] is not None
     assert entry["refused"]["miou"]["rare_classes"] == 5 and entry["refused"]["miou"]["classes"] == 8
