@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from eval.compare import ImageStats, analyse, compare_runs, load_intervals, main
@@ -202,7 +203,12 @@ def test_provenance_marks_labels(tmp_path):
     md = (tmp_path / "o" / "compare.md").read_text()
     assert md.startswith("**Not a result about DiffSeg on real data: random-weight backbone; partial: 8 of 2175")
     assert "f00d" in md
-    assert (tmp_path / "o" / "methods.csv").read_text().startswith("# Not a result")
+    for name in ("methods.csv", "pairs.csv", "per_class_iou.csv"):  # plain read_csv, the banner on every row
+        frame = pd.read_csv(tmp_path / "o" / name)
+        assert frame.columns[0] == "banner" and len(frame) >= 1
+        assert set(frame["banner"]) == {md.splitlines()[0].strip("*")}
+    assert list(pd.read_csv(tmp_path / "o" / "methods.csv")["method"]) == \
+        [saved["methods"][k]["label"] for k in saved["methods"]]
 
 
 def test_same_seed_same_bytes(tmp_path):

@@ -57,13 +57,17 @@ def fmt_p(test: dict[str, Any] | None) -> str:
     return f"{test['p']:.4f} ± {test['mc_se']:.4f}" if test.get("mc_se") is not None else f"{test['p']:.4f}"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    """(Markdown, CSV) text of a table: first and ``run`` columns left-aligned, the others right-aligned."""
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], banner: str | None = None) -> tuple[str, str]:
+    """(Markdown, CSV) text of a table: first and ``run`` columns left-aligned, the others right-aligned.
+
+    A banner becomes the CSV's first column, ``banner``, repeated on every row, so that the file
+    parses with a plain ``pandas.read_csv`` and the warning stays with every row that is copied.
+    """
     align = [":---"] + [":---" if h == "run" else "---:" for h in header[1:]]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow((["banner"] if banner else []) + list(header))
+    writer.writerows(([banner] if banner else []) + list(row) for row in rows)
     return markdown_rows(header, rows, align), buf.getvalue()
 
 
@@ -215,9 +219,9 @@ def write_report(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Seq
                  banner: str | None, title: str) -> list[Path]:
     """Write compare.md, the CSV tables and the figures; adds ``extremes`` to ``compare``; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    methods_md, methods_csv = table(*_method_rows(compare))
-    pairs_md, pairs_csv = table(*_pair_rows(compare))
-    class_md, class_csv = table(*_class_rows(compare))
+    methods_md, methods_csv = table(*_method_rows(compare), banner=banner)
+    pairs_md, pairs_csv = table(*_pair_rows(compare), banner=banner)
+    class_md, class_csv = table(*_class_rows(compare), banner=banner)
     written, extremes_md, compare["extremes"] = _figures(compare, stats, ids, out, banner)
     # a seeded method's point is the mean over its seed runs, not any one run's metrics.json
     full = all(v.get("full_run", True) and not v.get("seed_spread") for v in compare["methods"].values())
@@ -245,10 +249,9 @@ def write_report(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Seq
            "aid only, the reported mIoU is dataset level (marked).", "", "![per-image mIoU](per_image_miou.png)",
            "", "## Worst and best images", "", "By per-image mIoU (ties by id).", "", *extremes_md,
            *_runs_md(compare["runs"])]
-    header = f"# {banner}\n" if banner else ""
     written += [write_text_atomic(out / "compare.md", "\n".join(md) + "\n"),
-                write_text_atomic(out / "methods.csv", header + methods_csv),
-                write_text_atomic(out / "per_class_iou.csv", header + class_csv)]
+                write_text_atomic(out / "methods.csv", methods_csv),
+                write_text_atomic(out / "per_class_iou.csv", class_csv)]
     if compare["pairs"]:
-        written.append(write_text_atomic(out / "pairs.csv", header + pairs_csv))
+        written.append(write_text_atomic(out / "pairs.csv", pairs_csv))
     return written
