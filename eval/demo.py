@@ -72,8 +72,6 @@ def check_settings(data_root: Path, outputs: Path, num_images: int, fresh: bool)
 
     Nothing is written here.
     """
-    from eval.run.identity import is_synthetic  # light: no torch
-
     if not 1 <= num_images <= MAX_IMAGES:
         raise DemoError(f"--images: expected an integer in [1, {MAX_IMAGES}] (the demo's synthetic ids), "
                         f"got {num_images}")
@@ -82,6 +80,8 @@ def check_settings(data_root: Path, outputs: Path, num_images: int, fresh: bool)
             raise DemoError(f"{flag} {path} is a file; give a folder (it is created when missing)")
     write_data = True
     if data_root.exists() and any(data_root.iterdir()):
+        from eval.run.identity import is_synthetic  # imports torch: only when there is a root to check
+
         if not is_synthetic(data_root):
             raise DemoError(f"--data {data_root} holds files that are not a synthetic demo dataset; the demo only "
                             "writes and reads its own synthetic data (give an empty or new folder)")
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", default="outputs/demo",
                         help=f"where the run folder goes (<outputs>/{RUN_NAME}; nothing else there is touched)")
     parser.add_argument("--results", default="results/demo", help="tables and figures")
-    parser.add_argument("--images", type=int, default=8, help=f"number of synthetic images (1 to {MAX_IMAGES})")
+    parser.add_argument("--images", type=int, default=6, help=f"number of synthetic images (1 to {MAX_IMAGES})")
     parser.add_argument("--resume", action="store_true", help="keep the earlier demo run folder (resume it)")
     args = parser.parse_args(argv)
     try:

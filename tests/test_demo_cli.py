@@ -18,7 +18,7 @@ from eval.run.build import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # A fast demo: 128 px (16 x 16 attention), 2 images; everything else as `make demo` runs it.
-FAST = ["dataset.size=128", "grid_images=1"]
+FAST = ["dataset.size=128", "model.size=128", "grid_images=1"]
 
 
 def _tree(root: Path) -> dict[str, bytes]:
