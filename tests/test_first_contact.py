@@ -31,7 +31,7 @@ def test_rescore_shows_progress_per_image(tmp_path, capsys):
     root = tmp_path / "voc"
     write_synthetic_voc(root, num_images=3, seed=4, size_range=(60, 90))
     run = tmp_path / "run"
-    evaluate(compose_eval(["experiment=voc21", "model=tiny", "dataset.size=64", "batch_size=3", "num_workers=0",
+    evaluate(compose_eval(["experiment=voc21", "model=tiny", "dataset.size=128", "batch_size=3", "num_workers=0",
                            "progress=false", "device=cpu", "grid_images=0", "methods=diffseg_only",
                            "save_masks=png", f"dataset.root={root}", f"paths.output_dir={run}"]))
     capsys.readouterr()
