@@ -27,7 +27,7 @@ endif
 EXPLORE_STAMP := $(VENV)/.installed-explore
 EXPLORE_ARGS ?= outputs/demo/coco_stuff27
 
-.PHONY: venv test lint bench demo explore explore-deps explore-screenshot data-coco data-cityscapes data-coco-object reproduce-coco reproduce-cityscapes tables clean
+.PHONY: venv test lint bench demo explore explore-deps explore-screenshot data-coco data-cityscapes data-coco-object reproduce-coco reproduce-cityscapes clean
 
 venv: $(STAMP)
 

@@ -93,6 +93,7 @@ SINGLE_FILE_DEFAULT_CONFIGS: dict[str, str] = {
 }
 _CONFIG_PATTERNS = ["*.json", "*/*.json", "*.txt", "*/*.txt", "*/*.model"]
 _PICKLED_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+_OFFLINE_ON = "offline mode is on: HF_HUB_OFFLINE or local_files_only"
 _OFFLINE_HINT = (
     "no network / not in cache; set HF_HUB_OFFLINE=1 with a local copy in the Hugging Face cache, "
     "or pass a local path to a diffusers-format folder"
@@ -114,6 +115,32 @@ class NonFiniteOutputError(RuntimeError):
 def _env_offline() -> bool:
     """HF_HUB_OFFLINE read at call time (huggingface_hub reads it only once, at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+HUB_PROBE_TIMEOUT = 5.0  # seconds for one connection to the hub before loading from it
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the Hugging Face hub (``huggingface_hub.constants.ENDPOINT``, ``HF_ENDPOINT``) cannot be reached,
+    from one connection attempt bounded by ``timeout`` seconds; None when it answers.
+
+    Without it, a loader on a machine with no network retries each file several times (about 30 s)
+    before it says that the weights are missing.
+    """
+    from huggingface_hub import constants
+
+    from eval.data.network import unreachable  # the project's one network probe (stdlib only)
+
+    failed = unreachable([constants.ENDPOINT], timeout=timeout)
+    if not failed:
+        return None
+    return "the Hugging Face hub cannot be reached (" + "; ".join(f"{h}: {r}" for h, r in failed.items()) + ")"
+
+
+def _is_hub_id(name: str) -> bool:
+    """True for a name that only the hub can resolve (no such local file or folder, not path-shaped)."""
+    return not Path(name).expanduser().exists() and not _looks_like_path(name) \
+        and not name.lower().endswith((".safetensors", *_PICKLED_SUFFIXES))
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -168,8 +195,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def _load_error(model_id: str, component: str, exc: BaseException, *, offline: bool, local: bool) -> BackboneLoadError:
-    """Translate a hub/loader exception into one clear BackboneLoadError naming the model id."""
+def _load_error(model_id: str, component: str, exc: BaseException, *, offline: str, local: bool) -> BackboneLoadError:
+    """Translate a hub/loader exception into one clear BackboneLoadError naming the model id.
+
+    ``offline``: why only local files were read (:data:`_OFFLINE_ON`, or the failed hub probe); "" when online.
+    """
     chain = _chain(exc)
     if local:
         return BackboneLoadError(
@@ -177,8 +207,11 @@ def _load_error(model_id: str, component: str, exc: BaseException, *, offline: b
             f"failed ({type(exc).__name__}: {exc})"
         )
     what = f"cannot load Stable Diffusion model {model_id!r}: could not fetch {component}/"
-    if any(isinstance(e, LocalEntryNotFoundError) for e in chain) or offline:
-        reason = _OFFLINE_HINT + (" (offline mode is on: HF_HUB_OFFLINE or local_files_only)" if offline else "")
+    if offline and offline != _OFFLINE_ON:  # the hub did not answer the probe: only the local cache was read
+        reason = (f"its files are not in the local Hugging Face cache and {offline}; run once with network, "
+                  "or pass a local path to a diffusers-format folder")
+    elif any(isinstance(e, LocalEntryNotFoundError) for e in chain) or offline:
+        reason = _OFFLINE_HINT + (f" ({offline})" if offline else "")
     elif any(isinstance(e, RepositoryNotFoundError) for e in chain):
         reason = "no such model repository on the Hugging Face hub (or it is private/gated: log in first)"
     elif any(isinstance(e, RevisionNotFoundError) for e in chain):
@@ -219,7 +252,7 @@ def single_file_kind(path: str | os.PathLike) -> str:
     )
 
 
-def _resolve_config_dir(config: str, checkpoint: str, *, offline: bool, cache_dir: str | os.PathLike | None) -> Path:
+def _resolve_config_dir(config: str, checkpoint: str, *, offline: str, cache_dir: str | os.PathLike | None) -> Path:
     """Local folder holding the diffusers configs (``model_index.json`` + one folder per component)."""
     folder = Path(config).expanduser()
     if folder.is_dir():
@@ -234,11 +267,11 @@ def _resolve_config_dir(config: str, checkpoint: str, *, offline: bool, cache_di
             f"cannot load single-file checkpoint {checkpoint!r}: config {config!r} is no folder (and not a hub id)"
         )
     try:
-        return Path(snapshot_download(config, allow_patterns=_CONFIG_PATTERNS, local_files_only=offline,
+        return Path(snapshot_download(config, allow_patterns=_CONFIG_PATTERNS, local_files_only=bool(offline),
                                       cache_dir=cache_dir))
     except Exception as exc:  # every hub failure becomes one clear error
         missing = offline or any(isinstance(e, LocalEntryNotFoundError) for e in _chain(exc))
-        reason = ("they are not in the Hugging Face cache and offline mode is on" if missing
+        reason = (f"they are not in the Hugging Face cache and {offline or _OFFLINE_ON}" if missing
                   else f"{type(exc).__name__}: {exc}")
         raise BackboneLoadError(
             f"cannot load single-file checkpoint {checkpoint!r}: the diffusers configs {config!r} it needs could "
@@ -343,7 +376,9 @@ class StableDiffusionBackbone:
         Args:
             model_id: hub id, local diffusers folder, or one original-layout ``.safetensors`` file.
             revision, cache_dir, local_files_only: as in diffusers (HF_HUB_OFFLINE=1, read at call
-                time, implies ``local_files_only``).
+                time, implies ``local_files_only``). Otherwise, when anything is to come from the hub, one
+                short probe (:func:`hub_unreachable`) runs first; a hub that does not answer means local
+                files only: a cached copy loads, a missing one fails at once, in one message naming it.
             variant: weight-file variant of a hub repo / folder, e.g. ``"fp16"``
                 (``diffusion_pytorch_model.fp16.safetensors``; smaller downloads, weights then cast to
                 ``dtype``).
@@ -361,10 +396,21 @@ class StableDiffusionBackbone:
         name = str(model_id)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype)
-        offline = local_files_only or _env_offline()
+        offline = _OFFLINE_ON if local_files_only or _env_offline() else ""
         local = Path(name).expanduser()
-        hub = {"local_files_only": offline, "cache_dir": cache_dir}
-        if local.is_file() or name.lower().endswith((".safetensors", *_PICKLED_SUFFIXES)):
+        single = local.is_file() or name.lower().endswith((".safetensors", *_PICKLED_SUFFIXES))
+        if single:  # a loadable single file whose configs come from the hub (the defaults are hub ids)
+            from_hub = local.is_file() and local.suffix.lower() == ".safetensors" and variant is None \
+                and revision is None and (config is None or _is_hub_id(str(config)))
+        else:
+            from_hub = config is None and _is_hub_id(name)
+        from_hub = from_hub or (vae is not None and _is_hub_id(str(vae)))
+        if not offline and from_hub:
+            offline = hub_unreachable() or ""  # no network: read the local cache only, fail fast without it
+            if offline:
+                logger.warning("%s: %s; loading from the local cache only", name, offline)
+        hub = {"local_files_only": bool(offline), "cache_dir": cache_dir}
+        if single:
             if variant is not None or revision is not None:
                 raise BackboneLoadError(f"cannot load single-file checkpoint {name!r}: variant= and revision= apply "
                                         "to hub repos and diffusers folders, not to one file")
@@ -391,7 +437,7 @@ class StableDiffusionBackbone:
 
     @staticmethod
     def _folder_parts(
-        local: Path, name: str, *, revision: str | None, variant: str | None, dtype: torch.dtype, offline: bool,
+        local: Path, name: str, *, revision: str | None, variant: str | None, dtype: torch.dtype, offline: str,
         hub: dict[str, Any], with_vae: bool,
     ) -> dict[str, Any]:
         """Components of a hub repo or local diffusers folder (no ``vae`` key when ``with_vae`` is False)."""
@@ -433,7 +479,7 @@ class StableDiffusionBackbone:
 
     @staticmethod
     def _single_file_parts(
-        path: Path, name: str, *, config: str | os.PathLike | None, dtype: torch.dtype, offline: bool,
+        path: Path, name: str, *, config: str | os.PathLike | None, dtype: torch.dtype, offline: str,
         cache_dir: str | os.PathLike | None,
     ) -> dict[str, Any]:
         """Components of one original-layout ``.safetensors`` file, through diffusers' ``from_single_file``."""

@@ -1,6 +1,7 @@
 """Segment any images: ``python -m diffseg.segment IMAGE... --out DIR`` (or the ``diffseg`` script).
 
-For each image: EXIF orientation applied (photos are shown upright; ``--ignore-exif``
+Inputs are image files or folders (a folder gives its image files by suffix, sorted; not its
+subfolders). For each image: EXIF orientation applied (photos are shown upright; ``--ignore-exif``
 keeps the stored pixel grid, as the benchmark loader does), 16-bit and float images
 scaled to 8 bits (:func:`diffseg.preprocess.to_rgb8`), centre crop, resize to 512 (as the
 benchmark pre-processing), one UNet pass, aggregation, DiffSeg; writes
@@ -13,7 +14,8 @@ overwrites another. A non-square image is cut to its centre square, and the CLI 
 Exit status: 0 every input segmented; 1 some input could not be read (the others are
 written; each failure is named); 2 refused settings (``--device cuda`` without CUDA,
 ``--num-points`` or ``--timestep`` out of range, ``--out`` naming a file, ``--model`` with
-``--tiny``, the same file twice), before any work.
+``--tiny``, the same file twice, a folder without image files), before any work (before the
+model is loaded). ``--tiny`` is the sharpened tiny random-weight model of ``make demo``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ __all__ = ["main", "output_names", "segment_images"]
 
 RANDOM_WEIGHTS_NOTE = ("RANDOM WEIGHTS (--tiny): these masks come from an untrained tiny backbone "
                        "and say nothing about DiffSeg")
+# --tiny: the sharpened tiny model of `make demo` (conf/experiment/demo.yaml, model.backbone.attention_scale):
+# plain random attention is nearly uniform and every image would come out as one segment.
+TINY_ATTENTION_SCALE = 5.0
+# What a folder given as an input contributes: its files with these suffixes (not its subfolders).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
 class UsageError(ValueError):
@@ -70,6 +77,26 @@ def output_names(paths: list[Path]) -> list[str]:
     if clashes:  # e.g. a stem that equals another input's rewritten name
         raise UsageError(f"inputs would write the same output name(s) {clashes}: rename or segment them separately")
     return names
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """The image files of ``paths``: a file stays as given, a folder becomes its image files (by suffix,
+    :data:`IMAGE_SUFFIXES`, sorted; subfolders are not entered).
+
+    Raises:
+        UsageError: a folder holds no image file.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UsageError(f"{path} is a folder with no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                             "give image files or a folder of them")
+        files.extend(found)
+    return files
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -153,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "orientation before the centre crop (unlike the benchmark loader, which keeps the stored pixel grid as "
         "the official release does); 16-bit and float images are scaled to 8 bits.",
     )
-    parser.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, TIFF, ...)")
+    parser.add_argument("images", nargs="+", type=Path,
+                        help="image files (JPEG, PNG, TIFF, ...) or folders of them (their image files, sorted)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for masks and overlays")
     parser.add_argument("--model", default=None,
                         help=f"hub id or local diffusers folder (SD 1.x/2.x; default {DEFAULT_MODEL_ID})")
@@ -171,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_usage(args)
+        args.images = expand_inputs(args.images)
         names = output_names(args.images)
         segmenter = DiffSeg(kl_threshold=args.kl_threshold, num_points=args.num_points, refine=args.refine,
                             kl_precision=args.kl_precision)
         if args.tiny:
             from diffseg.testing.tiny import tiny_backbone
 
-            backbone = tiny_backbone(device=args.device)
+            backbone = tiny_backbone(device=args.device, attention_scale=TINY_ATTENTION_SCALE)
             print(RANDOM_WEIGHTS_NOTE)
         else:
             backbone = StableDiffusionBackbone.from_pretrained(args.model or DEFAULT_MODEL_ID, device=args.device)

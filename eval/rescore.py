@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
 from eval.metrics.protocols import ProtocolError, apply_protocol, geometry_differences
@@ -59,8 +60,10 @@ def _existing(path: Path) -> Path:
 
 
 def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLike,
-            data_root: str | None = None) -> dict[str, Any]:
+            data_root: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Re-score ``run_dir`` under ``protocol``'s scoring rules into ``out_dir``; returns the new metrics.json.
+
+    ``progress``: a progress bar over the images on stderr.
 
     Raises:
         RescoreError: the run is not finished, saved no masks, or a mask does not fit its label.
@@ -108,7 +111,8 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     saved = {name: load_saved_masks(src, name) for name in methods}
     metrics = {name: HungarianSegmentationMetric(num_classes, background, protocol) for name in methods}
     records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in ids]
-    for record in records:  # one label in memory at a time
+    bar = tqdm(records, desc=f"rescore ({protocol})", unit="img", disable=not progress, file=sys.stderr)
+    for record in bar:  # one label in memory at a time
         image_id = record["id"]
         label = dataset.label(image_id)
         for name, (kind, masks) in saved.items():
@@ -156,9 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS, help="scoring rules to apply")
     parser.add_argument("--out", required=True, help="the new run folder")
     parser.add_argument("--root", default=None, help="dataset root, when it moved since the run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        result = rescore(args.run_dir, args.protocol, args.out, args.root)
+        result = rescore(args.run_dir, args.protocol, args.out, args.root, progress=not args.no_progress)
     except (RescoreError, RunMismatchError, ProtocolError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,9 +3,12 @@ upright by their EXIF orientation and scales 16-bit images."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 import diffseg.segment
@@ -138,3 +141,45 @@ def test_segment_cli_scales_16bit_images(tmp_path, seen):
     with pytest.raises(_Decoded):
         main([str(tmp_path / "deep.png"), "--out", str(tmp_path / "o"), "--tiny"])
     np.testing.assert_array_equal(seen[0].numpy(), np.repeat(gray8[None], 3, axis=0))
+
+
+def _no_model(**kwargs):
+    raise AssertionError("the model was loaded")
+
+
+def test_segment_cli_segments_the_images_of_a_folder(tmp_path, capsys, monkeypatch):
+    small = diffseg.testing.tiny.tiny_backbone
+    monkeypatch.setattr(diffseg.testing.tiny, "tiny_backbone", lambda **kw: small(**kw, input_size=128))  # fast: 128 px
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for name in ("b.png", "a.JPG", "nested/c.png"):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main([str(folder), "--out", str(out), "--tiny", "--num-points", "4"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "b_mask.png", "b_overlay.png"]
+    captured = capsys.readouterr()
+    assert "not found" not in captured.err and "notes.txt" not in captured.out + captured.err
+
+
+def test_segment_cli_refuses_a_folder_without_images_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(diffseg.testing.tiny, "tiny_backbone", _no_model)
+    monkeypatch.setattr(diffseg.segment.StableDiffusionBackbone, "from_pretrained", _no_model)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    for extra in (["--tiny"], []):
+        assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(tmp_path / "empty") in err[0] and "no image files" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_cli_tiny_is_the_demos_sharpened_model_with_several_segments(tmp_path, capsys):
+    demo = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "experiment" / "demo.yaml")
+    assert diffseg.segment.TINY_ATTENTION_SCALE == demo.model.backbone.attention_scale > 1
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--tiny"]) == 0
+    segments = len(np.unique(read_mask_png(tmp_path / "out" / "x_mask.png")))
+    assert segments > 1 and f"{segments} segments" in capsys.readouterr().out
