@@ -129,7 +129,7 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
     """
     from huggingface_hub import constants
 
-    from eval.data.network import unreachable  # the project's one network probe (stdlib only)
+    from diffseg.network import unreachable  # the project's one network probe (stdlib only)
 
     failed = unreachable([constants.ENDPOINT], timeout=timeout)
     if not failed:

@@ -19,8 +19,8 @@ import torch
 from hydra_compose import EXPERIMENTS, compose_eval, run_config, synthetic_coco_stuff_root
 from PIL import Image
 
+import diffseg.network
 import eval.data.base
-import eval.data.network
 import eval.data.preparation
 from diffseg import DiffSeg, KMeansSegmenter, resolution_weights
 from diffseg.preprocess import LabelFormatError, load_label, preprocess_label
@@ -282,9 +282,9 @@ def test_offline_prepare_coco_names_every_file_quickly_and_makes_no_folder(tmp_p
     def dead(host, port, timeout):  # a dead network: packets dropped, nothing answers
         time.sleep(30)
 
-    monkeypatch.setattr(eval.data.network, "_probe", dead)
+    monkeypatch.setattr(diffseg.network, "_probe", dead)
     monkeypatch.setattr(eval.data.preparation, "unreachable",
-                        functools.partial(eval.data.network.unreachable, timeout=0.5))
+                        functools.partial(diffseg.network.unreachable, timeout=0.5))
     root, downloads = tmp_path / "data" / "coco", tmp_path / "data" / "downloads"
     start = time.monotonic()
     assert prepare.main(["--quiet", "coco", "--root", str(root), "--downloads", str(downloads)]) == 2

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffseg.network import unreachable
 from eval.data.base import read_id_list
 from eval.data.download import pinned_files
-from eval.data.network import unreachable
 
 __all__ = ["Preparation", "PrepareError", "listed_files_ready", "missing_files", "option", "require_network"]
 

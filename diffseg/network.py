@@ -1,6 +1,6 @@
 """Is the network there? One short probe per host before a long download starts.
 
-urllib has one timeout for connecting and for each read (60 s in :func:`eval.data.download.download`,
+urllib has one timeout for connecting and for each read (60 s in the dataset download of the evaluation harness,
 right for a slow mirror mid-transfer), so on a dead network (packets dropped, not refused)
 every attempt of every file waits it out. :func:`unreachable` resolves and connects to each
 distinct host once, all hosts at once, with a short bound (``CONNECT_TIMEOUT`` seconds),
