@@ -76,8 +76,11 @@ class MMDiTBackbone:
 
     Attributes: ``pipe`` (the diffusers pipeline, T5 absent), ``family``
     (:class:`~diffseg.families.MMDiTFamily`, from the transformer config), ``name``, ``revision``,
-    ``timestep`` / ``sigma`` (the release's step), ``seed``, ``input_size``, ``device``, ``dtype``.
+    ``timestep`` / ``sigma`` (the release's step), ``seed``, ``input_size``, ``device``, ``dtype``;
+    ``pretrained`` is True only when the weights came from :meth:`from_pretrained`.
     """
+
+    pretrained = False
 
     def __init__(self, pipe: Any, *, name: str = "custom", revision: str | None = None,
                  dtype: torch.dtype | str | None = "float16", device: torch.device | str | None = None,
@@ -157,7 +160,9 @@ class MMDiTBackbone:
                                                       cache_dir=cache_dir, **no_t5)
         except Exception as exc:  # every loader failure becomes one clear error
             raise BackboneLoadError(f"cannot load {what}: {type(exc).__name__}: {exc}") from None
-        return cls(pipe, name=model, revision=revision, dtype=torch_dtype, device=device, **kwargs)
+        backbone = cls(pipe, name=model, revision=revision, dtype=torch_dtype, device=device, **kwargs)
+        backbone.pretrained = True
+        return backbone
 
     # ----------------------------------------------------------------------------------------- inputs
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from hydra_compose import CONF_DIR, EXPERIMENTS, compose_eval
 from omegaconf import OmegaConf
 
-from diffseg import DiffCut, DiffSeg, KMeansSegmenter
+from diffseg import DiffCut, DiffSeg, KMeansSegmenter, Seg4Diff
 from eval.run.methods import build_methods
 
 
@@ -18,7 +18,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     methods = build_methods(cfg)
     assert methods and len({m.name for m in methods}) == len(methods)
     for m in methods:
-        assert isinstance(m.segmenter, (DiffSeg, KMeansSegmenter, DiffCut))
+        assert isinstance(m.segmenter, (DiffSeg, KMeansSegmenter, DiffCut, Seg4Diff))
     assert cfg.dataset._target_.startswith("eval.data.")
     assert cfg.model.backbone._target_.startswith("diffseg.")
 
@@ -104,7 +104,7 @@ def test_every_group_option_composes(group, option, tmp_path):
         with pytest.raises(ValueError, match="no method configured"):  # experiments add their own to it
             build_methods(cfg)
     elif group == "methods":
-        assert all(isinstance(m.segmenter, (DiffSeg, KMeansSegmenter)) for m in build_methods(cfg))
+        assert all(isinstance(m.segmenter, (DiffSeg, KMeansSegmenter, Seg4Diff)) for m in build_methods(cfg))
     elif group == "method":
         assert "extra" in [key for key, node in cfg.methods.items() if node is not None]
     elif group in ("dataset", "model"):

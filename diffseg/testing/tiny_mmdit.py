@@ -209,3 +209,15 @@ def save_tiny_sd3_pipeline(folder: str, kind: str = "sd3", seed: int = 0) -> str
     """Write :func:`build_tiny_sd3_pipeline` with ``save_pretrained`` (safetensors) to ``folder``; returns it."""
     build_tiny_sd3_pipeline(kind, seed).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def tiny_mmdit_backbone(kind: str = "sd3", seed: int = 0, dtype: str = "float32", device: Any = None,
+                        input_size: int = 128, noise_seed: int = 0) -> Any:
+    """:class:`~diffseg.mmdit_backbone.MMDiTBackbone` on :func:`build_tiny_sd3_pipeline` (random weights, offline).
+
+    At ``input_size`` 128 the latent side is 16: 8 x 8 = 64 image tokens, 3 joint blocks.
+    """
+    from diffseg.mmdit_backbone import MMDiTBackbone
+
+    return MMDiTBackbone(build_tiny_sd3_pipeline(kind, seed), name=f"tiny-random-{kind}", dtype=dtype, device=device,
+                         input_size=input_size, seed=noise_seed)

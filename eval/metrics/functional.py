@@ -51,7 +51,8 @@ from eval.data.base import UNKNOWN_LABEL
 from eval.stats.scores import scores as stats_scores
 
 NUM_CLASSES = 27
-PROTOCOLS = ("diffseg", "diffcut")  # scoring rules; eval.metrics.protocols adds each one's geometry
+# Protocols (eval.metrics.protocols adds each one's geometry); Seg4Diff's score with DiffSeg's rules.
+PROTOCOLS = ("diffseg", "diffcut", "seg4diff", "seg4diff_aligned")
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -255,7 +256,8 @@ def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES, backgro
         background: the dataset's background class (None: it has none); only DiffCut's
             protocol treats it apart (:func:`diffcut_match`).
         protocol: the scoring rules, one of :data:`PROTOCOLS`: ``"diffseg"`` (every class
-            matched once per image, ignore pixels excluded) or ``"diffcut"``
+            matched once per image, ignore pixels excluded; also ``"seg4diff"`` and
+            ``"seg4diff_aligned"``, whose release scores the same way) or ``"diffcut"``
             (:func:`diffcut_match`: on a dataset with a background class, background,
             boundary and unlabelled pixels all count as background; unknown values stay ignored).
 

@@ -9,6 +9,8 @@ A run is made under one protocol, the config group ``protocol`` (``conf/protocol
 * ``diffcut``: DiffCut's release (PaulCouairon/DiffCut, ``dataloader/iterator.py`` and
   ``eval_diffcut.py``). Geometry :class:`DiffCutGeometry`; scoring
   :func:`eval.metrics.diffcut_match`.
+* ``seg4diff`` / ``seg4diff_aligned``: Seg4Diff's release (cvlab-kaist/Seg4Diff, ``test_unsupervised``),
+  :mod:`eval.metrics.seg4diff_protocol`; scored with DiffSeg's rules.
 
 The protocol is part of a run's fingerprint, of its ``metrics.json`` (``run.protocol``)
 and of every table row; :mod:`eval.rescore` re-scores saved masks under another
@@ -41,6 +43,10 @@ GEOMETRY_TEXT = {
     "diffseg": "centre crop to min(h, w) (offset floor), labels nearest-exact at dataset.size",
     "diffcut": ("centre crop to min(h, w) - 1 (torchvision CenterCrop), labels nearest-exact to the "
                 "backbone's input size, then nearest (legacy) to 128"),
+    "seg4diff": ("no crop, short side 640 (long side at most 2560), labels PIL nearest; on Cityscapes the "
+                 "top-left 640 x 1280 of a 1024 x 2048 prediction, as the release"),
+    "seg4diff_aligned": ("no crop, short side 640 (long side at most 2560), labels PIL nearest, predictions at "
+                         "that size"),
 }
 
 
@@ -128,10 +134,14 @@ def apply_protocol(cfg: DictConfig, dataset: Any) -> str:
     geometry = build(node)
     if not hasattr(dataset, "geometry"):
         raise ProtocolError(f"protocol={name}: dataset {type(dataset).__name__} cannot be read with another geometry")
-    if int(cfg.dataset.size) != geometry.label_size:
+    if geometry.label_size is not None and int(cfg.dataset.size) != geometry.label_size:
         raise ProtocolError(
             f"protocol={name} scores labels and masks at {geometry.label_size} x {geometry.label_size}, but "
             f"dataset.size={cfg.dataset.size}; change protocol.size (dataset.size follows it), not dataset.size")
+    batch = getattr(geometry, "max_batch_size", None)
+    if batch is not None and int(cfg.batch_size) > batch:
+        raise ProtocolError(f"protocol={name} keeps each image at its own size, so a batch holds {batch} image(s); "
+                            f"set batch_size={batch} (got {cfg.batch_size})")
     dataset.geometry = geometry
     return name
 

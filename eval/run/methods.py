@@ -14,6 +14,9 @@ A method on UNet features instead of attention (DiffCut) adds::
                                                # pass when the settings are the same)
     output_size: 512                           # cluster maps upsampled to the evaluation size
 
+A method on MM-DiT image-to-text attention (Seg4Diff) adds ``inputs: image_to_text``
+(:mod:`eval.run.joint_passes`).
+
 Every method of a run is scored under the run's protocol (``cfg.protocol``, :mod:`eval.metrics.protocols`).
 """
 
@@ -49,6 +52,7 @@ class Method:
     ablation: dict[str, Any] | None = None
     features: FeaturePass | None = None
     output_size: int | None = None
+    text_attention: bool = False  # reads MM-DiT image-to-text maps (Seg4Diff; eval.run.joint_passes)
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Masks ``LongTensor(B, H, W)`` at the labels' size.
@@ -127,6 +131,7 @@ def build_methods(cfg: DictConfig) -> list[Method]:
                 ablation=OmegaConf.to_container(ablation, resolve=True) if ablation is not None else None,
                 features=_feature_pass(features),
                 output_size=int(node.output_size) if node.get("output_size") is not None else None,
+                text_attention=node.get("inputs") == "image_to_text",
             )
         )
     names = [m.name for m in methods]

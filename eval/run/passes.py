@@ -133,6 +133,10 @@ class BackbonePasses:
                                                        attention=False, features=True)
         return maps, features
 
+    def segment(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """:func:`segment_batch` (the MM-DiT passes bring masks to the protocol's sizes here)."""
+        return segment_batch(*args, **kwargs)
+
 
 def segment_batch(methods: list[Method], maps: dict[int, torch.Tensor] | None, features: dict[FeaturePass, Any],
                   labels: dict[str, torch.Tensor], num_classes: int) -> dict[str, torch.Tensor]:

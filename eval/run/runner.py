@@ -63,9 +63,10 @@ from eval.run.identity import (
     versions,
 )
 from eval.run.interrupt import GracefulStop, RunInterrupted
+from eval.run.joint_passes import check_backbone, make_passes
 from eval.run.mask_files import MaskWriter, mask_format, prune_mask_parts
 from eval.run.methods import build_methods
-from eval.run.passes import BackbonePasses, segment_batch
+from eval.run.passes import BackbonePasses
 from eval.run.provenance import banner, build_provenance, tally
 from eval.run.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
 from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, remove_if_new_and_empty, storage_error
@@ -258,6 +259,7 @@ def _plan(cfg: DictConfig, device: torch.device) -> _Plan:
     methods = build_methods(cfg)
     dataset = build_dataset(cfg.dataset)
     protocol = apply_protocol(cfg, dataset)
+    check_backbone(cfg, methods, getattr(dataset, "geometry", None))
     return _Plan(methods, dataset, protocol, identity_of(cfg, dataset, device), list(dataset.ids))
 
 
@@ -385,7 +387,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
         num_workers=int(cfg.num_workers),
         pin_memory=device.type == "cuda",
     )
-    source = BackbonePasses(cfg, device, methods)
+    source = make_passes(cfg, device, methods, getattr(dataset, "geometry", None))
     if source.needs_backbone and dataset.ids:
         source.load()  # load (or fail on missing weights) before the loader starts
     samples = QualitativeSamples(int(cfg.grid_images) if ctx.is_main else 0, [m.name for m in methods])
@@ -405,7 +407,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
                 with torch.inference_mode():
                     scored = dict.fromkeys([m.name for m in methods], labels)  # one protocol per run
                     maps, features = source(batch.images, batch.ids)
-                    masks = segment_batch(methods, maps, features, scored, num_classes)
+                    masks = source.segment(methods, maps, features, scored, num_classes)
                 unknown = count_unknown(batch.labels)
                 image_records = [{**_new_record(i, identity, cfg, dataset), "unknown_labels": n}
                                  for i, n in zip(batch.ids, unknown, strict=True)]

@@ -199,7 +199,8 @@ def _problems(cfg: DictConfig) -> list[str]:
         _fraction(cfg, "max_unknown_label_fraction"),
         _integer(cfg, "dataset.size", 1),
         _integer(cfg, "dataset.limit", 0, optional=True),
-        _integer(cfg, "model.timestep", 0, NUM_TRAIN_TIMESTEPS),
+        _integer(cfg, "model.timestep", 0, NUM_TRAIN_TIMESTEPS,  # an MM-DiT's step comes from its schedule
+                 optional=_value(cfg, "model.kind") == "mmdit"),
         _integer(cfg, "model.size", 1, optional=True),
         _integer(cfg, "model.noise_seed", 0, optional=True),
         _integer(cfg, "model.head_chunk", 1, optional=True),
