@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import diffseg.kmeans as km
+from diffseg import KMeansSegmenter
+from eval.bench.pipeline import Stage, bench_kmeans
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -135,3 +138,15 @@ def test_lloyd_cycles_are_skipped_to_the_same_end_state(monkeypatch, perm, max_i
     # The end state depends on where max_iter falls in the cycle (the check can fail).
     shorter = km.lloyd(x, init, max_iter=max_iter - 1)
     assert not torch.equal(shorter.labels, full.labels)
+
+
+def test_bench_kmeans_stage_reports_batched_equal_to_per_image():
+    gen = torch.Generator().manual_seed(2)
+    attention = torch.softmax(0.05 * torch.randn(2, 8, 8, 64, generator=gen), dim=-1).reshape(2, 8, 8, 8, 8)
+    seg = KMeansSegmenter(num_clusters=4, n_init=2, output_size=16)
+    stage = Stage("K-Means-C", "batched", "per image", "note")
+    setup = SimpleNamespace(images=2, base_images=1)
+    masks, base = bench_kmeans(setup, stage, lambda a, lab: seg(a), [attention], [torch.zeros(2, 16, 16)])
+    assert masks[0].shape == (2, 16, 16) and len(base) == 1 and len(masks[0][0].unique()) > 1
+    assert stage.note == "note; batched vs per-image masks: 100.000% identical pixels"
+    assert stage.fast_images == stage.baseline_images == 2
