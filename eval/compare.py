@@ -101,7 +101,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     compare = {
         **{k: result[k] for k in ("methods", "pairs", "holm", "interval", "confidence", "resamples", "permutations")},
         "seed": int(seed), "min_images": int(min_images), "min_class_images": int(min_class_images),
-        "dataset": dataset, "classes": class_names(dataset, num_classes.pop()), "images": len(ids),
+        "dataset": dataset, "classes": class_names(dataset, num_classes.pop(), *(r.meta for r in runs)),
+        "images": len(ids),
         "image_ids_sha256": ids_sha256(ids),
         "class_images": first.class_images().tolist(),
         "intersect": {"used": bool(intersect) and not all(len(r.ids) == len(ids) for r in runs),
