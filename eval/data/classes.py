@@ -71,7 +71,11 @@ def dataset_title(name: str) -> str:
 
 
 def dataset_classes(name: str) -> tuple[str, ...] | None:
-    """The class names of dataset ``name`` in id order; None for an unknown dataset."""
+    """The class names of dataset ``name`` in id order; None for an unknown dataset.
+
+    ``()`` for a dataset whose classes are set per run (``dataset=folder``: its ``class_names`` setting,
+    recorded in each run's ``metrics.json`` config).
+    """
     return _datasets()[name].classes if name in _configs() else None
 
 

@@ -114,7 +114,7 @@ class RunFolder:
 
     @property
     def class_names(self) -> list[str]:
-        return class_names(self.dataset, self.num_classes)
+        return class_names(self.dataset, self.num_classes, self.metrics)
 
     def banner_lines(self) -> tuple[list[str], list[str]]:
         """``(warnings, notes)`` of the run's provenance: the banner (random weights, synthetic data, unknown

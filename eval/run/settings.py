@@ -13,6 +13,7 @@ checks (:mod:`diffseg`), so the ranges live in one place; this module adds the k
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from eval.run.mask_files import mask_format
 __all__ = ["SettingError", "validate"]
 
 NUM_TRAIN_TIMESTEPS = int(SD_SCHEDULER_CONFIG["num_train_timesteps"])
+_ABSENT = object()
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -80,6 +82,16 @@ def _weights(node: Any, key: str) -> str | None:
     return None
 
 
+def _positive(cfg: DictConfig, key: str) -> str | None:
+    """A problem message unless ``cfg[key]`` is a finite number > 0 (an absent key is fine)."""
+    if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+        return None
+    value = _value(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < math.inf):
+        return f"{key}: expected a positive number, got {value!r}"
+    return None
+
+
 def _device(cfg: DictConfig) -> str | None:
     value = str(_value(cfg, "device"))
     if not _DEVICE.match(value):
@@ -99,6 +111,13 @@ def _segmenter(node: DictConfig, key: str) -> str | None:
     except (ValueError, TypeError) as exc:
         return f"{key}: {exc}"
     return None
+
+
+def _partial_method(key: str, node: Any) -> str:
+    """The problem of a method entry without ``segmenter._target_``: keys set for a method not in the run."""
+    given = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    return (f"{key}: no segmenter._target_ (got {given!r}): keys set for a method the chosen methods= group does "
+            f"not hold; drop them with {key}=null or add the method with +method@{key}=<conf/method name>")
 
 
 def _dataset(cfg: DictConfig) -> list[str]:
@@ -205,6 +224,7 @@ def _problems(cfg: DictConfig) -> list[str]:
         _integer(cfg, "model.noise_seed", 0, optional=True),
         _integer(cfg, "model.head_chunk", 1, optional=True),
         _weights(_value(cfg, "aggregation.weights"), "aggregation.weights"),
+        _positive(cfg, "cache.max_gb"),
         _device(cfg),
         _save_masks(cfg),
         *_dataset(cfg),
@@ -222,14 +242,17 @@ def _problems(cfg: DictConfig) -> list[str]:
         if node is None:
             continue
         key = f"methods.{name}"
+        if not isinstance(node, DictConfig) or not isinstance(node.get("segmenter"), DictConfig) \
+                or "_target_" not in node.segmenter:
+            problems.append(_partial_method(key, node))
+            continue
         problems.append(_weights(node.get("aggregation"), f"{key}.aggregation"))
         if node.get("features") is not None:
             problems.append(_integer(cfg, f"{key}.features.timestep", 0, NUM_TRAIN_TIMESTEPS, optional=True))
             problems.append(_integer(cfg, f"{key}.features.noise_seed", 0, optional=True))
-        if node.get("segmenter") is not None:
-            problems.append(_segmenter(node.segmenter, f"{key}.segmenter")
-                            or (_num_points(f"{key}.segmenter", node.segmenter, side)
-                                if node.get("features") is None else None))
+        problems.append(_segmenter(node.segmenter, f"{key}.segmenter")
+                        or (_num_points(f"{key}.segmenter", node.segmenter, side)
+                            if node.get("features") is None else None))
     return [p for p in problems if p]
 
 

@@ -251,9 +251,26 @@ def method_groups(runs: list[Run], ids: Sequence[str],
     return out
 
 
-def class_names(dataset: str, num_classes: int) -> list[str]:
-    """The dataset's class names, or ``class i`` where unknown."""
-    names = dataset_classes(dataset)
-    if names is not None and len(names) == num_classes:
-        return list(names)
+def _recorded_class_names(meta: dict[str, Any]) -> tuple[str, ...] | None:
+    """The class names a run's ``metrics.json`` records in its config (``config.dataset.class_names``), if any."""
+    names = (((meta.get("config") or {}).get("dataset") or {}).get("class_names")
+             if isinstance(meta, dict) else None)
+    return tuple(str(n) for n in names) if isinstance(names, list) and names else None
+
+
+def class_names(dataset: str, num_classes: int, *metas: dict[str, Any]) -> list[str]:
+    """The names of the ``num_classes`` classes of runs on ``dataset``.
+
+    ``metas``: the runs' ``metrics.json`` contents. The names their config recorded
+    (``config.dataset.class_names``, e.g. of a ``dataset=folder`` run) come first, then the
+    dataset's own (:func:`eval.data.classes.dataset_classes`), else ``class i``.
+    :class:`CompareError` when the runs recorded different names (other labels under one name).
+    """
+    recorded = list(dict.fromkeys(n for n in map(_recorded_class_names, metas) if n is not None))
+    if len(recorded) > 1:
+        raise CompareError(f"the runs record different class names for dataset {dataset!r}: "
+                           + " vs ".join(repr(list(n)) for n in recorded))
+    for names in (*recorded, dataset_classes(dataset)):
+        if names and len(names) == num_classes:
+            return list(names)
     return [f"class {i}" for i in range(num_classes)]
