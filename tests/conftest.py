@@ -33,6 +33,22 @@ def _environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own, per phase
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_lazy_environment():
+    """torch sets ``TORCHINDUCTOR_CACHE_DIR`` the first time anything asks for inductor's cache folder
+    (which diffusers' model building can do): done once here, before the first test, so that it is not
+    a leak of whichever test happens to run first; the variable is restored when the session ends."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    cache_dir()
+    yield
+    if before is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def process_state_unchanged():
     env, threads, tf32, cwd = _environment(), torch.get_num_threads(), _tf32(), os.getcwd()
