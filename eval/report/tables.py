@@ -10,9 +10,10 @@ protocol-sensitivity table (methods x protocols, same predictions). Markdown and
 plus a ``README.md`` index. Scores are x100 and rounded only here, when written.
 
 Labels are derived from each run's provenance record (:mod:`eval.run.provenance`), never
-from a flag: files made from random weights or synthetic data start with a banner; a
-row produced under settings other than the paper's names each difference; a number
-resting on part of a dataset says how many images (and skipped images) it rests on.
+from a flag: Markdown files made from random weights or synthetic data start with a banner
+(CSV files carry it as their first column, ``banner``); a row produced under settings
+other than the paper's names each difference; a number resting on part of a dataset says
+how many images (and skipped images) it rests on.
 """
 
 from __future__ import annotations
