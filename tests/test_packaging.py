@@ -90,7 +90,8 @@ def test_installed_copy_composes_the_demo_experiment(installed, tmp_path):
     assert done.returncode == 0, done.stderr
     cfg = yaml.safe_load(done.stdout)
     assert cfg["run_name"] == "demo_coco_stuff27"
-    assert cfg["device"] == "cpu" and cfg["batch_size"] == 4 and cfg["save_masks"] is True
+    demo = yaml.safe_load((REPO / "conf" / "experiment" / "demo.yaml").read_text())  # the clone's own values
+    assert cfg["device"] == "cpu" and cfg["batch_size"] == demo["batch_size"] == 1 and cfg["save_masks"] is True
     assert cfg["model"]["backbone"]["attention_scale"] == 5.0
     assert cfg["dataset"]["root"] == "${paths.data_dir}/demo_coco_stuff27"
     assert {"kmeans_c", "kmeans_s"} <= set(cfg["methods"])

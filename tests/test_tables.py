@@ -111,7 +111,7 @@ def test_write_tables(tmp_path):
     written = write_tables(runs, out)
     names = {p.name for p in written}
     assert {"coco_stuff27.md", "coco_stuff27.csv", "ablation_kl_threshold.md", "ablation_kl_threshold.csv",
-            "ablation_kl_threshold.png", "README.md"} == names
+            "ablation_kl_threshold.png", ".eval_tables_manifest.json", "README.md"} == names
 
     md = (out / "coco_stuff27.md").read_text(encoding="utf-8")
     assert "| DiffSeg | 70.0 | 41.3 | 5.43 | 12 | diffseg | [1] 72.5 / 43.6 (ours -2.5 / -2.3, secondary) |  |" in md

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.report.tables import ablation_tables, collect_runs, write_tables
+from eval.report.tables import ablation_tables, collect_runs, expand_method_ablations, write_tables
 
 
 def _scores(x: float) -> dict:
@@ -65,6 +65,26 @@ def test_in_run_variant_row_comes_from_its_own_setting(tmp_path):
     df = ablation_tables(collect_runs([tmp_path]))["kl_threshold"]
     assert list(df.index) == [0.2, 0.9, 1.3]
     assert df.loc[0.2, "DiffSeg ACC"] == 50.0  # the variant tagged 0.5 ran at 0.2
+
+
+def test_in_run_sweep_beside_its_plain_method_writes_through_write_tables(tmp_path):
+    """write_tables expands in-run variants, then ablation_tables does again: the second pass must leave the
+    virtual runs as they are (expanding them again read every variant's value from the plain method's node,
+    so DiffSeg at 1.1 and its variant tagged 0.5 collided at 1.1, as the demo's one-run sweep did)."""
+    tags = {"t05": 0.5, "t11": 1.1}
+    nodes = {k: {"name": f"DiffSeg@kl={v}", "ablation": {"param": "kl_threshold", "value": v, "method": "DiffSeg"},
+                 "segmenter": {"kl_threshold": v}} for k, v in tags.items()}
+    nodes["diffseg"] = {"name": "DiffSeg", "segmenter": {"kl_threshold": 1.1}}
+    methods = {f"DiffSeg@kl={v}": {**_scores(100 * v), "ablation": nodes[k]["ablation"]} for k, v in tags.items()}
+    methods["DiffSeg"] = _scores(110.0)
+    _run(tmp_path / "run", methods, nodes, None)
+    runs = collect_runs([tmp_path])
+    once = expand_method_ablations(runs)
+    assert expand_method_ablations(once) == once
+    written = {p.name for p in write_tables(runs, tmp_path / "out", [])}
+    assert "ablation_kl_threshold.md" in written
+    df = ablation_tables(once)["kl_threshold"]
+    assert list(df.index) == [0.5, 1.1] and df["DiffSeg ACC"].tolist() == pytest.approx([50.0, 110.0])
 
 
 def _kl_sweep(root: Path, model: str, offset: float, values=(0.9, 1.1)) -> None:

@@ -235,7 +235,7 @@ def expand_method_ablations(runs: Sequence[dict[str, Any]]) -> list[dict[str, An
     for run in runs:
         methods = run.get("methods") or {}
         tagged = {name: m for name, m in methods.items() if isinstance(m, dict) and m.get("ablation")}
-        if not tagged:
+        if not tagged or run.get("_in_run"):  # no variants, or a virtual run made here already (idempotent)
             out.append(run)
             continue
         plain = {name: m for name, m in methods.items() if name not in tagged}
@@ -747,8 +747,8 @@ def write_tables(runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
     others = sorted(p.name for p in out.glob("*.png") if p.name not in ours)
     if others:
         index += ["", "## Other figures", ""] + [f"- [{name}]({name})" for name in others]
+    written.append(write_text_atomic(out / MANIFEST, json.dumps({"files": sorted(ours)}, indent=1) + "\n"))
     written.append(write_text_atomic(out / "README.md", "\n".join(index) + "\n"))
-    write_text_atomic(out / MANIFEST, json.dumps({"files": sorted(ours)}, indent=1) + "\n")
     return written
 
 
