@@ -1,4 +1,4 @@
-"""``make demo``: the whole pipeline offline, from nothing, on a CPU (about 85 s of CPU time for 6 images).
+"""``make demo``: the whole pipeline offline, from nothing, on a CPU (6 images: 17 s wall on a quiet 2-core machine).
 
 1. writes a small synthetic dataset in the real COCO-Stuff-27 on-disk layout
    (JPEG images, fine PNG labels with 255 = unlabelled, ids from the curated
