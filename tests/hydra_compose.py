@@ -57,3 +57,23 @@ def synthetic_coco_stuff_root(tmp_path_factory: pytest.TempPathFactory, num_imag
 def totals(result: dict) -> dict:
     """Per method, the summed matching counts of a result (what two equal runs share exactly)."""
     return {name: (m["tp"], m["fp"], m["fn"], m["valid"], m["images"]) for name, m in result["methods"].items()}
+
+
+def interrupt_unet_pass(monkeypatch: pytest.MonkeyPatch, call: int = 2):
+    """Make the ``call``-th UNet pass raise KeyboardInterrupt (Ctrl-C in the middle of a run).
+
+    Returns a function that puts the real pass back, for the resume that follows.
+    """
+    from diffseg.backbone import StableDiffusionBackbone
+
+    original = StableDiffusionBackbone.unet_pass
+    calls = {"n": 0}
+
+    def dies(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", dies)
+    return lambda: monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", original)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra_compose import compose_eval
+from hydra_compose import compose_eval, interrupt_unet_pass
 from PIL import Image
 
-from diffseg.backbone import StableDiffusionBackbone
 from diffseg.preprocess import LabelFormatError
 from eval.data.folder import FolderDataset, UnpairedFilesError
 from eval.data.loader import DatasetNotFoundError
@@ -81,19 +80,10 @@ def test_every_method_runs_on_a_folder_and_its_totals_are_the_labels(folder_root
 def test_interrupted_folder_run_resumes_to_the_same_totals(folder_root, tmp_path, monkeypatch):
     # K-Means-C: several segments per image (the tiny random backbone gives DiffSeg one)
     clean = evaluate(config(folder_root, tmp_path / "clean", *KMEANS))
-    calls = {"n": 0}
-    original = StableDiffusionBackbone.unet_pass
-
-    def dies_on_second_batch(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", dies_on_second_batch)
+    restore = interrupt_unet_pass(monkeypatch)  # the second batch is interrupted
     with pytest.raises(KeyboardInterrupt):
         evaluate(config(folder_root, tmp_path / "resumed", *KMEANS))
-    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", original)
+    restore()
     first = [json.loads(line) for line in (tmp_path / "resumed" / "per_image.jsonl").read_text().splitlines()]
     assert len(first) == 2  # the first batch
     resumed = evaluate(config(folder_root, tmp_path / "resumed", *KMEANS))

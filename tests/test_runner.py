@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra_compose import compose_eval
+from hydra_compose import compose_eval, interrupt_unet_pass
 from PIL import Image
 
-from diffseg.backbone import StableDiffusionBackbone
 from diffseg.masks import read_mask_png
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff
@@ -108,21 +107,12 @@ def test_k_means_s_uses_ground_truth_class_counts(clean_run, coco_root):
 
 def test_resume_after_interruption_gives_the_same_totals(clean_run, coco_root, tmp_path, monkeypatch):
     _, clean = clean_run
-    calls = {"n": 0}
-    original = StableDiffusionBackbone.unet_pass
-
-    def dies_on_second_batch(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", dies_on_second_batch)
+    restore = interrupt_unet_pass(monkeypatch)  # the second batch is interrupted
     with pytest.raises(KeyboardInterrupt):
         run(coco_root, tmp_path)
     assert len((tmp_path / "per_image.jsonl").read_text().splitlines()) == 2  # the first batch
     assert not (tmp_path / "metrics.json").exists()
-    monkeypatch.setattr(StableDiffusionBackbone, "unet_pass", original)
+    restore()
     # A torn last line (killed mid-write) is dropped and that image redone.
     with open(tmp_path / "per_image.jsonl", "a") as fh:
         fh.write('{"id": "0000')
