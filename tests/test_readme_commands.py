@@ -264,23 +264,17 @@ def test_extraction_joins_continuations_drops_comments_and_console_output():
     assert _strip_comment("echo '# kept' x # gone") == "echo '# kept' x "
 
 
-def test_every_readme_command_is_run_by_a_named_test_or_make_demo():
-    shown = readme_commands()
-    assert len(shown) >= 30, sorted(shown)  # the extraction found the READMEs' commands
-    unmapped = {command: where for command, where in shown.items() if command not in COMMANDS}
-    assert not unmapped, "README commands that no test runs (add a test and map it in COMMANDS):\n" + "\n".join(
-        f"{', '.join(where)}: {command}" for command, where in unmapped.items())
+def unmapped_commands(shown: dict[str, list[str]], mapping: dict[str, tuple[str, ...]]) -> list[str]:
+    """``path:line: command`` of every shown command without an entry in ``mapping``."""
+    return [f"{', '.join(where)}: {command}" for command, where in shown.items() if command not in mapping]
 
 
-def test_every_mapping_is_still_shown_in_a_readme():
-    stale = sorted(set(COMMANDS) - set(readme_commands()))
-    assert not stale, f"COMMANDS maps commands no README shows any more: {stale}"
-
-
-def test_every_mapped_test_function_and_make_target_exists():
+def missing_references(mapping: dict[str, tuple[str, ...]]) -> list[str]:
+    """Every reference of ``mapping`` to a test function (``ast``) or Makefile rule that does not exist."""
     rules, missing, functions = _make_rules(), [], {}
-    for command, refs in COMMANDS.items():
-        assert refs, f"{command!r} maps to nothing"
+    for command, refs in mapping.items():
+        if not refs:
+            missing.append(f"nothing runs {command!r}")
         for ref in refs:
             if ref.startswith("make "):
                 if ref.split()[1] not in rules:
@@ -294,13 +288,35 @@ def test_every_mapped_test_function_and_make_target_exists():
             functions.setdefault(file, _test_functions(path))
             if name not in functions[file] or not name.rpartition("::")[2].startswith("test_"):
                 missing.append(f"{ref} (no such test function) for {command!r}")
+    return missing
+
+
+def test_every_readme_command_is_run_by_a_named_test_or_make_demo():
+    shown = readme_commands()
+    assert len(shown) >= 30, sorted(shown)  # the extraction found the READMEs' commands
+    unmapped = unmapped_commands(shown, COMMANDS)
+    assert not unmapped, "README commands no test runs (add a test, map it in COMMANDS):\n" + "\n".join(unmapped)
+
+
+def test_every_mapping_is_still_shown_in_a_readme():
+    stale = sorted(set(COMMANDS) - set(readme_commands()))
+    assert not stale, f"COMMANDS maps commands no README shows any more: {stale}"
+
+
+def test_every_mapped_test_function_and_make_target_exists():
+    missing = missing_references(COMMANDS)
     assert not missing, "\n".join(missing)
 
 
-def test_the_mapping_check_catches_a_missing_test_name():
-    assert "test_every_mapped_test_function_and_make_target_exists" in _test_functions(Path(__file__))
-    assert "test_no_such_thing" not in _test_functions(Path(__file__))
-    assert {"demo", "test", "bench", "reproduce-coco", "explore"} <= _make_rules()
+def test_the_checks_catch_an_unmapped_command_a_missing_test_and_a_missing_target():
+    shown = {"make demo": ["README.md:3"], "python -m eval.new_tool": ["eval/README.md:9"]}
+    assert unmapped_commands(shown, COMMANDS) == ["eval/README.md:9: python -m eval.new_tool"]
+    bad = {"a": ("tests/test_readme_commands.py::test_no_such_thing",), "b": ("make no-such-target",),
+           "c": ("tests/test_no_such_file.py::test_x",), "d": ("tests/test_readme_commands.py::readme_files",),
+           "e": (), "f": ("make demo", "tests/test_readme_commands.py::test_every_mapping_is_still_shown_in_a_readme")}
+    assert [line.split(" (")[0] for line in missing_references(bad)] == [
+        "tests/test_readme_commands.py::test_no_such_thing", "make no-such-target",
+        "tests/test_no_such_file.py::test_x", "tests/test_readme_commands.py::readme_files", "nothing runs 'e'"]
 
 
 # ------------------------------------------------------------------------------------------ README size
