@@ -25,7 +25,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_README = REPO / "README.md"
-NAMED_DOCS = ["README.md", "conf/README.md", "eval/README.md", "results/README.md", "diffseg/MMDIT.md"]
+NAMED_DOCS = ["README.md", "conf/README.md", "eval/README.md", "results/README.md", "diffseg/MMDIT.md",
+              "diffseg/REFERENCE.md"]
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 # Folders that hold no README of the project: data roots, run outputs, caches, environments.
 SKIP_DIRS = {"outputs", "multirun", "node_modules", "__pycache__", "build", "dist", "site-packages"}
