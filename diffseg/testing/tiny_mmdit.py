@@ -105,15 +105,17 @@ def tiny_transformer_config(kind: str) -> dict[str, Any]:
     raise ValueError(f"kind: expected one of {TINY_MMDIT_KINDS}, got {kind!r}")
 
 
-def build_tiny_transformer(kind: str = "sd3", seed: int = 0) -> SD3Transformer2DModel | FluxTransformer2DModel:
-    """A tiny seeded transformer of ``kind``, float32, CPU, eval mode.
+def build_tiny_transformer(kind: str = "sd3", seed: int = 0,
+                           **overrides: Any) -> SD3Transformer2DModel | FluxTransformer2DModel:
+    """A tiny seeded transformer of ``kind``, float32, CPU, eval mode; ``overrides`` replace config values
+    (e.g. ``pos_embed_max_size=64`` for SD3 latents up to 128 x 128).
 
     diffusers zero-initialises the output projections and the adaLN modulations of these models, which
     would make every block an identity; all parameters are therefore redrawn: matrices N(0, 1/fan_in),
     vectors N(0, 0.1^2) (norm weights 1 + N(0, 0.1^2)), so that each block and the output depend on the
     attention and the attention is neither uniform nor one-hot.
     """
-    config = tiny_transformer_config(kind)
+    config = {**tiny_transformer_config(kind), **overrides}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = (FluxTransformer2DModel if kind.startswith("flux") else SD3Transformer2DModel)(**config)
