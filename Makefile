@@ -49,6 +49,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m eval.bench $(BENCH_ARGS)
 	$(PY) -m eval.bench.diffcut
+	$(PY) -m eval.bench.mmdit
 	$(PY) -m eval.bench.explore
 
 demo: $(STAMP)

@@ -19,7 +19,8 @@
   generator; ``SEED: None``), so its runs are not reproducible; ours are and record the seed.
 
 Loading: a hub id or a local diffusers folder (``revision`` recorded in :attr:`MMDiTBackbone.revision`),
-or one ``.safetensors`` file with ``config=`` naming the diffusers folder / hub id of the same model;
+or one ``.safetensors`` file of the transformer with ``config=`` naming the diffusers folder / hub id of the
+same model (its VAE, CLIP encoders and scheduler; ``revision`` is then the config's);
 float16 or bfloat16 (or float32). T5 is never loaded. Offline without the weights fails at once with
 one :class:`~diffseg.backbone.BackboneLoadError` naming the model and revision.
 """
@@ -121,18 +122,28 @@ class MMDiTBackbone:
                         **kwargs: Any) -> MMDiTBackbone:
         """Load a hub id / local diffusers folder (or one ``.safetensors`` file with ``config=``) without T5.
 
+        A single file holds the transformer (the original release's key names, e.g. FLUX.1's
+        ``flux1-dev.safetensors``, or diffusers'); everything else comes from ``config`` (a diffusers folder
+        or hub id of the same model, at ``revision``).
+
         Raises :class:`~diffseg.backbone.BackboneLoadError` (one message naming ``model`` and
         ``revision``) when the weights cannot be found: offline and not in the cache, no such
         repository or revision, no safetensors. Other keyword arguments go to :class:`MMDiTBackbone`.
         """
-        from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
+        from diffusers import (
+            DiffusionPipeline,
+            FluxPipeline,
+            FluxTransformer2DModel,
+            SD3Transformer2DModel,
+            StableDiffusion3Pipeline,
+        )
 
         offline = _env_offline() if local_files_only is None else bool(local_files_only)
         torch_dtype = resolve_dtype(dtype)
         what = f"MM-DiT model {model!r}" + (f" (revision {revision!r})" if revision else "")
         single = model.endswith(".safetensors")
         try:
-            index = DiffusionPipeline.load_config(config if single else model, revision=None if single else revision,
+            index = DiffusionPipeline.load_config(config if single else model, revision=revision,
                                                   local_files_only=offline, cache_dir=cache_dir)
         except Exception as exc:  # every hub failure becomes one clear error
             reason = ("its weights are not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE / "
@@ -150,10 +161,19 @@ class MMDiTBackbone:
                  else {"text_encoder_2": None, "tokenizer_2": None})
         try:
             if single:
+                # the file holds the transformer (original or diffusers key names); the VAE, CLIP encoders,
+                # tokenizers and scheduler come from `config`. diffusers' pipeline-level from_single_file
+                # would read them from the file too, and refuses a file without them (FLUX.1's files).
                 if not Path(model).is_file():
                     raise FileNotFoundError(model)
-                pipe = pipeline_class.from_single_file(model, config=config, torch_dtype=torch_dtype,
-                                                       local_files_only=offline, **no_t5)
+                transformer_class = (SD3Transformer2DModel if pipeline_class is StableDiffusion3Pipeline
+                                     else FluxTransformer2DModel)
+                transformer = transformer_class.from_single_file(model, config=config, subfolder="transformer",
+                                                                 config_revision=revision, torch_dtype=torch_dtype,
+                                                                 local_files_only=offline, cache_dir=cache_dir)
+                pipe = pipeline_class.from_pretrained(config, transformer=transformer, revision=revision,
+                                                      torch_dtype=torch_dtype, use_safetensors=True,
+                                                      local_files_only=offline, cache_dir=cache_dir, **no_t5)
             else:
                 pipe = pipeline_class.from_pretrained(model, revision=revision, torch_dtype=torch_dtype,
                                                       use_safetensors=True, local_files_only=offline,

@@ -157,6 +157,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     # At SD 1.x sizes it takes minutes on 2 cores: `make bench` runs it; the test checks what it asserts.
     "python -m eval.bench.explore": (
         MAKE_DRY, "tests/test_explore.py::test_resegmenting_from_kept_attention_equals_diffseg"),
+    "python -m eval.bench.mmdit": (
+        MAKE_DRY, "tests/test_bench_mmdit.py::test_capture_overhead_rows",
+        "tests/test_bench_mmdit.py::test_peak_memory_rows"),
     # datasets/README.md
     "make data-coco": ("tests/test_download.py::test_prepare_coco_end_to_end",
                        "tests/test_user_faults.py::test_offline_prepare_coco_names_every_file_quickly_and_makes_no_folder"),
@@ -397,7 +400,8 @@ def test_make_targets_run_what_the_readmes_say():
     assert _in_order(_make_dry_run("test", "TEST_SEED=7"),
                      ["python -m ruff check .", "python -m pytest -q -p randomly --randomly-seed=7"])
     assert _in_order(_make_dry_run("bench"),
-                     ["python -m eval.bench", "python -m eval.bench.diffcut", "python -m eval.bench.explore"])
+                     ["python -m eval.bench", "python -m eval.bench.diffcut", "python -m eval.bench.mmdit",
+                      "python -m eval.bench.explore"])
     assert _in_order(_make_dry_run("explore", "EXPLORE_STAMP="),
                      ["python -m eval.demo", "python -m eval.explore outputs/demo/coco_stuff27"])
     assert _make_dry_run("demo") == ["python -m eval.demo"]

@@ -18,10 +18,13 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 __all__ = [
     "TINY_MMDIT_KINDS",
+    "build_tiny_flux_pipeline",
     "build_tiny_sd3_pipeline",
     "build_tiny_transformer",
     "flux_transformer_config",
+    "save_tiny_flux_pipeline",
     "save_tiny_sd3_pipeline",
+    "save_tiny_transformer_file",
     "sd3_medium_transformer_config",
     "sd35_large_transformer_config",
     "sd35_medium_transformer_config",
@@ -102,15 +105,17 @@ def tiny_transformer_config(kind: str) -> dict[str, Any]:
     raise ValueError(f"kind: expected one of {TINY_MMDIT_KINDS}, got {kind!r}")
 
 
-def build_tiny_transformer(kind: str = "sd3", seed: int = 0) -> SD3Transformer2DModel | FluxTransformer2DModel:
-    """A tiny seeded transformer of ``kind``, float32, CPU, eval mode.
+def build_tiny_transformer(kind: str = "sd3", seed: int = 0,
+                           **overrides: Any) -> SD3Transformer2DModel | FluxTransformer2DModel:
+    """A tiny seeded transformer of ``kind``, float32, CPU, eval mode; ``overrides`` replace config values
+    (e.g. ``pos_embed_max_size=64`` for SD3 latents up to 128 x 128).
 
     diffusers zero-initialises the output projections and the adaLN modulations of these models, which
     would make every block an identity; all parameters are therefore redrawn: matrices N(0, 1/fan_in),
     vectors N(0, 0.1^2) (norm weights 1 + N(0, 0.1^2)), so that each block and the output depend on the
     attention and the attention is neither uniform nor one-hot.
     """
-    config = tiny_transformer_config(kind)
+    config = {**tiny_transformer_config(kind), **overrides}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = (FluxTransformer2DModel if kind.startswith("flux") else SD3Transformer2DModel)(**config)
@@ -209,6 +214,58 @@ def save_tiny_sd3_pipeline(folder: str, kind: str = "sd3", seed: int = 0) -> str
     """Write :func:`build_tiny_sd3_pipeline` with ``save_pretrained`` (safetensors) to ``folder``; returns it."""
     build_tiny_sd3_pipeline(kind, seed).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_tiny_flux_pipeline(kind: str = "flux_dev", seed: int = 0) -> Any:
+    """A tiny ``FluxPipeline`` without T5 (``text_encoder_2`` / ``tokenizer_2`` None), seeded, offline.
+
+    Transformer :func:`build_tiny_transformer` (``kind`` flux_dev / flux_schnell: 16 packed channels =
+    4 latent channels x 2 x 2); one ``CLIPTextModel`` of hidden 24 (its pooled output is the transformer's
+    pooled projection, 24) with the byte-level tokenizer of :func:`diffseg.testing.tiny.build_tiny_tokenizer`
+    (77 tokens); a 4-channel VAE with 3 downsamplings and FLUX.1's latent shift/scale (0.1159 / 0.3611);
+    FLUX.1's flow-matching scheduler config (dynamic shift, base 0.5 at 256 tokens, max 1.15 at 4096).
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffseg.testing.tiny import build_tiny_tokenizer
+
+    if kind not in ("flux_dev", "flux_schnell"):
+        raise ValueError(f"kind: expected flux_dev or flux_schnell, got {kind!r}")
+    tokenizer = build_tiny_tokenizer()
+    vocab = len(tokenizer)
+    text_config = CLIPTextConfig(vocab_size=vocab, hidden_size=24, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                                 bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    transformer = build_tiny_transformer(kind, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        text_encoder = CLIPTextModel(text_config).eval()
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
+                            layers_per_block=1, latent_channels=transformer.config.in_channels // 4,
+                            norm_num_groups=8, sample_size=64, scaling_factor=0.3611, shift_factor=0.1159,
+                            use_quant_conv=False, use_post_quant_conv=False).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    return FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                        tokenizer=tokenizer, text_encoder_2=None, tokenizer_2=None)
+
+
+def save_tiny_flux_pipeline(folder: str, kind: str = "flux_dev", seed: int = 0) -> str:
+    """Write :func:`build_tiny_flux_pipeline` with ``save_pretrained`` (safetensors) to ``folder``; returns it."""
+    build_tiny_flux_pipeline(kind, seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_transformer_file(path: str, kind: str = "sd3", seed: int = 0) -> str:
+    """Write the state dict of :func:`build_tiny_transformer` (diffusers key names) to one ``.safetensors`` file."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in build_tiny_transformer(kind, seed).state_dict().items()}
+    save_file(state, path)
+    return path
 
 
 def tiny_mmdit_backbone(kind: str = "sd3", seed: int = 0, dtype: str = "float32", device: Any = None,

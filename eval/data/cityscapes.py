@@ -1,11 +1,14 @@
-"""Cityscapes-27 validation set (diffseg/REFERENCE.md section 3).
+"""Cityscapes validation set: the 27 classes of DiffSeg's protocol (diffseg/REFERENCE.md section 3), and the
+19 standard evaluation classes (trainIds) that Seg4Diff's release scores.
 
 Layout of a root (the official one; ``make data-cityscapes`` builds it from the zips)::
 
     <root>/leftImg8bit/val/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     <root>/gtFine/val/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
 
-Classes: labelIds 7..33 -> 0..26, everything else ignored.
+Classes: ``dataset=cityscapes`` (:class:`Cityscapes27`): labelIds 7..33 -> 0..26, everything else ignored.
+``dataset=cityscapes19`` (:class:`Cityscapes19`): labelIds -> trainIds 0..18 by cityscapesScripts' label table
+(:data:`CITYSCAPES_LABEL_TO_TRAIN_ID`), every labelId whose trainId is 255 ignored.
 """
 
 from __future__ import annotations
@@ -13,19 +16,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.data.base import LabelledImages, StandardList
+import numpy as np
+
+from eval.data.base import IGNORE_INDEX, LabelledImages, StandardList
 from eval.data.download import PinnedFile, pinned_files, safe_extract_zip, verify_file
 from eval.data.preparation import Preparation, PrepareError, option
 
 __all__ = [
     "PREPARATION",
+    "CITYSCAPES19_CLASSES",
     "CITYSCAPES27_CLASSES",
     "CITYSCAPES_FIRST_LABEL_ID",
+    "CITYSCAPES_LABEL_TO_TRAIN_ID",
     "DOWNLOAD_PAGE",
     "IMAGE_SUFFIX",
     "LABEL_SUFFIX",
     "PINNED",
     "VAL_IMAGES",
+    "Cityscapes19",
     "Cityscapes27",
     "cityscapes_ready",
     "prepare_cityscapes",
@@ -126,6 +134,84 @@ class Cityscapes27(LabelledImages):
     def label_path(self, image_id: str) -> Path:
         """``<root>/gtFine/<split>/<city>/<id>_gtFine_labelIds.png``."""
         return self.root / "gtFine" / self.split / self._city[image_id] / f"{image_id}{LABEL_SUFFIX}"
+
+
+# labelId -> trainId of the 19 evaluation classes, from cityscapesScripts' label table
+# (cityscapesscripts/helpers/labels.py, columns `id` and `trainId`). Every other labelId of the files
+# (0..6, 9, 10, 14, 15, 16, 18, 29, 30) has trainId 255 and is ignored; license plate (id -1) is never
+# drawn into a labelIds file. createTrainIdLabelImgs.py draws the same polygons with trainIds, so mapping
+# a labelIds file pixel by pixel gives its labelTrainIds file (what detectron2's `cityscapes_fine_sem_seg_val`,
+# the set Seg4Diff's release scores, reads).
+CITYSCAPES_LABEL_TO_TRAIN_ID: dict[int, int] = {
+    7: 0,    # road
+    8: 1,    # sidewalk
+    11: 2,   # building
+    12: 3,   # wall
+    13: 4,   # fence
+    17: 5,   # pole
+    19: 6,   # traffic light
+    20: 7,   # traffic sign
+    21: 8,   # vegetation
+    22: 9,   # terrain
+    23: 10,  # sky
+    24: 11,  # person
+    25: 12,  # rider
+    26: 13,  # car
+    27: 14,  # truck
+    28: 15,  # bus
+    31: 16,  # train
+    32: 17,  # motorcycle
+    33: 18,  # bicycle
+}
+
+# trainId order: detectron2's Cityscapes stuff classes, the names of the release's datasets/cityscapes.json.
+CITYSCAPES19_CLASSES: tuple[str, ...] = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+
+assert len(CITYSCAPES19_CLASSES) == 19 and sorted(CITYSCAPES_LABEL_TO_TRAIN_ID.values()) == list(range(19))
+assert all(CITYSCAPES19_CLASSES[t] == CITYSCAPES27_CLASSES[i - CITYSCAPES_FIRST_LABEL_ID]
+           for i, t in CITYSCAPES_LABEL_TO_TRAIN_ID.items())
+
+
+class Cityscapes19(Cityscapes27):
+    """Cityscapes val with the 19 evaluation classes (trainIds): items ``(image, label, image_id)``.
+
+    As :class:`Cityscapes27` (same root, files, ids and geometry), but labels are trainIds: int64, class
+    0..18 in the order of :data:`CITYSCAPES19_CLASSES`, -1 = ignore (the labelIds whose trainId is 255,
+    and 255), :data:`~eval.data.base.UNKNOWN_LABEL` for values no labelId has (34..254).
+    """
+
+    name = "cityscapes19"
+    title = "Cityscapes (19 classes)"
+    classes = CITYSCAPES19_CLASSES
+    # labelIds 0..33 are the files' values; those without a trainId are "not evaluated", as 255
+    ignore_values = (*sorted(set(range(34)) - set(CITYSCAPES_LABEL_TO_TRAIN_ID)), 255)
+
+    def label_lut(self) -> np.ndarray:
+        """Length-256 int64: labelId -> trainId (:data:`CITYSCAPES_LABEL_TO_TRAIN_ID`), every other value -> -1."""
+        lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+        for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN_ID.items():
+            lut[label_id] = train_id
+        return lut
 
 
 # --------------------------------------------------------------------------- preparation (make data-cityscapes)

@@ -87,6 +87,8 @@ def dataset_modules() -> dict[str, ModuleType]:
 def preparations() -> dict[str, Any]:
     """``datasets/prepare.py`` sub-command -> (config name, the module's ``PREPARATION``), in config order.
 
+    Configs of one module (``cityscapes``, ``cityscapes19``) share its command, named by the first config.
+
     Raises:
         RuntimeError: two modules declare the same command.
     """
@@ -96,7 +98,7 @@ def preparations() -> dict[str, Any]:
         if prep.command in found and found[prep.command][1] is not prep:
             raise RuntimeError(f"datasets/prepare.py command {prep.command!r} is declared twice "
                                f"(again in {module.__name__})")
-        found[prep.command] = (name, prep)
+        found.setdefault(prep.command, (name, prep))
     return found
 
 

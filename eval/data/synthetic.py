@@ -182,6 +182,7 @@ def write_synthetic_coco_stuff(
 
 def write_synthetic_cityscapes(
     root: PathLike, num_images: int = 4, seed: int = 0, size: Pair = (256, 512),
+    objects: Sequence[int] | None = None,
 ) -> list[str]:
     """Write a Cityscapes root with ``num_images`` val images (RGB PNG) and labelIds PNGs.
 
@@ -192,6 +193,9 @@ def write_synthetic_cityscapes(
 
     Args:
         size: (height, width) of every image (the real ones are 1024 x 2048).
+        objects: labelIds the object shapes are drawn from (default: car, person, rider, bicycle,
+            traffic sign, traffic light, pole, truck); e.g. parking 9 or caravan 29, classes of the 27-class
+            set that the 19 trainId classes ignore.
 
     Returns:
         The image ids (``<city>_<seq>_<frame>``) in sorted order.
@@ -215,7 +219,7 @@ def write_synthetic_cityscapes(
         draw.rectangle([0, horizon, w, h], fill=7)  # road
         draw.polygon([(0, horizon), (int(w * 0.2), horizon), (0, int(h * 0.8))], fill=8)  # sidewalk
         for _ in range(int(rng.integers(2, 5))):
-            _random_shape(draw, rng, h, w, int(rng.choice(_CITY_OBJECTS)))
+            _random_shape(draw, rng, h, w, int(rng.choice(_CITY_OBJECTS if objects is None else objects)))
         draw.rectangle([0, int(h * 0.92), w, h], fill=1)  # ego vehicle (void)
         draw.rectangle([0, 0, max(2, w // 50), h], fill=int(rng.choice(_CITY_VOID)))  # void strip
         _save_pair(np.asarray(label_img), root / "leftImg8bit" / "val" / city / f"{name}_leftImg8bit.png",
