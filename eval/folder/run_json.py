@@ -1,0 +1,56 @@
+"""``run.json``: a run's identity (:mod:`eval.run.identity` computes it), read and written here.
+
+Its content::
+
+    {"fingerprint": "3f9c0a1b2c3d4e5f",          # sha256 of ``settings`` + ``data``, 16 hex digits
+     "settings": {...},                           # every setting that can change a per-image result
+     "data": {"ids_sha256": "...", "num_ids": 2175, "synthetic": false},
+     "code": {...},                               # the code version that made the folder
+     "outputs": {"save_masks": "png"},            # which files the folder holds besides the records
+     "versions": {...}}                           # library versions
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from eval.atomic import write_json_atomic
+from eval.folder.errors import RunMismatchError
+from eval.folder.layout import RUN_JSON
+
+__all__ = ["read_run_json", "run_json_path", "write_run_json"]
+
+
+def run_json_path(folder: str | os.PathLike) -> Path:
+    """``<folder>/run.json``."""
+    return Path(folder) / RUN_JSON
+
+
+def read_run_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``run.json``'s content (``path``: the file, or the run folder holding it).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        RunMismatchError: the file is not a JSON object (damaged or edited), naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = run_json_path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunMismatchError(
+            f"{path} is not valid JSON ({exc}): it was damaged or edited. Restore it (it names the settings of "
+            f"the per-image results beside it), or start a new folder.") from None
+    if not isinstance(content, dict):
+        raise RunMismatchError(f"{path} is not a run identity (a JSON object expected): restore it, "
+                               "or start a new folder.")
+    return content
+
+
+def write_run_json(folder: str | os.PathLike, content: dict[str, Any]) -> Path:
+    """Write ``<folder>/run.json`` (atomic); returns its path."""
+    return write_json_atomic(run_json_path(folder), content)
