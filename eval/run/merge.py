@@ -48,7 +48,7 @@ from eval.folder.coco_results import CocoResults
 from eval.folder.layout import MASK_DIR, RECORDS_FILE, coco_json_path, is_records_file, mask_png_path
 from eval.folder.masks import saved_mask_format
 from eval.folder.metrics_json import metrics_path, write_metrics
-from eval.folder.records import write_records
+from eval.folder.records import load_run_records, write_records
 from eval.folder.run_json import run_json_path, write_run_json
 from eval.run.build import build_dataset
 from eval.run.identity import RunMismatchError, code_id, diff_settings, file_digests, read_run_json
@@ -236,7 +236,7 @@ def _gather_records(dirs: Sequence[Path], metas: Sequence[dict[str, Any]]
     owner: dict[str, Path] = {}
     selected = 0
     for d, meta in zip(dirs, metas, strict=True):
-        shard_records = RunFolder(d).all_records
+        shard_records = load_run_records(d)
         ids = list(meta.get("image_ids") or []) + [i for i, _ in meta.get("skipped") or []]
         for image_id in ids:
             if image_id in owner:
