@@ -20,17 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.folder import FolderError, RunFolder, RunMismatchError, layout
+from eval.folder import FolderError, RunFolder, RunMismatchError, layout, masks
 from eval.folder.compare_output import read_compare, write_compare
-from eval.folder.masks import (
-    append_coco_part,
-    gather_coco_parts,
-    load_saved_masks,
-    prune_mask_parts,
-    read_saved_mask,
-    saved_mask_format,
-    write_png_mask,
-)
 from eval.folder.metrics_json import write_metrics
 from eval.folder.records import RunRecords, write_records
 from eval.folder.run_json import write_run_json
@@ -169,17 +160,17 @@ def test_records_round_trip_over_rank_files(tmp_path):
 def test_png_masks_round_trip(tmp_path):
     mask = np.arange(12, dtype=np.int64).reshape(3, 4) % 5
     big = (np.arange(12, dtype=np.int64).reshape(3, 4) * 40)  # ids above 255: a 16-bit PNG
-    assert write_png_mask(tmp_path, "A/B", "dir/img1", mask) == tmp_path / "masks" / "A_B" / "dir_img1.png"
-    write_png_mask(tmp_path, "A/B", "img2", big)
+    assert masks.write_png_mask(tmp_path, "A/B", "dir/img1", mask) == tmp_path / "masks" / "A_B" / "dir_img1.png"
+    masks.write_png_mask(tmp_path, "A/B", "img2", big)
     write_metrics(tmp_path, {"A/B": {}}, [_record("dir/img1", [1, 0]), _record("img2", [0, 1])])
     RunRecords(tmp_path).append([_record("dir/img1", [1, 0]), _record("img2", [0, 1])])
     run = RunFolder.open(tmp_path)
-    assert saved_mask_format(tmp_path) == "png" and run.mask_format() == "PNG"
+    assert masks.saved_mask_format(tmp_path) == "png" and run.mask_format() == "PNG"
     np.testing.assert_array_equal(run.mask("A/B", "dir/img1"), mask)
     np.testing.assert_array_equal(run.mask("A/B", "img2"), big)
     assert run.mask("A/B", "absent") is None
-    kind, source = load_saved_masks(tmp_path, "A/B")
-    np.testing.assert_array_equal(read_saved_mask(kind, source, "img2"), big)
+    kind, source = masks.load_saved_masks(tmp_path, "A/B")
+    np.testing.assert_array_equal(masks.read_saved_mask(kind, source, "img2"), big)
 
 
 def test_coco_masks_round_trip_and_prune(tmp_path):
@@ -187,17 +178,17 @@ def test_coco_masks_round_trip_and_prune(tmp_path):
 
     one = np.array([[0, 0, 3], [3, 3, 3]])
     two = np.array([[7, 1, 1], [7, 7, 1]])
-    append_coco_part(tmp_path, "M", [{"image_id": "i1", "records": mask_to_records(one, "i1", {3: 2})}], rank=0)
-    append_coco_part(tmp_path, "M", [{"image_id": "i2", "records": mask_to_records(two, "i2")},
+    masks.append_coco_part(tmp_path, "M", [{"image_id": "i1", "records": mask_to_records(one, "i1", {3: 2})}], rank=0)
+    masks.append_coco_part(tmp_path, "M", [{"image_id": "i2", "records": mask_to_records(two, "i2")},
                                      {"image_id": "gone", "records": mask_to_records(two, "gone")}], rank=1)
-    append_coco_part(tmp_path, "M2", [{"image_id": "i1", "records": mask_to_records(two, "i1")}])  # not M's
+    masks.append_coco_part(tmp_path, "M2", [{"image_id": "i1", "records": mask_to_records(two, "i1")}])  # not M's
     records = {"i1": _record("i1", [1, 0]), "i2": _record("i2", [0, 1])}
-    rewritten = prune_mask_parts(tmp_path, records)
+    rewritten = masks.prune_mask_parts(tmp_path, records)
     assert [p.name for p in rewritten] == ["M.rank1.coco.jsonl"]  # "gone" has no record: evaluated again
-    assert gather_coco_parts(tmp_path, "M", ["i1", "i2"]) == tmp_path / "masks" / "M.json"
+    assert masks.gather_coco_parts(tmp_path, "M", ["i1", "i2"]) == tmp_path / "masks" / "M.json"
     with pytest.raises(RuntimeError, match="no COCO masks of M for 1 evaluated image"):
-        gather_coco_parts(tmp_path, "M", ["i1", "gone"])  # pruned: it had no record
-    assert saved_mask_format(tmp_path) == "coco"
+        masks.gather_coco_parts(tmp_path, "M", ["i1", "gone"])  # pruned: it had no record
+    assert masks.saved_mask_format(tmp_path) == "coco"
     write_metrics(tmp_path, {"M": {}}, list(records.values()))
     RunRecords(tmp_path).append(records.values())
     run = RunFolder.open(tmp_path)

@@ -8,7 +8,6 @@ evaluated images, sorted), then the sections the writer passes (``run``, ``prove
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from eval.atomic import write_json_atomic
 from eval.folder.errors import FolderError
+from eval.folder.json_file import read_json_object
 from eval.folder.layout import METRICS_JSON
 
 __all__ = ["metrics_path", "read_metrics", "write_metrics"]
@@ -58,13 +58,4 @@ def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: there is no such file.
         FolderError: it is not valid JSON or not a JSON object (the message names the file).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = metrics_path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FolderError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(content, dict):
-        raise FolderError(f"{path}: not a metrics.json (a JSON {type(content).__name__}, not an object)")
-    return content
+    return read_json_object(path, METRICS_JSON, FolderError, "a metrics.json")

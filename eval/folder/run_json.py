@@ -12,13 +12,13 @@ Its content::
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from eval.atomic import write_json_atomic
 from eval.folder.errors import RunMismatchError
+from eval.folder.json_file import read_json_object
 from eval.folder.layout import RUN_JSON
 
 __all__ = ["read_run_json", "run_json_path", "write_run_json"]
@@ -36,19 +36,9 @@ def read_run_json(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: there is no such file.
         RunMismatchError: the file is not a JSON object (damaged or edited), naming it.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = run_json_path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunMismatchError(
-            f"{path} is not valid JSON ({exc}): it was damaged or edited. Restore it (it names the settings of "
-            f"the per-image results beside it), or start a new folder.") from None
-    if not isinstance(content, dict):
-        raise RunMismatchError(f"{path} is not a run identity (a JSON object expected): restore it, "
-                               "or start a new folder.")
-    return content
+    return read_json_object(path, RUN_JSON, RunMismatchError, "a run identity",
+                            ": it was damaged or edited. Restore it (it names the settings of the per-image results "
+                            "beside it), or start a new folder.")
 
 
 def write_run_json(folder: str | os.PathLike, content: dict[str, Any]) -> Path:
