@@ -3,7 +3,7 @@
 ``python -m eval.rescore RUN_DIR --protocol diffcut --out DIR``
 
 Reads ``RUN_DIR/metrics.json`` (its config, methods and evaluated images) and the masks the
-run saved (``save_masks=png`` or ``coco``, :mod:`eval.run.mask_files`), rebuilds the run's labels
+run saved (``save_masks=png`` or ``coco``, :mod:`eval.folder.masks`), rebuilds the run's labels
 with the run's own geometry (the masks were made at it), scores every image with
 :func:`eval.metrics.image_stats` under ``--protocol``'s rules and writes a new run folder
 (``run.json``, ``per_image.jsonl``, ``metrics.json``). Its provenance names the source run
