@@ -33,7 +33,6 @@ run saved masks).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -41,18 +40,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.atomic import write_json_atomic
 from eval.data.classes import dataset_title
+from eval.folder.compare_output import read_compare, write_compare
+from eval.folder.layout import COMPARE_JSON as COMPARE_FILE
+from eval.folder.layout import COMPARE_MD
+from eval.folder.metrics_json import read_metrics
 from eval.report.markdown import check_out_dir
-from eval.run.records import METRICS_FILE
 from eval.stats.analysis import INTERVALS, ImageStats, analyse, per_image_miou
 from eval.stats.report import fmt_interval, fmt_p, write_report
 from eval.stats.runs import CompareError, class_names, comparable_ids, ids_sha256, load_run, method_groups
 
 __all__ = ["COMPARE_FILE", "CompareError", "ImageStats", "analyse", "compare_runs", "load_intervals", "main",
            "per_image_miou"]
-
-COMPARE_FILE = "compare.json"
 
 
 def _banner(runs: list, notes: list[str]) -> str | None:
@@ -117,7 +116,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     stats = {k: v[0][2] for k, v in groups.items()}
     written = write_report(compare, stats, ids, out, _banner(runs, notes), dataset_title(dataset))
     compare["files"] = sorted(p.name for p in written) + [COMPARE_FILE]
-    write_json_atomic(out / COMPARE_FILE, compare)
+    write_compare(out, compare)
     compare["_seconds"] = seconds  # not written: the file must not depend on the machine
     return compare
 
@@ -140,15 +139,10 @@ def load_intervals(path: str | os.PathLike, run_dir: str | os.PathLike | None = 
     hash or count) or with other point estimates than metrics.json (the run was extended or
     re-made since) gives ``"stale"``, a one-line reason, and no bounds.
     """
-    path = Path(path)
-    candidates = [path] if path.suffix == ".json" else [path / COMPARE_FILE, path / "compare" / COMPARE_FILE]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
+    read = read_compare(path)
+    if read is None:
         return {}
-    try:
-        data = json.loads(found.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{found}: not valid JSON ({exc})") from exc
+    found, data = read
     target = Path(run_dir).resolve() if run_dir is not None else None
     out: dict[str, dict[str, Any]] = {}
     for key, entry in (data.get("methods") or {}).items():
@@ -185,8 +179,8 @@ def _current_metrics(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str,
     if metrics is not None:
         return metrics
     try:
-        return json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return read_metrics(run_dir)
+    except (OSError, ValueError):
         return None
 
 
@@ -249,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, entry in result["pairs"].items():
         print(f"{name:40s} ΔmIoU {fmt_interval(entry['miou'], True, entry.get('refused')):>20s}  "
               f"p {fmt_p(entry['test']['miou'])}")
-    print(Path(args.out) / "compare.md")
+    print(Path(args.out) / COMPARE_MD)
     return 0
 
 

@@ -23,7 +23,6 @@ synthetic root, ``--outputs`` holding a run the demo did not make), before anyth
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from collections import defaultdict
@@ -31,6 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.config_path import config_dir
+from eval.folder.errors import RunMismatchError
+from eval.folder.layout import QUALITATIVE_PNG
+from eval.folder.run_json import read_run_json
 
 DEMO_IDS = ["000000000139", "000000000285", "000000000632", "000000000724", "000000000776",
             "000000000785", "000000000802", "000000000872", "000000000885", "000000001000",
@@ -55,10 +57,10 @@ def _run_folder_is_demos(folder: Path) -> bool:
     if (folder / DEMO_MARKER).is_file():
         return True
     try:
-        stored = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        stored = read_run_json(folder)
         model = stored["settings"]["model"]["name"]
         synthetic = stored["data"]["synthetic"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RunMismatchError):
         return False
     return str(model).startswith("tiny-random") and synthetic is True
 
@@ -139,7 +141,7 @@ def run_demo(data_root: Path, outputs: Path, results: Path, num_images: int, fre
     written += sorted(p for p in run_dir.rglob("*") if p.is_file())
     results.mkdir(parents=True, exist_ok=True)
     tables = write_tables(collect_runs([run_dir]), results)
-    grid = run_dir / "qualitative.png"
+    grid = run_dir / QUALITATIVE_PNG
     if grid.exists():
         shutil.copyfile(grid, results / "qualitative_demo.png")
         tables.append(results / "qualitative_demo.png")

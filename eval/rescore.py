@@ -3,7 +3,7 @@
 ``python -m eval.rescore RUN_DIR --protocol diffcut --out DIR``
 
 Reads ``RUN_DIR/metrics.json`` (its config, methods and evaluated images) and the masks the
-run saved (``save_masks=png`` or ``coco``, :mod:`eval.run.mask_files`), rebuilds the run's labels
+run saved (``save_masks=png`` or ``coco``, :mod:`eval.folder.masks`), rebuilds the run's labels
 with the run's own geometry (the masks were made at it), scores every image with
 :func:`eval.metrics.image_stats` under ``--protocol``'s rules and writes a new run folder
 (``run.json``, ``per_image.jsonl``, ``metrics.json``). Its provenance names the source run
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -28,23 +27,25 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from eval.folder import RunFolder
+from eval.folder.layout import METRICS_JSON, RUN_JSON
+from eval.folder.masks import load_saved_masks, read_saved_mask
+from eval.folder.metrics_json import metrics_path, write_metrics
+from eval.folder.records import write_records
+from eval.folder.run_json import read_run_json, run_json_path
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
 from eval.metrics.protocols import ProtocolError, apply_protocol, geometry_differences
 from eval.run.build import build_dataset
 from eval.run.identity import (
-    IDENTITY_FILE,
     RunIdentity,
     RunMismatchError,
     check_contents,
     check_run_folder,
     code_version,
     fingerprint_of,
-    read_run_json,
     versions,
 )
-from eval.run.mask_files import load_saved_masks, read_saved_mask
 from eval.run.provenance import build_provenance
-from eval.run.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
 
 __all__ = ["RescoreError", "main", "rescore"]
 
@@ -53,10 +54,79 @@ class RescoreError(RuntimeError):
     """The source run cannot be re-scored (the message names the file and what to do)."""
 
 
-def _existing(path: Path) -> Path:
-    if not path.is_file():
-        raise RescoreError(f"{path} not found: re-scoring needs a finished run folder (its metrics.json and run.json)")
-    return path
+def _read_source(src: Path) -> tuple[RunFolder, dict[str, Any], dict[str, Any]]:
+    """The source folder, its metrics.json and its run.json, checked to belong together."""
+    run = RunFolder(src)
+    for path in (metrics_path(src), run_json_path(src)):
+        if not path.is_file():
+            raise RescoreError(f"{path} not found: re-scoring needs a finished run folder (its {METRICS_JSON} "
+                               f"and {RUN_JSON})")
+    try:
+        source = run.metrics
+    except ValueError as exc:
+        raise RescoreError(f"{exc}: run the evaluation in {src} again") from None
+    stored = read_run_json(run_json_path(src))
+    if "config" not in source:
+        raise RescoreError(f"{metrics_path(src)} holds no config: it predates re-scoring support")
+    claimed = (source.get("provenance") or {}).get("fingerprint")
+    if fingerprint_of(stored) != stored.get("fingerprint") or claimed not in (None, stored.get("fingerprint")):
+        raise RescoreError(f"{run_json_path(src)} does not match its own settings or {metrics_path(src)}'s "
+                           "fingerprint: it was edited or comes from another run; re-scoring needs the run's own")
+    return run, source, stored
+
+
+def _rescored_identity(stored: dict[str, Any], protocol: str, source_geometry: str) -> RunIdentity:
+    """The new folder's identity: the source's settings with the protocol replaced (and where it came from)."""
+    settings = copy.deepcopy(stored.get("settings") or {})
+    settings["protocol"] = {"name": protocol, "geometry_of": source_geometry,
+                            "rescored_from": stored.get("fingerprint")}
+    data = stored.get("data") or {}
+    return RunIdentity(fingerprint_of({"settings": settings, "data": data}), settings, data)
+
+
+def _score(run: RunFolder, methods: dict[str, Any], dataset: Any, ids: list[str], identity: RunIdentity,
+           scoring: tuple[int, Any, str], progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score every saved mask of ``ids``; returns the new records and one metric per method.
+
+    ``scoring``: ``(num_classes, background, protocol)``.
+    """
+    num_classes, background, protocol = scoring
+    saved = {name: load_saved_masks(run.path, name) for name in methods}
+    metrics = {name: HungarianSegmentationMetric(num_classes, background, protocol) for name in methods}
+    records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in ids]
+    bar = tqdm(records, desc=f"rescore ({protocol})", unit="img", disable=not progress, file=sys.stderr)
+    for record in bar:  # one label in memory at a time
+        image_id = record["id"]
+        label = dataset.label(image_id)
+        for name, (kind, masks) in saved.items():
+            mask = read_saved_mask(kind, masks, image_id)
+            if tuple(mask.shape) != tuple(label.shape):
+                raise RescoreError(f"{run.path}: mask of {name} for {image_id} is {tuple(mask.shape)} but its label "
+                                   f"is {tuple(label.shape)}: was the dataset changed since the run?")
+            stats = image_stats(mask[None], label[None], num_classes, background, protocol)
+            metrics[name].add_stats(stats)
+            record["methods"][name] = stats[0]
+        for key in ("root", "files", "code", "batch_size"):  # what the source record says it was made from
+            if key in (run.all_records.get(image_id) or {}):
+                record[key] = run.all_records[image_id][key]
+    return records, metrics
+
+
+def _provenance(source: dict[str, Any], identity: RunIdentity, src: Path, evaluated: int, skipped: int,
+                rescored: dict[str, Any]) -> dict[str, Any]:
+    """The new folder's provenance: the source's, with ``rescored`` (``rescored``'s fields) and a note."""
+    old = source.get("provenance") or {}
+    images = old.get("images") or {}
+    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data,
+                                  bool(old.get("random_weights")), evaluated=evaluated, skipped=skipped,
+                                  selected=int(images.get("selected", evaluated + skipped)),
+                                  code_versions=old.get("code_versions"), batch_sizes=old.get("batch_sizes"),
+                                  threads=old.get("threads"), image_list=old.get("image_list"))
+    differs = geometry_differences(rescored["geometry"], rescored["scoring"])
+    provenance["rescored"] = {**rescored, "geometry_differs": differs}
+    provenance["notes"].append(f"re-scored under {rescored['scoring']}'s scoring from the masks of {src}"
+                               + (f"; {differs[0]}" if differs else ""))
+    return provenance
 
 
 def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLike,
@@ -73,18 +143,7 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     if protocol not in PROTOCOLS:
         raise RescoreError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     src = Path(run_dir)
-    try:
-        source = json.loads(_existing(src / METRICS_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RescoreError(f"{src / METRICS_FILE} is not valid JSON ({exc}): run the evaluation in {src} "
-                           "again") from None
-    stored = read_run_json(_existing(src / IDENTITY_FILE))
-    if "config" not in source:
-        raise RescoreError(f"{src / METRICS_FILE} holds no config: it predates re-scoring support")
-    claimed = (source.get("provenance") or {}).get("fingerprint")
-    if fingerprint_of(stored) != stored.get("fingerprint") or claimed not in (None, stored.get("fingerprint")):
-        raise RescoreError(f"{src / IDENTITY_FILE} does not match its own settings or {src / METRICS_FILE}'s "
-                           "fingerprint: it was edited or comes from another run; re-scoring needs the run's own")
+    run, source, stored = _read_source(src)
     cfg = OmegaConf.create(source["config"])
     if data_root is not None:
         cfg.dataset.root = data_root
@@ -92,62 +151,26 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     source_protocol = apply_protocol(cfg, dataset)  # the masks were made at the source run's geometry
     info = dict(source.get("run") or {})
     source_geometry = str(info.get("geometry") or source_protocol)
-    num_classes = int(cfg.dataset.num_classes)
-    background = cfg.dataset.get("background")
     ids = list(source.get("image_ids") or [])
 
-    settings = copy.deepcopy(stored.get("settings") or {})
-    settings["protocol"] = {"name": protocol, "geometry_of": source_geometry,
-                            "rescored_from": stored.get("fingerprint")}
-    data = stored.get("data") or {}
-    identity = RunIdentity(fingerprint_of({"settings": settings, "data": data}), settings, data)
+    identity = _rescored_identity(stored, protocol, source_geometry)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_run_folder(out, identity, has_records=bool(load_run_records(out)))
-
-    source_records = load_run_records(src)
-    check_contents(src, source_records, dataset, ids)  # the labels are the files the run scored
+    check_run_folder(out, identity, has_records=bool(RunFolder(out).all_records))
+    check_contents(src, run.all_records, dataset, ids)  # the labels are the files the run scored
     methods = source.get("methods") or {}
-    saved = {name: load_saved_masks(src, name) for name in methods}
-    metrics = {name: HungarianSegmentationMetric(num_classes, background, protocol) for name in methods}
-    records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in ids]
-    bar = tqdm(records, desc=f"rescore ({protocol})", unit="img", disable=not progress, file=sys.stderr)
-    for record in bar:  # one label in memory at a time
-        image_id = record["id"]
-        label = dataset.label(image_id)
-        for name, (kind, masks) in saved.items():
-            mask = read_saved_mask(kind, masks, image_id)
-            if tuple(mask.shape) != tuple(label.shape):
-                raise RescoreError(f"{src}: mask of {name} for {image_id} is {tuple(mask.shape)} but its label is "
-                                   f"{tuple(label.shape)}: was the dataset changed since the run?")
-            stats = image_stats(mask[None], label[None], num_classes, background, protocol)
-            metrics[name].add_stats(stats)
-            record["methods"][name] = stats[0]
-        for key in ("root", "files", "code", "batch_size"):  # what the source record says it was made from
-            if key in (source_records.get(image_id) or {}):
-                record[key] = source_records[image_id][key]
+    scoring = (int(cfg.dataset.num_classes), cfg.dataset.get("background"), protocol)
+    records, metrics = _score(run, methods, dataset, ids, identity, scoring, progress)
     totals: dict[str, dict[str, Any]] = {}
     for name, summary in methods.items():
         totals[name] = metric_json(metrics[name].compute())
         if summary.get("ablation") is not None:
             totals[name]["ablation"] = summary["ablation"]
     skipped = [{"id": i, "fp": identity.fingerprint, "skipped": msg} for i, msg in source.get("skipped") or []]
-    (out / RECORDS_FILE).unlink(missing_ok=True)  # the records are recomputed whole, never appended to
-    RunRecords(out).append(records + skipped)
-
-    old = source.get("provenance") or {}
-    images = old.get("images") or {}
-    provenance = build_provenance(identity.fingerprint, settings, data, bool(old.get("random_weights")),
-                                  evaluated=len(ids), skipped=len(skipped),
-                                  selected=int(images.get("selected", len(ids) + len(skipped))),
-                                  code_versions=old.get("code_versions"), batch_sizes=old.get("batch_sizes"),
-                                  threads=old.get("threads"), image_list=old.get("image_list"))
-    differs = geometry_differences(source_geometry, protocol)
-    provenance["rescored"] = {"source": str(src), "source_fingerprint": stored.get("fingerprint"),
-                              "source_protocol": source_protocol, "scoring": protocol,
-                              "geometry": source_geometry, "geometry_differs": differs}
-    provenance["notes"].append(f"re-scored under {protocol}'s scoring from the masks of {src}"
-                               + (f"; {differs[0]}" if differs else ""))
+    write_records(out, records + skipped)  # the records are recomputed whole, never appended to
+    provenance = _provenance(source, identity, src, len(ids), len(skipped),
+                             {"source": str(src), "source_fingerprint": stored.get("fingerprint"),
+                              "source_protocol": source_protocol, "scoring": protocol, "geometry": source_geometry})
     info.update(protocol=protocol, geometry=source_geometry)
     return write_metrics(out, totals, records + skipped, run=info, provenance=provenance,
                          config=source["config"], code=code_version(), versions=versions())
@@ -169,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for name, s in result["methods"].items():
         print(f"{name:<14} ACC {s.get('acc') or 0.0:5.1f}  mIoU {s.get('miou') or 0.0:5.1f}  images {s['images']}")
-    print(f"-> {Path(args.out) / METRICS_FILE}")
+    print(f"-> {metrics_path(args.out)}")
     return 0
 
 

@@ -12,7 +12,8 @@ import pytest
 from eval.compare import ImageStats, analyse, compare_runs, load_intervals, main
 from eval.data.coco_stuff import COCO_STUFF27_CLASSES
 from eval.metrics import scores
-from eval.run.records import RunRecords, accumulate, method_scores, write_metrics
+from eval.run.records import RunRecords, write_metrics
+from eval.run.totals import accumulate, method_scores
 
 C = 5  # classes of the synthetic runs
 

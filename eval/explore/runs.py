@@ -22,27 +22,23 @@ Every problem is a :class:`RunError` whose message names the path and what to do
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from diffseg.masks import MaskFileError, read_mask_png
+from eval import folder
 from eval.compare import ImageStats, per_image_miou
+from eval.folder import FolderError
+from eval.folder.layout import METRICS_JSON
 from eval.metrics.protocols import ProtocolError, apply_protocol
-from eval.report.coco_results import CocoResults
 from eval.report.figures import match_to_classes, resize_nearest
 from eval.run.build import build_dataset
-from eval.run.mask_files import method_stem
 from eval.run.provenance import banner, images_note
-from eval.run.records import METRICS_FILE, load_run_records
 from eval.stats.runs import class_names
 
 __all__ = ["ALL_CLASSES", "RunError", "RunFolder", "compare_runs", "matched_colours"]
@@ -52,55 +48,22 @@ IMAGE_COLUMN = "image"
 CLASSES_COLUMN = "classes in the label"
 
 
-class RunError(ValueError):
+class RunError(FolderError):
     """A run folder the explorer cannot show (the message says which path and what to do)."""
 
 
-@dataclass
-class RunFolder:
-    """One finished run folder (see the module docstring); open it with :meth:`open`."""
+class RunFolder(folder.RunFolder):
+    """One finished run folder as the explorer shows it (see the module docstring); open it with :meth:`open`.
 
-    path: Path
-    metrics: dict[str, Any]
-    records: dict[str, dict[str, Any]]
-    _dataset: Any = field(default=None, repr=False)
-    _coco: dict[str, CocoResults] | None = field(default=None, repr=False)
+    The files (metrics.json, records, saved masks) are read by :class:`eval.folder.RunFolder`."""
 
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> RunFolder:
-        folder = Path(path)
-        if not folder.is_dir():
-            raise RunError(f"{folder}: no such run folder; give a folder written by python -m eval.run "
-                           "(it holds metrics.json and per_image.jsonl)")
-        metrics_path = folder / METRICS_FILE
-        if not metrics_path.is_file():
-            raise RunError(f"{folder}: no {METRICS_FILE}, so the run has not finished; run python -m eval.run "
-                           f"again with hydra.run.dir={folder} to finish it")
-        try:
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunError(f"{metrics_path}: unreadable ({exc}); run python -m eval.run again in {folder}") from exc
-        if not isinstance(metrics, dict) or not isinstance(metrics.get("methods"), dict):
-            raise RunError(f"{metrics_path}: not a metrics.json of python -m eval.run (no 'methods')")
-        records = {i: r for i, r in load_run_records(folder).items() if "methods" in r}
-        if not records:
-            raise RunError(f"{folder}: no per-image records (per_image.jsonl) of an evaluated image; "
-                           "the table needs them: run python -m eval.run again in this folder")
-        return cls(folder, metrics, records)
+    error = RunError
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self._dataset: Any = None
 
     # ----------------------------------------------------------------------------------------- facts
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def dataset(self) -> str:
-        return str((self.metrics.get("run") or {}).get("dataset", "?"))
-
-    @cached_property
-    def ids(self) -> list[str]:
-        return sorted(self.records)
-
     @cached_property
     def methods(self) -> list[str]:
         """Methods in metrics.json order that have per-image records."""
@@ -201,47 +164,6 @@ class RunFolder:
         return {m: list(self.metrics["methods"][m].get("iou") or []) for m in self.methods
                 if m in self.metrics["methods"]}
 
-    # ----------------------------------------------------------------------------------------- masks
-    def _coco_results(self) -> dict[str, CocoResults]:
-        """COCO RLE results under ``masks/`` by method: ``masks/<method>.json`` or ``masks/<method>/*.json``."""
-        if self._coco is None:
-            self._coco = {}
-            slugs = {method_stem(m): m for m in self.methods}
-            for path in sorted((self.path / "masks").rglob("*.json")):
-                method = slugs.get(path.stem) or slugs.get(path.parent.name)
-                if method is None or method in self._coco:
-                    continue
-                try:
-                    self._coco[method] = CocoResults.load(path)
-                except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-                    raise RunError(f"{path}: not a readable COCO results file ({exc})") from exc
-        return self._coco
-
-    def mask_format(self) -> str | None:
-        """``"PNG"``, ``"COCO RLE"`` or None when the run saved no masks."""
-        folder = self.path / "masks"
-        if any((folder / method_stem(m)).glob("*.png") for m in self.methods if (folder / method_stem(m)).is_dir()):
-            return "PNG"
-        if folder.is_dir() and self._coco_results():
-            return "COCO RLE"
-        return None
-
-    def mask(self, method: str, image_id: str) -> np.ndarray | None:
-        """The saved ``(H, W)`` segment-id mask of ``method`` on ``image_id``, or None when not saved."""
-        png = self.path / "masks" / method_stem(method) / f"{image_id.replace('/', '_')}.png"
-        if png.is_file():
-            try:
-                return read_mask_png(png)
-            except MaskFileError as exc:
-                raise RunError(f"{png}: unreadable mask ({exc})") from exc
-        results = self._coco_results().get(method)
-        if results is not None and image_id in results.image_ids:
-            try:
-                return results.mask(image_id)
-            except ValueError as exc:
-                raise RunError(f"{self.path / 'masks'}: the COCO RLE mask of {image_id} is broken ({exc})") from exc
-        return None
-
     # ---------------------------------------------------------------------------------- image and label
     @property
     def protocol(self) -> str:
@@ -256,7 +178,7 @@ class RunFolder:
             config = self.metrics.get("config") or {}
             node = config.get("dataset")
             if not isinstance(node, dict) or not ("_target_" in node or isinstance(node.get("dataset"), dict)):
-                raise RunError(f"{self.path / METRICS_FILE}: no dataset config recorded, so the images cannot be "
+                raise RunError(f"{self.path / METRICS_JSON}: no dataset config recorded, so the images cannot be "
                                "found")
             node = {**node, "limit": None, "shard": None}
             if isinstance(node.get("dataset"), dict):  # a config saved before the dataset node was flattened
@@ -269,7 +191,7 @@ class RunFolder:
             try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
                 apply_protocol(OmegaConf.create({**config, "dataset": node}), dataset)
             except ProtocolError as exc:
-                raise RunError(f"{self.path / METRICS_FILE}: the run's protocol cannot be applied ({exc})") from exc
+                raise RunError(f"{self.path / METRICS_JSON}: the run's protocol cannot be applied ({exc})") from exc
             self._dataset = dataset
         return self._dataset
 

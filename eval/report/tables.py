@@ -34,6 +34,8 @@ import pandas as pd
 from eval.atomic import write_text_atomic
 from eval.compare import load_intervals
 from eval.data.classes import dataset_title
+from eval.folder.layout import METRICS_JSON
+from eval.folder.metrics_json import read_metrics
 from eval.report.ledger import Claim, claims_for, load_ledger, render_claims
 from eval.report.markdown import check_out_dir, markdown_rows, slug
 from eval.run.provenance import banner, images_note, method_label, protocol_key
@@ -60,7 +62,7 @@ def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
         if p.is_file():
             files.append(p)
         elif p.is_dir():
-            files.extend(sorted(p.rglob("metrics.json")))
+            files.extend(sorted(p.rglob(METRICS_JSON)))
         else:
             raise FileNotFoundError(f"no such run folder or file: {p}")
     runs, seen = [], set()
@@ -69,12 +71,7 @@ def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
         if key in seen:
             continue
         seen.add(key)
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-            raise ValueError(f"{f}: not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{f}: not a metrics.json (a JSON {type(data).__name__}, not an object)")
+        data = read_metrics(f)  # a FolderError (ValueError) naming the file when it is not a JSON object
         data["_path"] = str(f)
         runs.append(data)
     return runs
@@ -92,7 +89,7 @@ def _num(value: Any) -> float:
 
 def _run_dir(run: dict[str, Any]) -> str:
     """Folder of a run's metrics.json, as given."""
-    return str(Path(run.get("_path", "metrics.json")).parent)
+    return str(Path(run.get("_path", METRICS_JSON)).parent)
 
 
 def main_table(runs: Sequence[dict[str, Any]], dataset: str, ledger: Sequence[Claim] | None = None,

@@ -69,8 +69,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eval.atomic import write_json_atomic
 from eval.config_path import config_dir
+from eval.folder.errors import RunMismatchError
+from eval.folder.layout import RUN_JSON as IDENTITY_FILE
+from eval.folder.masks import saved_mask_format
+from eval.folder.run_json import read_run_json, run_json_path, write_run_json
 from eval.metrics.protocols import protocol_settings
 from eval.run.weights import weights_identity
 
@@ -90,6 +93,7 @@ __all__ = [
     "code_version_of",
     "data_identity",
     "diff_settings",
+    "read_run_json",
     "file_digests",
     "fingerprint_of",
     "identity_of",
@@ -98,7 +102,6 @@ __all__ = [
     "versions",
 ]
 
-IDENTITY_FILE = "run.json"
 SYNTHETIC_MARKER = "SYNTHETIC.txt"
 # Keys of the dataset node that only choose which images (or where they are).
 _SELECTION_KEYS = ("root", "limit", "shard")
@@ -106,10 +109,6 @@ _SELECTION_KEYS = ("root", "limit", "shard")
 _SPEED_KEYS: tuple[str, ...] = ()
 # Libraries whose version is part of the code version (they compute the maps and features).
 _CODE_LIBRARIES = ("torch", "diffusers", "transformers")
-
-
-class RunMismatchError(RuntimeError):
-    """A run folder's results were made under other settings than the ones requested."""
 
 
 class CodeVersionError(RunMismatchError):
@@ -231,14 +230,14 @@ def check_run_folder(out_dir: str | os.PathLike, identity: RunIdentity, has_reco
     Returns the folder's ``run.json`` content.
     """
     out = Path(out_dir)
-    path = out / IDENTITY_FILE
+    path = run_json_path(out)
     hint = ("Results of different settings are never mixed: start a new folder (drop `hydra.run.dir=...` "
             "to get a fresh time-stamped one, or name another), or run again with the folder's settings.")
     if not has_records:
         # A new folder, or one whose earlier start recorded no image (it stopped on missing weights,
         # say): there is nothing to protect, so the folder belongs to the settings requested now.
         content = identity.to_json()
-        write_json_atomic(path, content)
+        write_run_json(out, content)
         return content
     if not path.exists():
         raise RunMismatchError(
@@ -266,8 +265,6 @@ def check_outputs(out_dir: str | os.PathLike, stored: dict[str, Any], outputs: d
 
     A ``run.json`` written before it had ``outputs`` counts as the masks the folder holds.
     """
-    from eval.run.mask_files import saved_mask_format
-
     had = stored.get("outputs") or {"save_masks": saved_mask_format(out_dir)}
     changes = [f"{key}: {json.dumps(had.get(key))} -> {json.dumps(value)}" for key, value in outputs.items()
                if had.get(key) != value]
@@ -276,21 +273,6 @@ def check_outputs(out_dir: str | os.PathLike, stored: dict[str, Any], outputs: d
             f"{out_dir} holds results written with other output settings ({'; '.join(changes)}): its masks "
             "would cover only part of the images its metrics.json lists. Run again with the folder's "
             f"save_masks={had.get('save_masks') or 'false'}, or start a new folder.")
-
-
-def read_run_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A ``run.json``'s content; :class:`RunMismatchError` naming the file when it is not a JSON object."""
-    path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunMismatchError(
-            f"{path} is not valid JSON ({exc}): it was damaged or edited. Restore it (it names the settings of "
-            f"the per-image results beside it), or start a new folder.") from None
-    if not isinstance(content, dict):
-        raise RunMismatchError(f"{path} is not a run identity (a JSON object expected): restore it, "
-                               "or start a new folder.")
-    return content
 
 
 def check_code_version(out_dir: str | os.PathLike, stored: dict[str, Any], records: dict[str, dict[str, Any]],

@@ -41,14 +41,19 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from eval.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from eval.atomic import write_bytes_atomic
 from eval.data.loader import DuplicateIdsError, parse_shard
-from eval.report.coco_results import CocoResults
+from eval.folder import RunFolder
+from eval.folder.coco_results import CocoResults
+from eval.folder.layout import MASK_DIR, RECORDS_FILE, coco_json_path, is_records_file, mask_png_path
+from eval.folder.masks import saved_mask_format
+from eval.folder.metrics_json import metrics_path, write_metrics
+from eval.folder.records import load_run_records, write_records
+from eval.folder.run_json import run_json_path, write_run_json
 from eval.run.build import build_dataset
-from eval.run.identity import IDENTITY_FILE, RunMismatchError, code_id, diff_settings, file_digests, read_run_json
-from eval.run.mask_files import MASK_DIR, method_stem, saved_mask_format
+from eval.run.identity import RunMismatchError, code_id, diff_settings, file_digests, read_run_json
 from eval.run.provenance import build_provenance, tally
-from eval.run.records import METRICS_FILE, RECORDS_FILE, accumulate, load_run_records, method_scores, write_metrics
+from eval.run.totals import accumulate, method_scores
 from eval.run.unknown_labels import summarise_unknown
 
 __all__ = ["MergeError", "main", "merge_runs"]
@@ -59,32 +64,21 @@ class MergeError(ValueError):
 
 
 def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    metrics_path, identity_path = folder / METRICS_FILE, folder / IDENTITY_FILE
-    for path in (metrics_path, identity_path):
+    """A shard's metrics.json and run.json (:class:`MergeError` naming what is missing or damaged)."""
+    metrics_file, identity_file = metrics_path(folder), run_json_path(folder)
+    for path in (metrics_file, identity_file):
         if not path.exists():
             raise MergeError(f"merge: {path} not found (is {folder} a finished run folder of this version?)")
     try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergeError(f"merge: {metrics_path} is not valid JSON ({exc}): run the shard again "
-                         "to rewrite it") from None
+        metrics = RunFolder(folder).metrics
+    except ValueError as exc:
+        raise MergeError(f"merge: {exc}: run the shard again to rewrite it") from None
     if "provenance" not in metrics:
-        raise MergeError(f"merge: {metrics_path} has no provenance record (made by an older version)")
+        raise MergeError(f"merge: {metrics_file} has no provenance record (made by an older version)")
     try:
-        return metrics, read_run_json(identity_path)
+        return metrics, read_run_json(identity_file)
     except RunMismatchError as exc:
         raise MergeError(f"merge: {exc}") from None
-
-
-_RESULT_FILES = (METRICS_FILE, IDENTITY_FILE)
-
-
-def _holds_results(folder: Path) -> list[str]:
-    """Names of the result files in ``folder`` (metrics.json, run.json, per-image records)."""
-    if not folder.is_dir():
-        return []
-    return sorted({p.name for p in folder.iterdir() if p.name in _RESULT_FILES or p.name == MASK_DIR
-                   or (p.name.startswith("per_image") and p.name.endswith(".jsonl"))})
 
 
 def _check_output(dirs: Sequence[Path], out: Path, force: bool) -> list[str]:
@@ -93,7 +87,7 @@ def _check_output(dirs: Sequence[Path], out: Path, force: bool) -> list[str]:
         if d.resolve() == out.resolve():
             raise MergeError(f"merge: the output folder {out} is one of the shards; a merge never writes into its "
                              "inputs (not even with --force): pass another --out")
-    found = _holds_results(out)
+    found = RunFolder(out).result_files()
     if found and not force:
         raise MergeError(f"merge: the output folder {out} already holds results ({', '.join(found)}); pass another "
                          "--out, or --force to replace them")
@@ -181,9 +175,8 @@ def _mask_plan(dirs: Sequence[Path], identities: Sequence[dict[str, Any]], metho
     fmt = next(iter(formats.values()))
     plan: dict[str, Any] = {}
     for name in methods if fmt else []:
-        stem = method_stem(name)
         if fmt == "png":
-            files = [(owner[i] / MASK_DIR / stem / f"{i.replace('/', '_')}.png", i) for i in evaluated]
+            files = [(mask_png_path(owner[i], name, i), i) for i in evaluated]
             missing = [str(f) for f, _ in files if not f.is_file()]
             if missing:
                 raise MergeError(f"merge: {len(missing)} saved mask(s) of {name} missing, first {missing[0]}")
@@ -191,7 +184,7 @@ def _mask_plan(dirs: Sequence[Path], identities: Sequence[dict[str, Any]], metho
             continue
         loaded: dict[Path, dict[str, list[dict[str, Any]]]] = {}
         for d in dirs:
-            path = d / MASK_DIR / f"{stem}.json"
+            path = coco_json_path(d, name)
             try:
                 by_image: dict[str, list[dict[str, Any]]] = {}
                 for record in CocoResults.load(path).records():
@@ -212,10 +205,81 @@ def _write_masks(out: Path, fmt: str | None, plan: dict[str, Any]) -> None:
     for name, item in plan.items():
         if fmt == "png":
             for source, image_id in item:
-                write_bytes_atomic(out / MASK_DIR / method_stem(name) / f"{image_id.replace('/', '_')}.png",
-                                   source.read_bytes())
+                write_bytes_atomic(mask_png_path(out, name, image_id), source.read_bytes())
         else:
-            item.save(out / MASK_DIR / f"{method_stem(name)}.json")
+            item.save(coco_json_path(out, name))
+
+
+def _check_one_experiment(dirs: Sequence[Path], metas: Sequence[dict[str, Any]],
+                          identities: Sequence[dict[str, Any]]) -> None:
+    """Refuse shards of other datasets, settings (each difference named), limits or methods than the first."""
+    first, first_id = metas[0], identities[0]
+    for d, meta, ident in zip(dirs[1:], metas[1:], identities[1:], strict=True):
+        if meta["run"]["dataset"] != first["run"]["dataset"]:
+            raise MergeError(f"merge: {d} is a {meta['run']['dataset']} run, not {first['run']['dataset']}")
+        if ident["fingerprint"] != first_id["fingerprint"]:
+            changes = diff_settings({"settings": first_id["settings"], "data": first_id["data"]},
+                                    {"settings": ident["settings"], "data": ident["data"]})
+            raise MergeError(f"merge: {d} was run under other settings than {dirs[0]}:\n"
+                             + "\n".join(f"  {c}" for c in changes))
+        if meta["run"].get("limit") != first["run"].get("limit"):
+            raise MergeError(f"merge: {d} has dataset.limit={meta['run'].get('limit')}, "
+                             f"{dirs[0]} has {first['run'].get('limit')}")
+        if list(meta["methods"]) != list(first["methods"]):
+            raise MergeError(f"merge: {d} evaluated other methods than {dirs[0]}")
+
+
+def _gather_records(dirs: Sequence[Path], metas: Sequence[dict[str, Any]]
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Path], int]:
+    """The records of the images each shard's metrics.json rests on, the shard of each image, the images selected."""
+    records: dict[str, dict[str, Any]] = {}
+    owner: dict[str, Path] = {}
+    selected = 0
+    for d, meta in zip(dirs, metas, strict=True):
+        shard_records = load_run_records(d)
+        ids = list(meta.get("image_ids") or []) + [i for i, _ in meta.get("skipped") or []]
+        for image_id in ids:
+            if image_id in owner:
+                raise MergeError(f"merge: image {image_id} appears in {owner[image_id]} and {d}")
+            if image_id not in shard_records:
+                raise MergeError(f"merge: {d}: image {image_id} of metrics.json has no per-image record")
+            owner[image_id] = d
+            records[image_id] = shard_records[image_id]
+        selected += int(meta["provenance"]["images"]["selected"])
+    return records, owner, selected
+
+
+def _merged_provenance(dirs: Sequence[Path], metas: Sequence[dict[str, Any]], identities: Sequence[dict[str, Any]],
+                       records: dict[str, dict[str, Any]], owner: dict[str, Path], selected: int,
+                       incomplete: bool) -> dict[str, Any]:
+    """The provenance one run over the merged images would have written (every shard's code versions)."""
+    ordered = [records[i] for i in sorted(records)]
+    evaluated = sum("methods" in r for r in ordered)
+    code_versions: dict[str, int] = {}
+    for d, ident in zip(dirs, identities, strict=True):  # a record without "code" counts as its shard's run.json
+        mine = [records[i] for i in sorted(records) if owner[i] == d]
+        for version, n in tally(mine, "code", code_id(ident.get("code") or {})).items():
+            code_versions[version] = code_versions.get(version, 0) + n
+    lists = {json.dumps(m["provenance"].get("image_list"), sort_keys=True) for m in metas}
+    if len(lists) > 1:
+        raise MergeError("merge: the shards list different images (provenance image_list differs): "
+                         "shards of one run share one image list")
+    first_id = identities[0]
+    return build_provenance(
+        first_id["fingerprint"], first_id["settings"], first_id["data"],
+        random_weights=any(m["provenance"]["random_weights"] for m in metas),
+        evaluated=evaluated, skipped=len(ordered) - evaluated, selected=selected, partial_merge=incomplete,
+        code_versions=dict(sorted(code_versions.items())), batch_sizes=tally(ordered, "batch_size"),
+        threads=tally(ordered, "threads"), image_list=metas[0]["provenance"].get("image_list"))
+
+
+def _clear_stale(out: Path, stale: Sequence[str]) -> None:
+    """``--force``: remove the old per-image files and masks (they would otherwise be read with the new ones)."""
+    for name in stale:
+        if name == MASK_DIR:
+            shutil.rmtree(out / name)
+        elif is_records_file(name) and name != RECORDS_FILE:
+            (out / name).unlink()
 
 
 def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_partial: bool = False,
@@ -237,56 +301,14 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_part
     metas = [m for m, _ in loaded]
     identities = [i for _, i in loaded]
     first, first_id = metas[0], identities[0]
-    for d, meta, ident in zip(dirs[1:], metas[1:], identities[1:], strict=True):
-        if meta["run"]["dataset"] != first["run"]["dataset"]:
-            raise MergeError(f"merge: {d} is a {meta['run']['dataset']} run, not {first['run']['dataset']}")
-        if ident["fingerprint"] != first_id["fingerprint"]:
-            changes = diff_settings({"settings": first_id["settings"], "data": first_id["data"]},
-                                    {"settings": ident["settings"], "data": ident["data"]})
-            raise MergeError(f"merge: {d} was run under other settings than {dirs[0]}:\n"
-                             + "\n".join(f"  {c}" for c in changes))
-        if meta["run"].get("limit") != first["run"].get("limit"):
-            raise MergeError(f"merge: {d} has dataset.limit={meta['run'].get('limit')}, "
-                             f"{dirs[0]} has {first['run'].get('limit')}")
-        if list(meta["methods"]) != list(first["methods"]):
-            raise MergeError(f"merge: {d} evaluated other methods than {dirs[0]}")
+    _check_one_experiment(dirs, metas, identities)
     incomplete = _check_shard_set(dirs, metas, allow_partial)
-
-    records: dict[str, dict[str, Any]] = {}
-    owner: dict[str, Path] = {}
-    selected = 0
-    for d, meta in zip(dirs, metas, strict=True):
-        shard_records = load_run_records(d)
-        ids = list(meta.get("image_ids") or []) + [i for i, _ in meta.get("skipped") or []]
-        for image_id in ids:
-            if image_id in owner:
-                raise MergeError(f"merge: image {image_id} appears in {owner[image_id]} and {d}")
-            if image_id not in shard_records:
-                raise MergeError(f"merge: {d}: image {image_id} of metrics.json has no per-image record")
-            owner[image_id] = d
-            records[image_id] = shard_records[image_id]
-        selected += int(meta["provenance"]["images"]["selected"])
-
+    records, owner, selected = _gather_records(dirs, metas)
     ordered = [records[i] for i in sorted(records)]
-    evaluated = sum("methods" in r for r in ordered)
     _check_same_data(first["config"], records, owner)
     mask_format, masks = _mask_plan(dirs, identities, list(first["methods"]),
                                     owner, [r["id"] for r in ordered if "methods" in r])
-    code_versions: dict[str, int] = {}
-    for d, ident in zip(dirs, identities, strict=True):  # a record without "code" counts as its shard's run.json
-        mine = [records[i] for i in sorted(records) if owner[i] == d]
-        for version, n in tally(mine, "code", code_id(ident.get("code") or {})).items():
-            code_versions[version] = code_versions.get(version, 0) + n
-    lists = {json.dumps(m["provenance"].get("image_list"), sort_keys=True) for m in metas}
-    if len(lists) > 1:
-        raise MergeError("merge: the shards list different images (provenance image_list differs): "
-                         "shards of one run share one image list")
-    provenance = build_provenance(
-        first_id["fingerprint"], first_id["settings"], first_id["data"],
-        random_weights=any(m["provenance"]["random_weights"] for m in metas),
-        evaluated=evaluated, skipped=len(ordered) - evaluated, selected=selected, partial_merge=incomplete,
-        code_versions=dict(sorted(code_versions.items())), batch_sizes=tally(ordered, "batch_size"),
-        threads=tally(ordered, "threads"), image_list=metas[0]["provenance"].get("image_list"))
+    provenance = _merged_provenance(dirs, metas, identities, records, owner, selected, incomplete)
     config = first["config"]
     config.get("dataset", {})["shard"] = None
     run = {**first["run"], "shard": None}
@@ -294,14 +316,10 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path, allow_part
                     "versions": m.get("versions")} for d, m in zip(dirs, metas, strict=True)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in stale:  # --force: old per-image files and masks would otherwise be read with the new ones
-        if name == MASK_DIR:
-            shutil.rmtree(out / name)
-        elif name.startswith("per_image") and name != RECORDS_FILE:
-            (out / name).unlink()
+    _clear_stale(out, stale)
     _write_masks(out, mask_format, masks)
-    write_json_atomic(out / IDENTITY_FILE, first_id)
-    write_text_atomic(out / RECORDS_FILE, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in ordered))
+    write_run_json(out, first_id)
+    write_records(out, ordered)
     tags = {name: m.get("ablation") for name, m in first["methods"].items()}
     metrics = accumulate(ordered, int(config["dataset"]["num_classes"]))
     unknown = {**summarise_unknown(ordered, int(config["dataset"]["size"]) ** 2),

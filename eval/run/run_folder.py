@@ -31,10 +31,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from eval.folder.layout import LOCK_FILE
+
 __all__ = ["LOCK_FILE", "CheckRunFolder", "FolderLock", "FolderLockedError", "RunFolderError", "check_writable",
            "remove_if_new_and_empty", "storage_error"]
 
-LOCK_FILE = "run.lock"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 

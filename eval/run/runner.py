@@ -42,6 +42,7 @@ from diffseg.preprocess import LabelFormatError
 from eval.atomic import write_text_atomic
 from eval.config_path import config_dir
 from eval.data.loader import DuplicateIdsError, build_loader
+from eval.folder import layout
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.metrics.protocols import ProtocolError, apply_protocol, protocol_settings
 from eval.report.figures import QualitativeSamples
@@ -68,7 +69,7 @@ from eval.run.mask_files import MaskWriter, mask_format, prune_mask_parts
 from eval.run.methods import build_methods
 from eval.run.passes import BackbonePasses
 from eval.run.provenance import banner, build_provenance, tally
-from eval.run.records import METRICS_FILE, RECORDS_FILE, RunRecords, load_run_records, write_metrics
+from eval.run.records import METRICS_FILE, RunRecords, load_run_records, write_metrics
 from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, remove_if_new_and_empty, storage_error
 from eval.run.settings import SettingError, validate
 from eval.run.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
@@ -144,7 +145,7 @@ class _RunLog:
         if self.buffer is None:
             return
         root = logging.getLogger()
-        path = (out_dir / "run.log").resolve()
+        path = (out_dir / layout.LOG_FILE).resolve()
         if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
             self.handler = logging.FileHandler(path, encoding="utf-8")
             self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
@@ -229,10 +230,10 @@ def _save_hydra_files(out_dir: Path, cfg: DictConfig, hydra_config: DictConfig |
     """
     if hydra_config is None:
         return
-    folder = out_dir / ".hydra"
-    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
-    write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_config})))
-    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_config.overrides.task))
+    folder = out_dir / layout.HYDRA_DIR
+    write_text_atomic(folder / layout.CONFIG_YAML, OmegaConf.to_yaml(cfg))
+    write_text_atomic(folder / layout.HYDRA_YAML, OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_config})))
+    write_text_atomic(folder / layout.OVERRIDES_YAML, OmegaConf.to_yaml(hydra_config.overrides.task))
 
 
 @contextlib.contextmanager
@@ -362,8 +363,8 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
     num_classes = int(cfg.dataset.num_classes)
     methods, dataset, identity, selected = plan.methods, plan.dataset, plan.identity, plan.selected
     masks_out = MaskWriter(out_dir, mask_format(cfg.save_masks), num_classes, cfg.dataset.get("background"),
-                           plan.protocol, part=f".rank{ctx.rank}" if ctx.active else "")
-    records_file = RunRecords(out_dir, RECORDS_FILE if not ctx.active else f"per_image.rank{ctx.rank}.jsonl")
+                           plan.protocol, rank=ctx.rank if ctx.active else None)
+    records_file = RunRecords(out_dir, layout.records_file(ctx.rank if ctx.active else None))
     done = [i for i in selected if "methods" in records.get(i, {})]
     todo = [i for i in selected if "methods" not in records.get(i, {})]
     dataset.ids = split(todo, ctx)
@@ -459,7 +460,7 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
                                 getattr(dataset, "image_list", lambda: None)())
         if "result" in outcome:
             masks_out.finish(outcome["result"]["methods"], outcome["result"]["image_ids"])
-            samples.write(out_dir / "qualitative.png", list(getattr(dataset, "classes", []) or []),
+            samples.write(out_dir / layout.QUALITATIVE_PNG, list(getattr(dataset, "classes", []) or []),
                           banner([outcome["result"]]))
     outcome = ctx.broadcast(outcome)
     if "error" in outcome:
@@ -533,7 +534,7 @@ def _remove_stray_folder(own: Path, shared: Path) -> None:
     the run uses rank 0's, so another rank's own folder is removed when it holds only Hydra's files."""
     if own.resolve() == shared.resolve() or not own.is_dir():
         return
-    if {p.name for p in own.iterdir()} <= {".hydra", "run.log"}:
+    if {p.name for p in own.iterdir()} <= {layout.HYDRA_DIR, layout.LOG_FILE}:
         shutil.rmtree(own, ignore_errors=True)
 
 

@@ -70,7 +70,7 @@ class ImageStats:
     @classmethod
     def from_records(cls, rows: Sequence[dict[str, Any]]) -> ImageStats:
         """From one method's per-image record entries (``{"tp": [C], "fp": [C], "fn": [C], "valid": int}``
-        each, :mod:`eval.run.records`), in image order; KeyError/TypeError/ValueError when malformed."""
+        each, :mod:`eval.folder.records`), in image order; KeyError/TypeError/ValueError when malformed."""
         tp, fp, fn = (np.asarray([r[k] for r in rows], dtype=np.int64).reshape(len(rows), -1)
                       for k in ("tp", "fp", "fn"))
         return cls(tp, fp, fn, np.asarray([r["valid"] for r in rows], dtype=np.int64))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from eval.atomic import write_text_atomic
+from eval.folder import layout
 from eval.report.markdown import markdown_rows, slug
 from eval.stats.analysis import INTERVAL_NAMES, ImageStats, per_image_miou
 
@@ -136,10 +137,9 @@ def _load_masks(run_path: Path, method: str, ids: Sequence[str]) -> dict[str, np
     """Saved masks ``masks/<method>/<id>.png`` of ``ids`` (None unless all exist)."""
     from PIL import Image
 
-    folder = run_path / "masks" / method.replace("/", "_")
     out = {}
     for image_id in ids:
-        path = folder / f"{image_id.replace('/', '_')}.png"
+        path = layout.mask_png_path(run_path, method, image_id)
         if not path.is_file():
             return None
         with Image.open(path) as img:
@@ -158,10 +158,10 @@ def _figures(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Sequenc
     iou_points = {labels[k]: [None if e is None else e[0] for e in methods[k]["iou"]] for k in stats}
     iou_ranges = {labels[k]: [None if e is None or e[1] is None else (e[1], e[2]) for e in methods[k]["iou"]]
                   for k in stats}
-    written = [per_class_iou_bars(compare["classes"], iou_points, out / "per_class_iou.png", intervals=iou_ranges,
+    written = [per_class_iou_bars(compare["classes"], iou_points, out / layout.PER_CLASS_IOU_PNG, intervals=iou_ranges,
                                   banner=short)]
     per_image = {k: per_image_miou(s) for k, s in stats.items()}
-    written.append(per_image_distribution({labels[k]: v for k, v in per_image.items()}, out / "per_image_miou.png",
+    written.append(per_image_distribution({labels[k]: v for k, v in per_image.items()}, out / layout.PER_IMAGE_MIOU_PNG,
                                           dataset_level={labels[k]: methods[k]["miou"][0] for k in stats},
                                           banner=short))
     md: list[str] = []
@@ -173,7 +173,7 @@ def _figures(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Sequenc
         best = [(ids[i], float(values[i])) for i in order[::-1][:count]]
         masks = _load_masks(Path(methods[key]["run"]), methods[key]["method"], [i for i, _ in worst + best])
         extremes[key] = {"worst": [list(w) for w in worst], "best": [list(b) for b in best], "masks": masks is not None}
-        fig = image_extremes(worst, best, out / f"extremes_{slug(key, 'method')}.png",
+        fig = image_extremes(worst, best, out / layout.extremes_png(slug(key, 'method')),
                              title=f"{labels[key]}: per-image mIoU", masks=masks, banner=short)
         written.append(fig)
         md += [f"### {labels[key]}", "", "Worst: " + ", ".join(f"`{i}` ({v:.1f})" for i, v in worst),
@@ -249,9 +249,9 @@ def write_report(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Seq
            "aid only, the reported mIoU is dataset level (marked).", "", "![per-image mIoU](per_image_miou.png)",
            "", "## Worst and best images", "", "By per-image mIoU (ties by id).", "", *extremes_md,
            *_runs_md(compare["runs"])]
-    written += [write_text_atomic(out / "compare.md", "\n".join(md) + "\n"),
-                write_text_atomic(out / "methods.csv", methods_csv),
-                write_text_atomic(out / "per_class_iou.csv", class_csv)]
+    written += [write_text_atomic(out / layout.COMPARE_MD, "\n".join(md) + "\n"),
+                write_text_atomic(out / layout.METHODS_CSV, methods_csv),
+                write_text_atomic(out / layout.PER_CLASS_IOU_CSV, class_csv)]
     if compare["pairs"]:
-        written.append(write_text_atomic(out / "pairs.csv", pairs_csv))
+        written.append(write_text_atomic(out / layout.PAIRS_CSV, pairs_csv))
     return written

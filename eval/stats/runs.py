@@ -1,8 +1,8 @@
 """Run folders as inputs of a comparison: loading, comparability checks, seed groups.
 
-A run folder holds ``metrics.json`` and ``per_image.jsonl`` (:mod:`eval.run.records`) and,
-from the runner, ``run.json`` (:mod:`eval.run.identity`) with every setting that can change
-a per-image result. Runs whose settings differ only in seeds (any setting whose name
+A run folder (read through :class:`eval.folder.RunFolder`) holds ``metrics.json``, the per-image
+records and ``run.json`` (:mod:`eval.run.identity`) with every setting that can change a
+per-image result. Runs whose settings differ only in seeds (any setting whose name
 ends in ``seed``, e.g. the folders of ``-m seed=0,1,2``) are one setting run several
 times: their methods become one method with several seed runs.
 """
@@ -10,47 +10,36 @@ times: their methods become one method with several seed runs.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from eval.data.classes import dataset_classes
-from eval.run.records import METRICS_FILE, load_run_records
+from eval.folder import FolderError, RunFolder
 from eval.stats.analysis import ImageStats
 
 __all__ = ["CompareError", "Run", "class_names", "comparable_ids", "flatten", "ids_sha256", "load_run", "method_groups",
            "method_settings", "seed_groups"]
 
-IDENTITY_FILE = "run.json"  # eval.run.identity.IDENTITY_FILE (that module imports torch; this one must not)
 
-
-class CompareError(ValueError):
+class CompareError(FolderError):
     """Runs that cannot be compared (different datasets or images, missing files)."""
 
 
-@dataclass
-class Run:
-    """One run folder: its metrics.json, its non-skipped records, its run.json settings (if any)."""
+class Run(RunFolder):
+    """One finished run folder as a comparison reads it (:class:`eval.folder.RunFolder`): its metrics.json,
+    its evaluated records, its run.json settings (:attr:`settings`, None without one)."""
 
-    path: Path
-    meta: dict[str, Any]
-    records: dict[str, dict[str, Any]]
-    settings: dict[str, Any] | None = None
+    error = CompareError
 
     @property
-    def dataset(self) -> str:
-        return str((self.meta.get("run") or {}).get("dataset", "?"))
-
-    @property
-    def ids(self) -> set[str]:
-        return set(self.records)
+    def meta(self) -> dict[str, Any]:
+        """The run's ``metrics.json`` content (:attr:`metrics`)."""
+        return self.metrics
 
     def method_names(self) -> list[str]:
         """Methods in metrics.json order, then any others found in the records."""
-        names = [m for m, v in (self.meta.get("methods") or {}).items() if (v or {}).get("images", 1)]
+        names = [m for m, v in (self.metrics.get("methods") or {}).items() if (v or {}).get("images", 1)]
         for record in self.records.values():
             names += [m for m in record["methods"] if m not in names]
         return names
@@ -69,25 +58,9 @@ class Run:
         except (KeyError, TypeError, ValueError) as exc:
             raise CompareError(f"{self.path}: malformed per-image stats of method {method!r}: {exc}") from exc
 
-    def provenance(self) -> dict[str, Any]:
-        """The run's provenance record; for an older metrics.json one derived from ``run.demo``."""
-        prov = self.meta.get("provenance")
-        if isinstance(prov, dict):
-            return prov
-        demo = bool((self.meta.get("run") or {}).get("demo"))
-        notes = ["random-weight backbone", "synthetic data"] if demo else []
-        return {"fingerprint": None, "random_weights": demo, "synthetic_data": demo, "partial": None,
-                "notes": notes + ["no provenance record in metrics.json (older run); derived from run.demo"]}
-
-    def marks(self) -> list[str]:
-        """Short marks for method labels: random weights, synthetic data, partial."""
-        prov = self.provenance()
-        keys = (("random_weights", "random weights"), ("synthetic_data", "synthetic data"), ("partial", "partial"))
-        return [mark for key, mark in keys if prov.get(key)]
-
     def check_totals(self, method: str, stats: ImageStats) -> None:
         """Raise if ``metrics.json``'s sums of ``method`` differ from its per-image records."""
-        saved = (self.meta.get("methods") or {}).get(method)
+        saved = (self.metrics.get("methods") or {}).get(method)
         if not saved or "tp" not in saved:
             return
         for key, ours in (("tp", stats.tp.sum(0)), ("fp", stats.fp.sum(0)), ("fn", stats.fn.sum(0))):
@@ -100,23 +73,10 @@ class Run:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    """Read a finished run folder; :class:`CompareError` naming what is missing."""
-    path = Path(path)
-    meta_path = path / METRICS_FILE
-    if not meta_path.is_file():
-        raise CompareError(f"{meta_path} not found: give finished run folders (each with metrics.json and "
-                           "per_image.jsonl), e.g. outputs/coco_stuff27")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        identity = json.loads((path / IDENTITY_FILE).read_text(encoding="utf-8")) \
-            if (path / IDENTITY_FILE).is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise CompareError(f"{path}: metrics.json or run.json is not valid JSON ({exc})") from exc
-    records = {i: r for i, r in load_run_records(path).items() if isinstance(r.get("methods"), dict)}
-    if not records:
-        raise CompareError(f"{path}: no per-image records (per_image.jsonl); this run cannot be compared")
-    settings = {"settings": identity["settings"], "data": identity.get("data")} if "settings" in identity else None
-    return Run(path, meta, records, settings)
+    """Read a finished run folder (its run.json too); :class:`CompareError` naming what is missing."""
+    run = Run.open(path)
+    _ = run.settings  # a damaged run.json is refused now, not in the middle of a comparison
+    return run
 
 
 def ids_sha256(ids: Sequence[str]) -> str:
@@ -135,11 +95,11 @@ def comparable_ids(runs: list[Run], intersect: bool) -> list[str]:
     if len(datasets) > 1:
         listing = ", ".join(f"{r.path} ({r.dataset})" for r in runs)
         raise CompareError(f"runs on different datasets cannot be compared: {listing}")
-    common = set.intersection(*(r.ids for r in runs))
+    common = set.intersection(*(set(r.ids) for r in runs))
     if not intersect:
         ref, problems = runs[0], []
         for run in runs[1:]:
-            only_ref, only_run = sorted(ref.ids - run.ids), sorted(run.ids - ref.ids)
+            only_ref, only_run = sorted(set(ref.ids) - set(run.ids)), sorted(set(run.ids) - set(ref.ids))
             if only_ref or only_run:
                 problems.append(f"{len(only_ref)} image(s) only in {ref.path} ({_first(only_ref)}) and "
                                 f"{len(only_run)} only in {run.path} ({_first(only_run)})")
