@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
-from eval.metrics.protocols import ProtocolError, apply_protocol, geometry_differences
-from eval.run.build import build_dataset
+from eval.metrics.protocols import ProtocolError, geometry_differences, get_protocol
+from eval.run.build import build_dataset, build_protocol
 from eval.run.identity import (
     IDENTITY_FILE,
     RunIdentity,
@@ -88,8 +88,9 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     cfg = OmegaConf.create(source["config"])
     if data_root is not None:
         cfg.dataset.root = data_root
-    dataset = build_dataset(cfg.dataset)
-    source_protocol = apply_protocol(cfg, dataset)  # the masks were made at the source run's geometry
+    source_protocol = build_protocol(cfg)  # the masks were made at the source run's geometry
+    dataset = build_dataset(cfg.dataset, source_protocol.geometry)
+    source_protocol = source_protocol.name
     info = dict(source.get("run") or {})
     source_geometry = str(info.get("geometry") or source_protocol)
     num_classes = int(cfg.dataset.num_classes)
@@ -109,7 +110,8 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     check_contents(src, source_records, dataset, ids)  # the labels are the files the run scored
     methods = source.get("methods") or {}
     saved = {name: load_saved_masks(src, name) for name in methods}
-    metrics = {name: HungarianSegmentationMetric(num_classes, background, protocol) for name in methods}
+    scoring = get_protocol(protocol)
+    metrics = {name: HungarianSegmentationMetric(num_classes, background, scoring) for name in methods}
     records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in ids]
     bar = tqdm(records, desc=f"rescore ({protocol})", unit="img", disable=not progress, file=sys.stderr)
     for record in bar:  # one label in memory at a time
@@ -120,7 +122,7 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
             if tuple(mask.shape) != tuple(label.shape):
                 raise RescoreError(f"{src}: mask of {name} for {image_id} is {tuple(mask.shape)} but its label is "
                                    f"{tuple(label.shape)}: was the dataset changed since the run?")
-            stats = image_stats(mask[None], label[None], num_classes, background, protocol)
+            stats = image_stats(mask[None], label[None], num_classes, background, scoring)
             metrics[name].add_stats(stats)
             record["methods"][name] = stats[0]
         for key in ("root", "files", "code", "batch_size"):  # what the source record says it was made from
@@ -148,7 +150,7 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
                               "geometry": source_geometry, "geometry_differs": differs}
     provenance["notes"].append(f"re-scored under {protocol}'s scoring from the masks of {src}"
                                + (f"; {differs[0]}" if differs else ""))
-    info.update(protocol=protocol, geometry=source_geometry)
+    info.update(protocol=protocol, geometry=source_geometry, protocol_label=scoring.describe(source_geometry))
     return write_metrics(out, totals, records + skipped, run=info, provenance=provenance,
                          config=source["config"], code=code_version(), versions=versions())
 

@@ -10,7 +10,7 @@ tp / fp / fn per class on every image). From them :class:`RunFolder` gives
 * the run's per-class IoU (``metrics.json``) and its provenance banner (random weights,
   synthetic data, partial data, settings other than the paper's; :mod:`eval.run.provenance`);
 * an image, its label (through the run's own dataset config, cut and resized with the geometry of
-  the run's protocol, :func:`eval.metrics.protocols.apply_protocol`) and each method's saved mask:
+  the run's protocol, :func:`eval.run.build.build_protocol`) and each method's saved mask:
   ``masks/<method>/<id>.png`` (``save_masks=true``) or COCO RLE results (a JSON list of
   :mod:`eval.report.coco_results` records under ``masks/``), coloured by the class each segment is
   matched to (the metric's Hungarian matching).
@@ -36,10 +36,10 @@ from omegaconf import OmegaConf
 
 from diffseg.masks import MaskFileError, read_mask_png
 from eval.compare import ImageStats, per_image_miou
-from eval.metrics.protocols import ProtocolError, apply_protocol
+from eval.metrics.protocols import ProtocolError
 from eval.report.coco_results import CocoResults
 from eval.report.figures import match_to_classes, resize_nearest
-from eval.run.build import build_dataset
+from eval.run.build import build_dataset, build_protocol
 from eval.run.mask_files import method_stem
 from eval.run.provenance import banner, images_note
 from eval.run.records import METRICS_FILE, load_run_records
@@ -251,7 +251,7 @@ class RunFolder:
 
     def dataset_object(self) -> Any:
         """The run's dataset, built from ``metrics.json["config"]`` (every id, no limit or shard), with the
-        geometry of the run's protocol (as the runner gives it, :func:`eval.metrics.protocols.apply_protocol`)."""
+        geometry of the run's protocol (as the runner gives it, :func:`eval.run.build.build_protocol`)."""
         if self._dataset is None:
             config = self.metrics.get("config") or {}
             node = config.get("dataset")
@@ -261,15 +261,15 @@ class RunFolder:
             node = {**node, "limit": None, "shard": None}
             if isinstance(node.get("dataset"), dict):  # a config saved before the dataset node was flattened
                 node["dataset"] = {**node["dataset"], "limit": None, "shard": None}
+            try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
+                geometry = build_protocol(OmegaConf.create({**config, "dataset": node})).geometry
+            except ProtocolError as exc:
+                raise RunError(f"{self.path / METRICS_FILE}: the run's protocol cannot be applied ({exc})") from exc
             try:
-                dataset = build_dataset(OmegaConf.create(node))
+                dataset = build_dataset(OmegaConf.create(node), geometry)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RunError(f"the images of {self.path} are not available: {exc} (start the explorer from "
                                "the folder the run was started in, or prepare the dataset)") from exc
-            try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
-                apply_protocol(OmegaConf.create({**config, "dataset": node}), dataset)
-            except ProtocolError as exc:
-                raise RunError(f"{self.path / METRICS_FILE}: the run's protocol cannot be applied ({exc})") from exc
             self._dataset = dataset
         return self._dataset
 

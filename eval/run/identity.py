@@ -71,7 +71,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.atomic import write_json_atomic
 from eval.config_path import config_dir
-from eval.metrics.protocols import protocol_settings
+from eval.run.build import protocol_settings
 from eval.run.weights import weights_identity
 
 __all__ = [
