@@ -66,32 +66,22 @@ CASES = {
 }
 # What main (04bc1eb, before the redesign) gave for CASES: labels through apply_protocol's mutated geometry,
 # the fixed prediction through the geometry's prediction_size / fit, the metric built with the protocol's name.
+# name: (sha256 of the labels, images, image shape, label shape, sha256 of json [tp, fp, fn, valid],
+#        (sum tp, sum fp, valid))
 ON_MAIN = {
-    "diffseg": {"labels_sha256": "ff8d2f44441475c4972426aa733311259f0fdc2abcc9bda875f58d8cd8056277",
-        "shapes": [[[3, 48, 48], [48, 48]], [[3, 48, 48], [48, 48]], [[3, 48, 48], [48, 48]]],
-        "tp": [709, 31, 0, 0, 0, 28, 19, 0, 6, 0, 0, 70, 0, 0, 0, 0, 59, 0, 0, 27, 59],
-        "fp": [31, 434, 438, 423, 692, 634, 623, 447, 637, 0, 0, 94, 0, 0, 0, 0, 102, 0, 0, 195, 134],
-        "fn": [4163, 80, 0, 0, 0, 74, 43, 0, 2, 0, 0, 195, 0, 0, 0, 0, 155, 0, 0, 39, 133],
-        "valid": 5892},
-    "diffcut": {"labels_sha256": "7ec903b924369e7e113330fd3ed8e161a05f31b6c0fff50079068395139a14c7",
-        "shapes": [[[3, 32, 32], [32, 32]], [[3, 32, 32], [32, 32]], [[3, 32, 32], [32, 32]]],
-        "tp": [1916, 15, 0, 0, 0, 15, 7, 0, 4, 0, 0, 30, 0, 0, 0, 0, 31, 0, 0, 15, 23],
-        "fp": [259, 98, 0, 0, 0, 103, 117, 0, 107, 0, 0, 65, 0, 0, 0, 0, 64, 0, 0, 115, 88],
-        "fn": [677, 39, 0, 0, 0, 40, 19, 0, 0, 0, 0, 97, 0, 0, 0, 0, 74, 0, 0, 14, 56],
-        "valid": 3072},
-    "seg4diff": {"labels_sha256": "97a98fc3dcaf778b8580da70c5a496e6b9c33402eff0bbe0cbfe07ec15a0571b",
-        "shapes": [[[3, 40, 80], [40, 80]], [[3, 40, 80], [40, 80]]],
-        "tp": [385, 142, 0, 0, 335, 0, 0, 0, 0, 0, 223, 0, 0, 0, 333, 0, 480, 0, 99, 0, 124, 0, 0, 0, 0, 0, 0],
-        "fp": [268, 810, 0, 0, 97, 255, 282, 27, 0, 0, 687, 0, 0, 0, 533, 0, 48, 0, 385, 0, 103, 0, 0, 0, 0, 0, 0],
-        "fn": [1163, 14, 0, 0, 383, 0, 0, 0, 0, 0, 151, 0, 0, 0, 293, 0, 1098, 0, 178, 0, 215, 0, 0, 0, 0, 0, 0],
-        "valid": 5616},
-    "seg4diff_aligned": {"labels_sha256": "97a98fc3dcaf778b8580da70c5a496e6b9c33402eff0bbe0cbfe07ec15a0571b",
-        "shapes": [[[3, 40, 80], [40, 80]], [[3, 40, 80], [40, 80]]],
-        "tp": [270, 84, 0, 0, 166, 0, 0, 0, 0, 0, 132, 0, 0, 0, 211, 0, 206, 0, 88, 0, 80, 0, 0, 0, 0, 0, 0],
-        "fp": [282, 566, 272, 0, 492, 304, 0, 0, 550, 0, 474, 0, 0, 0, 437, 0, 522, 0, 268, 0, 212, 0, 0, 0, 0, 0, 0],
-        "fn": [1278, 72, 0, 0, 552, 0, 0, 0, 0, 0, 242, 0, 0, 0, 415, 0, 1372, 0, 189, 0, 259, 0, 0, 0, 0, 0, 0],
-        "valid": 5616},
+    "diffseg": ("ff8d2f44441475c4972426aa733311259f0fdc2abcc9bda875f58d8cd8056277", 3, (3, 48, 48), (48, 48),
+                "58ddc745b9e5497742d6efabdfcfa995e2294e273b5764b33ac988b2a1567ce6", (1008, 4884, 5892)),
+    "diffcut": ("7ec903b924369e7e113330fd3ed8e161a05f31b6c0fff50079068395139a14c7", 3, (3, 32, 32), (32, 32),
+                "55f8beb6d14118981990ef4c7918523491a31dcc8f13342d7e344a24eb12c411", (2056, 1016, 3072)),
+    "seg4diff": ("97a98fc3dcaf778b8580da70c5a496e6b9c33402eff0bbe0cbfe07ec15a0571b", 2, (3, 40, 80), (40, 80),
+                 "1a3e631af1c4420c8fffe634dc9e3c129e72dced946d8c12d850182f141a70de", (2121, 3495, 5616)),
+    "seg4diff_aligned": ("97a98fc3dcaf778b8580da70c5a496e6b9c33402eff0bbe0cbfe07ec15a0571b", 2, (3, 40, 80), (40, 80),
+                         "550c4e3609a91d6539a4a3c311501885e72fc44a0922aa886841d05c16f33a48", (1237, 4379, 5616)),
 }
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -101,25 +91,26 @@ def test_each_protocol_gives_the_numbers_it_gave_before(name, roots, tmp_path):
     dataset = build_dataset(cfg.dataset, protocol.geometry)
     assert protocol.name == name and (protocol.geometry is None or dataset.geometry is protocol.geometry)
     metric = HungarianSegmentationMetric(int(cfg.dataset.num_classes), cfg.dataset.get("background"), protocol)
-    digest, shapes = hashlib.sha256(), []
+    labels, shapes = hashlib.sha256(), set()
     for index in range(len(dataset)):
         image, label, _ = dataset[index]
-        digest.update(label.numpy().astype(np.int64).tobytes())
+        labels.update(label.numpy().astype(np.int64).tobytes())
         target = tuple(label.shape)
         pred = protocol.fit(_blocks(*protocol.prediction_size(target), index)[None], target)
         metric.update(pred, label[None])
-        shapes.append([list(image.shape), list(label.shape)])
+        shapes.add((tuple(image.shape), target))
     m = metric.compute()
-    expected = ON_MAIN[name]
-    assert digest.hexdigest() == expected["labels_sha256"] and shapes == expected["shapes"]
-    assert [m["tp"], m["fp"], m["fn"], m["valid"]] == [expected[k] for k in ("tp", "fp", "fn", "valid")]
+    labels_sha, images, image_shape, label_shape, totals_sha, sums = ON_MAIN[name]
+    assert labels.hexdigest() == labels_sha and len(dataset) == images and shapes == {(image_shape, label_shape)}
+    assert (sum(m["tp"]), sum(m["fp"]), m["valid"]) == sums
+    assert _digest([m["tp"], m["fp"], m["fn"], m["valid"]]) == totals_sha
 
 
 def test_the_release_crop_and_the_aligned_variant_differ_on_the_same_labels():
-    assert ON_MAIN["seg4diff"]["labels_sha256"] == ON_MAIN["seg4diff_aligned"]["labels_sha256"]
-    assert ON_MAIN["seg4diff"]["tp"] != ON_MAIN["seg4diff_aligned"]["tp"]
-    assert ON_MAIN["diffcut"]["valid"] == 3 * 32 * 32  # DiffCut counts every pixel on VOC (background merged)
-    assert ON_MAIN["diffseg"]["valid"] < 3 * 48 * 48  # DiffSeg ignores VOC's boundary band
+    assert ON_MAIN["seg4diff"][0] == ON_MAIN["seg4diff_aligned"][0] and ON_MAIN["seg4diff"][4:] != ON_MAIN[
+        "seg4diff_aligned"][4:]
+    assert ON_MAIN["diffcut"][5][2] == 3 * 32 * 32  # DiffCut counts every pixel on VOC (background merged)
+    assert ON_MAIN["diffseg"][5][2] < 3 * 48 * 48  # DiffSeg ignores VOC's boundary band
 
 
 # ------------------------------------------------------------------------------ lookup, dataset, metric
