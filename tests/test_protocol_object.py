@@ -34,6 +34,7 @@ from eval.metrics.protocols import (
     protocol_from_settings,
 )
 from eval.metrics.protocols import base as protocols_base
+from eval.rescore import main as rescore_main
 from eval.run import evaluate
 from eval.run.build import build_dataset, build_protocol
 from eval.run.provenance import protocol_key
@@ -252,3 +253,19 @@ def test_a_new_protocol_is_one_module_and_one_config(toy_protocol, tmp_path):
     assert got["mean_segments"] > 1  # several segments: the totals depend on the masks
     assert [got["tp"], got["fp"], got["fn"], got["valid"]] == [tp.tolist(), fp.tolist(), fn.tolist(), valid]
     assert 0 < valid < whole  # the toy scoring left the right halves out
+
+
+def test_rescore_reads_a_folder_whose_config_names_the_old_geometry_class(roots, tmp_path):
+    run = tmp_path / "diffcut"
+    evaluate(compose_eval(["experiment=voc21", "model=tiny", "protocol=diffcut", "protocol.size=128", "batch_size=3",
+                           "num_workers=0", "progress=false", "device=cpu", "grid_images=0", "methods=diffseg_only",
+                           MULTI_SEGMENT, f"dataset.root={roots['voc']}", "save_masks=png", f"paths.output_dir={run}"]))
+    assert rescore_main([str(run), "--protocol", "diffseg", "--out", str(tmp_path / "new"), "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    node = metrics["config"]["protocol"]  # as a run made before protocols were objects saved it
+    node["geometry"] = {"_target_": "eval.metrics.protocols.DiffCutGeometry", **node["geometry"]}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert rescore_main([str(run), "--protocol", "diffseg", "--out", str(tmp_path / "old"), "--no-progress"]) == 0
+    new, old = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("new", "old"))
+    assert old["methods"] == new["methods"] and old["methods"]["DiffSeg"]["valid"] > 0
+    assert protocol_key(old) == "diffseg scoring, diffcut geometry"
