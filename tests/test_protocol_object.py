@@ -23,6 +23,7 @@ from eval.data.geometry import CentreCropGeometry
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff, write_synthetic_voc
 from eval.data.voc import Voc21
 from eval.metrics import HungarianSegmentationMetric, image_stats
+from eval.metrics import protocols as protocols_package
 from eval.metrics.functional import hungarian_image_stats
 from eval.metrics.protocols import (
     PROTOCOLS,
@@ -269,3 +270,20 @@ def test_rescore_reads_a_folder_whose_config_names_the_old_geometry_class(roots,
     new, old = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("new", "old"))
     assert old["methods"] == new["methods"] and old["methods"]["DiffSeg"]["valid"] > 0
     assert protocol_key(old) == "diffseg scoring, diffcut geometry"
+
+
+def test_a_module_added_to_the_package_is_found_by_name_alone(tmp_path, monkeypatch):
+    (tmp_path / "toy_by_name.py").write_text(textwrap.dedent("""
+        from eval.metrics.protocols.diffseg import DiffSeg
+
+
+        class ToyByName(DiffSeg):
+            name = "toy_by_name"
+    """))
+    package = protocols_package
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    monkeypatch.setattr(protocols_base, "_REGISTRY", dict(protocols_base._REGISTRY))
+    monkeypatch.delitem(sys.modules, "eval.metrics.protocols.toy_by_name", raising=False)
+    protocol = protocol_from_settings({"name": "toy_by_name", "geometry": None})  # a config's `name:` only
+    assert type(protocol).__name__ == "ToyByName" and protocol.describe() == "toy_by_name"
+    sys.modules.pop("eval.metrics.protocols.toy_by_name", None)
