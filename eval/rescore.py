@@ -34,8 +34,8 @@ from eval.folder.metrics_json import metrics_path, write_metrics
 from eval.folder.records import write_records
 from eval.folder.run_json import read_run_json, run_json_path
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
-from eval.metrics.protocols import ProtocolError, apply_protocol, geometry_differences
-from eval.run.build import build_dataset
+from eval.metrics.protocols import ProtocolError, geometry_differences, get_protocol
+from eval.run.build import build_dataset, build_protocol
 from eval.run.identity import (
     RunIdentity,
     RunMismatchError,
@@ -85,10 +85,10 @@ def _rescored_identity(stored: dict[str, Any], protocol: str, source_geometry: s
 
 
 def _score(run: RunFolder, methods: dict[str, Any], dataset: Any, ids: list[str], identity: RunIdentity,
-           scoring: tuple[int, Any, str], progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+           scoring: tuple[int, Any, Any], progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score every saved mask of ``ids``; returns the new records and one metric per method.
 
-    ``scoring``: ``(num_classes, background, protocol)``.
+    ``scoring``: ``(num_classes, background, protocol)``, the protocol a :class:`~eval.metrics.protocols.Protocol`.
     """
     num_classes, background, protocol = scoring
     saved = {name: load_saved_masks(run.path, name) for name in methods}
@@ -147,8 +147,9 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     cfg = OmegaConf.create(source["config"])
     if data_root is not None:
         cfg.dataset.root = data_root
-    dataset = build_dataset(cfg.dataset)
-    source_protocol = apply_protocol(cfg, dataset)  # the masks were made at the source run's geometry
+    source_protocol = build_protocol(cfg)  # the masks were made at the source run's geometry
+    dataset = build_dataset(cfg.dataset, source_protocol.geometry)
+    source_protocol = source_protocol.name
     info = dict(source.get("run") or {})
     source_geometry = str(info.get("geometry") or source_protocol)
     ids = list(source.get("image_ids") or [])
@@ -159,7 +160,7 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     check_run_folder(out, identity, has_records=bool(RunFolder(out).all_records))
     check_contents(src, run.all_records, dataset, ids)  # the labels are the files the run scored
     methods = source.get("methods") or {}
-    scoring = (int(cfg.dataset.num_classes), cfg.dataset.get("background"), protocol)
+    scoring = (int(cfg.dataset.num_classes), cfg.dataset.get("background"), get_protocol(protocol))
     records, metrics = _score(run, methods, dataset, ids, identity, scoring, progress)
     totals: dict[str, dict[str, Any]] = {}
     for name, summary in methods.items():
@@ -171,7 +172,7 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     provenance = _provenance(source, identity, src, len(ids), len(skipped),
                              {"source": str(src), "source_fingerprint": stored.get("fingerprint"),
                               "source_protocol": source_protocol, "scoring": protocol, "geometry": source_geometry})
-    info.update(protocol=protocol, geometry=source_geometry)
+    info.update(protocol=protocol, geometry=source_geometry, protocol_label=scoring[2].describe(source_geometry))
     return write_metrics(out, totals, records + skipped, run=info, provenance=provenance,
                          config=source["config"], code=code_version(), versions=versions())
 

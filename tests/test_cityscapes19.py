@@ -132,6 +132,6 @@ def test_cityscapes_seg4diff_runs_the_19_classes_and_shows_its_claims(city_root,
 
 def _release_label(ds: Cityscapes19, image_id: str) -> torch.Tensor:
     """The run's label geometry: short side 64 with PIL nearest, from the labelIds file as stored."""
-    from eval.metrics.seg4diff_protocol import Seg4DiffGeometry
+    from eval.metrics.protocols.seg4diff import Seg4DiffGeometry
 
     return Seg4DiffGeometry(short_edge=64, max_size=256).label(ds.read_label(image_id))

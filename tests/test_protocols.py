@@ -21,10 +21,11 @@ from eval.data.coco_object import coco_stuffthing_to_object_lut
 from eval.data.synthetic import write_synthetic_voc
 from eval.data.voc import Voc21
 from eval.metrics import image_stats
-from eval.metrics.protocols import DiffCutGeometry, ProtocolError, apply_protocol, torchvision_center_crop
+from eval.metrics.protocols import DiffCutGeometry, ProtocolError, torchvision_center_crop
 from eval.report.coco_results import CocoResults
 from eval.rescore import main as rescore_main
 from eval.run import evaluate
+from eval.run.build import build_protocol
 from eval.run.identity import RunMismatchError
 
 # --------------------------------------------------------------------------- scoring
@@ -144,8 +145,9 @@ def test_dataset_items_under_diffcuts_geometry(tmp_path):
     ids = write_synthetic_voc(tmp_path, num_images=3, seed=5, size_range=(41, 67))
     cfg = compose_eval(["experiment=voc21", "protocol=diffcut", "protocol.size=32", "model=tiny",
                         f"dataset.root={tmp_path}"])
-    data = Voc21(tmp_path, size=32, image_size=64)
-    assert apply_protocol(cfg, data) == "diffcut" and data.geometry.label_size == 32
+    protocol = build_protocol(cfg)
+    data = Voc21(tmp_path, size=32, image_size=64, geometry=protocol.geometry)
+    assert protocol.name == "diffcut" and data.geometry.label_size == 32
     for index, image_id in enumerate(ids):
         raw = np.asarray(Image.open(tmp_path / "SegmentationClass" / f"{image_id}.png"))
         image, label, _ = data[index]
@@ -154,7 +156,7 @@ def test_dataset_items_under_diffcuts_geometry(tmp_path):
         assert torch.equal(data.label(image_id), label)
     bad = compose_eval(["experiment=voc21", "protocol=diffcut", "dataset.size=64", f"dataset.root={tmp_path}"])
     with pytest.raises(ProtocolError, match="change protocol.size"):
-        apply_protocol(bad, Voc21(tmp_path, size=64))
+        build_protocol(bad)
 
 
 # --------------------------------------------------------------------------- runs

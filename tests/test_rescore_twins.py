@@ -21,11 +21,10 @@ from omegaconf import OmegaConf
 from diffseg.masks import read_mask_png, write_mask_png
 from eval.data.synthetic import write_synthetic_coco_stuff, write_synthetic_voc
 from eval.metrics import image_stats
-from eval.metrics.protocols import apply_protocol
 from eval.report.coco_results import CocoResults
 from eval.rescore import rescore
 from eval.run import evaluate
-from eval.run.build import build_dataset
+from eval.run.build import build_dataset, build_protocol
 from eval.run.mask_files import MASK_DIR
 
 # DiffCut's protocol on VOC (its own geometry): the tiny backbone with the sharpened attention of FAST_DIFFSEG.
@@ -87,8 +86,7 @@ def _busiest(result: dict, records: dict[str, dict], method: str = "DiffSeg") ->
 def _label(run: Path, image_id: str) -> torch.Tensor:
     """``image_id``'s label as the run scored it (the run's dataset and protocol geometry)."""
     cfg = OmegaConf.create(json.loads((run / "metrics.json").read_text())["config"])
-    dataset = build_dataset(cfg.dataset)
-    apply_protocol(cfg, dataset)
+    dataset = build_dataset(cfg.dataset, build_protocol(cfg).geometry)
     return dataset.label(image_id)
 
 

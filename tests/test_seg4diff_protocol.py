@@ -16,7 +16,7 @@ from diffseg.testing.tiny_mmdit import tiny_mmdit_backbone
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff
 from eval.metrics import image_stats
 from eval.metrics.protocols import ProtocolError
-from eval.metrics.seg4diff_protocol import Seg4DiffGeometry, shortest_edge_size
+from eval.metrics.protocols.seg4diff import Seg4DiffGeometry, shortest_edge_size
 from eval.report.ledger import load_ledger
 from eval.run.build import build_dataset
 from eval.run.joint_passes import JointAttentionPasses

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffseg.preprocess import load_image, load_label, preprocess_image, preprocess_label
+from diffseg.preprocess import load_image, load_label
+from eval.data.geometry import CentreCropGeometry, Geometry
 from eval.data.loader import DatasetNotFoundError, UnreadableItemError, select_ids
 
 __all__ = ["IGNORE_INDEX", "UNKNOWN_LABEL", "LabelledImages", "StandardList", "contiguous_lut", "ids_sha256",
@@ -93,12 +94,17 @@ class LabelledImages(Dataset):
       nearest-exact), at the evaluation resolution ``size`` whatever the backbone's input size;
     * image_id: as :meth:`find_ids` lists them.
 
+    Image and label are cut as above by default (:class:`~eval.data.geometry.CentreCropGeometry`,
+    DiffSeg's); a protocol with another geometry gives it when the dataset is built (``geometry``).
+
     Args:
         root: dataset root (layout in the dataset module's docstring).
         size: side of the labels (the evaluation resolution), and of the images unless ``image_size``.
         limit: keep only the first ``limit`` ids (applied before sharding).
         shard: ``"i/n"`` or ``(i, n)``: keep list positions k with ``k % n == i``.
         image_size: side of the images given to the backbone (its input size); None = ``size``.
+        geometry: how images and labels are cut and resized (:class:`~eval.data.geometry.Geometry`, given by
+            the run's protocol); None = :class:`~eval.data.geometry.CentreCropGeometry` at ``image_size``/``size``.
         **options: the subclass's own settings (its :attr:`options`, e.g. ``split``), set as attributes.
 
     ``ignore_values`` are the file values the dataset defines as "not labelled" (255 unless a
@@ -119,7 +125,6 @@ class LabelledImages(Dataset):
     prepare_action: ClassVar[str] = "download and prepare it"
     options: ClassVar[dict[str, Any]] = {}   # keyword settings of the class and their defaults
     described_keys: ClassVar[tuple[str, ...]] = ()  # config keys such as num_classes that the class takes as options
-    geometry: Any = None  # another protocol's crop and resize (eval.metrics.protocols.apply_protocol); None = the above
     ignore_values: tuple[int, ...] = (255,)
     colour_map: dict[tuple[int, int, int], int] | None = None
     standard_list: ClassVar[StandardList | None] = None  # the benchmark's image list (None: the dataset has none)
@@ -140,6 +145,7 @@ class LabelledImages(Dataset):
         limit: int | None = None,
         shard: str | tuple[int, int] | None = None,
         image_size: int | None = None,
+        geometry: Geometry | None = None,
         **options: Any,
     ):
         unknown = sorted(set(options) - set(self.options))
@@ -150,6 +156,7 @@ class LabelledImages(Dataset):
         self.root = Path(root)
         self.size = int(size)
         self.image_size = int(image_size) if image_size else None
+        self.geometry = geometry if geometry is not None else CentreCropGeometry(self.input_size, self.size)
         self._hint = self.prepare_hint()
         self._require(self.root, f"{self.title} root")
         self.all_ids = list(self.find_ids())
@@ -244,21 +251,16 @@ class LabelledImages(Dataset):
                 f"label {self.label_path(image_id)} is {tuple(raw.shape)} but image "
                 f"{self.image_path(image_id)} is {tuple(image.shape[-2:])}"
             )
-        if self.geometry is not None:
-            return self.geometry.image(image), self._classes(self.geometry.label(raw)), image_id
-        label = self._classes(preprocess_label(raw, self.size))
-        return preprocess_image(image, self.input_size), label, image_id
+        return self.geometry.image(image), self._classes(self.geometry.label(raw)), image_id
 
     def read_label(self, image_id: str) -> torch.Tensor:
         """The label file of one image as stored, int64 (H, W) file values (a dataset may check them here)."""
         return load_label(self.label_path(image_id), self.colour_map)
 
     def label(self, image_id: str) -> torch.Tensor:
-        """The evaluation label of one image, int64 (size, size), without decoding the image."""
-        raw = self.read_label(image_id)
-        if self.geometry is not None:
-            return self._classes(self.geometry.label(raw))
-        return self._classes(preprocess_label(raw, self.size))
+        """The evaluation label of one image, int64 (size, size) under the default geometry, without decoding
+        the image."""
+        return self._classes(self.geometry.label(self.read_label(image_id)))
 
     def _classes(self, resized: torch.Tensor) -> torch.Tensor:
         """File values (already cropped and resized) -> class ids, -1 = ignore, :data:`UNKNOWN_LABEL` = unknown."""

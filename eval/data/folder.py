@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from diffseg.preprocess import LabelFormatError
 from eval.data.base import LabelledImages, contiguous_lut
+from eval.data.geometry import Geometry
 from eval.data.loader import DatasetNotFoundError
 from eval.data.preparation import Preparation, PrepareError, option
 
@@ -102,7 +103,8 @@ class FolderDataset(LabelledImages):
     setting_problems = staticmethod(folder_setting_problems)  # eval.run.settings reports them before a run
 
     def __init__(self, root: str | os.PathLike, size: int = 512, limit: int | None = None,
-                 shard: str | tuple[int, int] | None = None, image_size: int | None = None, **options: Any):
+                 shard: str | tuple[int, int] | None = None, image_size: int | None = None,
+                 geometry: Geometry | None = None, **options: Any):
         settings = {**self.options, **options}
         for key in ("class_names",):  # a Hydra list arrives as a list already; keep a tuple
             if isinstance(settings.get(key), tuple):
@@ -110,7 +112,8 @@ class FolderDataset(LabelledImages):
         problems = folder_setting_problems(settings)
         if problems:
             raise ValueError("; ".join(problems))
-        super().__init__(root, size=size, limit=limit, shard=shard, image_size=image_size, **options)
+        super().__init__(root, size=size, limit=limit, shard=shard, image_size=image_size, geometry=geometry,
+                         **options)
         self.num_classes = int(self.num_classes)
         self.classes = tuple(str(c) for c in self.class_names) if self.class_names is not None else tuple(
             f"class_{i}" for i in range(self.num_classes))

@@ -10,7 +10,7 @@ tp / fp / fn per class on every image). From them :class:`RunFolder` gives
 * the run's per-class IoU (``metrics.json``) and its provenance banner (random weights,
   synthetic data, partial data, settings other than the paper's; :mod:`eval.run.provenance`);
 * an image, its label (through the run's own dataset config, cut and resized with the geometry of
-  the run's protocol, :func:`eval.metrics.protocols.apply_protocol`) and each method's saved mask:
+  the run's protocol, :func:`eval.run.build.build_protocol`) and each method's saved mask:
   ``masks/<method>/<id>.png`` (``save_masks=true``) or COCO RLE results (a JSON list of
   :mod:`eval.report.coco_results` records under ``masks/``), coloured by the class each segment is
   matched to (the metric's Hungarian matching).
@@ -35,9 +35,9 @@ from eval import folder
 from eval.compare import ImageStats, per_image_miou
 from eval.folder import FolderError
 from eval.folder.layout import METRICS_JSON
-from eval.metrics.protocols import ProtocolError, apply_protocol
+from eval.metrics.protocols import ProtocolError
 from eval.report.figures import match_to_classes, resize_nearest
-from eval.run.build import build_dataset
+from eval.run.build import build_dataset, build_protocol
 from eval.run.provenance import banner, images_note
 from eval.stats.runs import class_names
 
@@ -173,7 +173,7 @@ class RunFolder(folder.RunFolder):
 
     def dataset_object(self) -> Any:
         """The run's dataset, built from ``metrics.json["config"]`` (every id, no limit or shard), with the
-        geometry of the run's protocol (as the runner gives it, :func:`eval.metrics.protocols.apply_protocol`)."""
+        geometry of the run's protocol (as the runner gives it, :func:`eval.run.build.build_protocol`)."""
         if self._dataset is None:
             config = self.metrics.get("config") or {}
             node = config.get("dataset")
@@ -183,15 +183,15 @@ class RunFolder(folder.RunFolder):
             node = {**node, "limit": None, "shard": None}
             if isinstance(node.get("dataset"), dict):  # a config saved before the dataset node was flattened
                 node["dataset"] = {**node["dataset"], "limit": None, "shard": None}
+            try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
+                geometry = build_protocol(OmegaConf.create({**config, "dataset": node})).geometry
+            except ProtocolError as exc:
+                raise RunError(f"{self.path / METRICS_JSON}: the run's protocol cannot be applied ({exc})") from exc
             try:
-                dataset = build_dataset(OmegaConf.create(node))
+                dataset = build_dataset(OmegaConf.create(node), geometry)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RunError(f"the images of {self.path} are not available: {exc} (start the explorer from "
                                "the folder the run was started in, or prepare the dataset)") from exc
-            try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
-                apply_protocol(OmegaConf.create({**config, "dataset": node}), dataset)
-            except ProtocolError as exc:
-                raise RunError(f"{self.path / METRICS_JSON}: the run's protocol cannot be applied ({exc})") from exc
             self._dataset = dataset
         return self._dataset
 

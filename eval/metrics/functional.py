@@ -29,7 +29,7 @@ break the same way. One consequence, kept for faithfulness: a class absent from 
 image may be matched to a leftover non-empty segment and then receives its pixels as
 fp (which absent class gets them is a tie, decided by the solver).
 
-DiffCut's protocol (``protocol="diffcut"``, :func:`diffcut_match`) scores the same
+DiffCut's protocol (``protocol="diffcut"``, :func:`diffcut_match`, :func:`diffcut_image_stats`) scores the same
 histograms differently on datasets with a background class: a first matching without
 background, every segment left without a present class merged into one, and
 background, boundary and unlabelled pixels all counted as background. Unknown label
@@ -51,8 +51,6 @@ from eval.data.base import UNKNOWN_LABEL
 from eval.stats.scores import scores as stats_scores
 
 NUM_CLASSES = 27
-# Protocols (eval.metrics.protocols adds each one's geometry); Seg4Diff's score with DiffSeg's rules.
-PROTOCOLS = ("diffseg", "diffcut", "seg4diff", "seg4diff_aligned")
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -243,32 +241,10 @@ def match_image(pred: Any, label: Any,
     return tp, fp, fn, int(hist.sum())
 
 
-def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES, background: int | None = None,
-                protocol: str = "diffseg") -> list[dict[str, Any]]:
-    """Per-image matching stats of a batch: the record format of the runner's per-image files.
-
-    Args:
-        preds: (B, H, W) integer tensor of predicted segment ids, any non-negative values
-            (ids above ``num_classes`` are fine), on any device.
-        labels: (B, H, W) integer tensor of ground-truth classes; values outside
-            ``[0, num_classes)`` (-1, 255, ...) are ignored.
-        num_classes: number of ground-truth classes.
-        background: the dataset's background class (None: it has none); only DiffCut's
-            protocol treats it apart (:func:`diffcut_match`).
-        protocol: the scoring rules, one of :data:`PROTOCOLS`: ``"diffseg"`` (every class
-            matched once per image, ignore pixels excluded; also ``"seg4diff"`` and
-            ``"seg4diff_aligned"``, whose release scores the same way) or ``"diffcut"``
-            (:func:`diffcut_match`: on a dataset with a background class, background,
-            boundary and unlabelled pixels all count as background; unknown values stay ignored).
-
-    Returns:
-        One dict per image, ``{"tp": [int] * C, "fp": [int] * C, "fn": [int] * C,
-        "valid": int, "segments": int}``: the Hungarian matching stats of the image's
-        histogram (rows = ground truth), its number of counted pixels and the number
-        of distinct ids in its prediction (ignored pixels included).
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+def _checked_batch(preds: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
+    """``(preds, labels, segments, num_pred)``: the batch as integer tensors (B, H, W), checked, the number of
+    distinct ids in each image's prediction (one bincount over a (B, num_pred) presence table) and
+    ``num_pred`` = max id + 1 (1 for empty images)."""
     preds = torch.as_tensor(preds)
     labels = torch.as_tensor(labels)
     for name, t in (("preds", preds), ("labels", labels)):
@@ -280,31 +256,52 @@ def image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES, backgro
         )
     batch = preds.shape[0]
     if batch == 0:
-        return []
+        return preds, labels, [], 0
     flat = preds.reshape(batch, -1).long()
+    if flat.numel() and int(flat.min().item()) < 0:
+        raise ValueError("predicted segment ids must be non-negative")
     num_pred = int(flat.max().item()) + 1 if flat.numel() else 1
-    hists = confusion_histograms(preds, labels, num_classes, num_pred=num_pred).cpu().numpy()
-    # distinct ids per image with one bincount: (B, num_pred) presence table
     offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * num_pred
     present = torch.bincount((flat + offsets).ravel(), minlength=batch * num_pred).reshape(batch, num_pred) > 0
-    segments = present.sum(dim=1).cpu().tolist()
+    return preds, labels, present.sum(dim=1).cpu().tolist(), num_pred
+
+
+def _record(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, valid: int, segments: int) -> dict[str, Any]:
+    return {"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist(), "valid": int(valid), "segments": int(segments)}
+
+
+def hungarian_image_stats(preds: Any, labels: Any, num_classes: int = NUM_CLASSES) -> list[dict[str, Any]]:
+    """Per-image matching stats of a batch under DiffSeg's rules: the record format of the runner's per-image files.
+
+    Args:
+        preds: (B, H, W) integer tensor of predicted segment ids, any non-negative values
+            (ids above ``num_classes`` are fine), on any device.
+        labels: (B, H, W) integer tensor of ground-truth classes; values outside
+            ``[0, num_classes)`` (-1, 255, unknown -2, ...) are ignored.
+        num_classes: number of ground-truth classes.
+
+    Returns:
+        One dict per image, ``{"tp": [int] * C, "fp": [int] * C, "fn": [int] * C,
+        "valid": int, "segments": int}``: the Hungarian matching stats of the image's
+        histogram (rows = ground truth; every class matched once), its number of counted pixels
+        and the number of distinct ids in its prediction (ignored pixels included).
+    """
+    preds, labels, segments, num_pred = _checked_batch(preds, labels)
+    if not segments:
+        return []
+    hists = confusion_histograms(preds, labels, num_classes, num_pred=num_pred).cpu().numpy()
+    return [_record(*match_stats(hist), int(hist.sum()), n) for hist, n in zip(hists, segments, strict=True)]
+
+
+def diffcut_image_stats(preds: Any, labels: Any, num_classes: int, background: int | None) -> list[dict[str, Any]]:
+    """Per-image stats of a batch under DiffCut's rules (:func:`diffcut_match`), in :func:`hungarian_image_stats`'s
+    record format; on a dataset with a background class, background, boundary and unlabelled pixels all count
+    as background; unknown values stay ignored."""
+    preds, labels, segments, _ = _checked_batch(preds, labels)
     out = []
-    if protocol == "diffcut":
-        preds_np, labels_np = preds.cpu().numpy(), labels.cpu().numpy()
-        for pred, label, num_segments in zip(preds_np, labels_np, segments, strict=True):
-            m = diffcut_match(pred, label, num_classes, background)
-            out.append({"tp": m.tp.tolist(), "fp": m.fp.tolist(), "fn": m.fn.tolist(), "valid": m.valid,
-                        "segments": int(num_segments)})
-        return out
-    for hist, num_segments in zip(hists, segments, strict=True):
-        tp, fp, fn = match_stats(hist)
-        out.append({
-            "tp": tp.tolist(),
-            "fp": fp.tolist(),
-            "fn": fn.tolist(),
-            "valid": int(hist.sum()),
-            "segments": int(num_segments),
-        })
+    for pred, label, num_segments in zip(preds.cpu().numpy(), labels.cpu().numpy(), segments, strict=True):
+        m = diffcut_match(pred, label, num_classes, background)
+        out.append(_record(m.tp, m.fp, m.fn, m.valid, num_segments))
     return out
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from eval.metrics.functional import NUM_CLASSES, PROTOCOLS, image_stats, scores
+from eval.metrics.functional import NUM_CLASSES, scores
+from eval.metrics.protocols import Protocol, get_protocol, image_stats
 
 _STAT_KEYS = ("tp", "fp", "fn", "valid", "segments")
 _EMPTY_COMPUTE_WARNING = r"The ``compute`` method of metric .* was called before the ``update`` method"
@@ -35,7 +36,8 @@ class HungarianSegmentationMetric(Metric):
     :meth:`add_stats` adds per-image stats computed earlier (replay of stored records on
     resume). Both go through torchmetrics' ``update`` wrapper. The stats of the last
     ``update`` batch are kept in :attr:`last_stats` (same order as the batch).
-    ``protocol`` and ``background`` choose the scoring rules (:func:`image_stats`).
+    ``protocol`` (a :class:`~eval.metrics.protocols.Protocol`, or a registered name) and ``background``
+    choose the scoring rules (:meth:`~eval.metrics.protocols.Protocol.image_stats`).
 
     Calling :meth:`compute` on a metric without data is well defined here (NaN scores), so
     torchmetrics' "compute before update" warning is silenced for this metric; this also
@@ -53,18 +55,16 @@ class HungarianSegmentationMetric(Metric):
     images: torch.Tensor
     segments: torch.Tensor
 
-    def __init__(self, num_classes: int = NUM_CLASSES, background: int | None = None, protocol: str = "diffseg",
-                 **kwargs: Any) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, background: int | None = None,
+                 protocol: Protocol | str = "diffseg", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if background is not None and not 0 <= background < num_classes:
             raise ValueError(f"background must be a class id in [0, {num_classes}), got {background!r}")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.num_classes = num_classes
         self.background = background
-        self.protocol = protocol
+        self.protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
         for name in ("tp", "fp", "fn"):
             self.add_state(name, default=torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
         for name in ("valid", "images", "segments"):

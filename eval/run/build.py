@@ -8,7 +8,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset"]
+from eval.data.geometry import Geometry
+from eval.metrics.protocols import Protocol, protocol_from_settings
+
+__all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset", "build_protocol", "protocol_settings"]
 
 # Keys of a ``conf/dataset`` node that describe the benchmark (read by the runner, the methods and the
 # tables) rather than construct it; :func:`build_dataset` checks them against the dataset it builds.
@@ -31,20 +34,39 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build_dataset(node: DictConfig) -> Any:
+def protocol_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The run's ``protocol`` node as a plain dict (``{"name": "diffseg", "geometry": None}`` without one)."""
+    node = cfg.get("protocol")
+    if node is None:
+        return {"name": "diffseg", "geometry": None}
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def build_protocol(cfg: DictConfig) -> Protocol:
+    """The run's :class:`~eval.metrics.protocols.Protocol` (``conf/protocol``), checked against ``dataset.size``
+    and ``batch_size`` (:class:`~eval.metrics.protocols.ProtocolError` naming what to change)."""
+    protocol = protocol_from_settings(protocol_settings(cfg))
+    protocol.check(int(cfg.dataset.size), int(cfg.get("batch_size") or 1))
+    return protocol
+
+
+def build_dataset(node: DictConfig, geometry: Geometry | None = None) -> Any:
     """The dataset of a ``conf/dataset`` node: its ``_target_`` called with every key but :data:`DESCRIPTIVE_KEYS`.
 
     A config saved by an older run (the class in a nested ``dataset:`` block) builds that block.
     A class that takes some of them as settings (its ``described_keys``, e.g. the folder dataset's
     ``num_classes``) gets them. The node's ``num_classes`` and ``background`` must be the dataset's own
-    (a config that disagrees with its dataset class is a ``ValueError`` naming both values).
+    (a config that disagrees with its dataset class is a ``ValueError`` naming both values). ``geometry``
+    (the run's protocol's, :attr:`~eval.metrics.protocols.Protocol.geometry`) is given to the constructor;
+    None: the dataset's own.
     """
     params = OmegaConf.to_container(node, resolve=True)
     if "_target_" not in params and isinstance(params.get("dataset"), dict):  # a config saved before the node
         params = {**{k: params[k] for k in DESCRIPTIVE_KEYS if k in params}, **params["dataset"]}  # was flattened
     described = {key: params.pop(key) for key in DESCRIPTIVE_KEYS if key in params}
     taken = getattr(get_class(params["_target_"]), "described_keys", ()) if "_target_" in params else ()
-    dataset = build(OmegaConf.create({**params, **{k: described[k] for k in taken if k in described}}))
+    extra = {"geometry": geometry} if geometry is not None else {}
+    dataset = build(OmegaConf.create({**params, **{k: described[k] for k in taken if k in described}}), **extra)
     for key in ("num_classes", "background"):
         if key in described and getattr(dataset, key, None) != described[key]:
             raise ValueError(f"conf/dataset/{described.get('name')}.yaml says {key}: {described[key]}, but "

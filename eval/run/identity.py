@@ -74,7 +74,7 @@ from eval.folder.errors import RunMismatchError
 from eval.folder.layout import RUN_JSON as IDENTITY_FILE
 from eval.folder.masks import saved_mask_format
 from eval.folder.run_json import read_run_json, run_json_path, write_run_json
-from eval.metrics.protocols import protocol_settings
+from eval.run.build import protocol_settings
 from eval.run.weights import weights_identity
 
 __all__ = [

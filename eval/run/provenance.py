@@ -248,11 +248,15 @@ def images_note(run: Mapping[str, Any]) -> str | None:
 def protocol_key(run: Mapping[str, Any]) -> str:
     """The protocol a metrics.json's numbers were produced under, as tables group them.
 
-    ``"diffseg"`` or ``"diffcut"`` for a run made under that protocol (runs from before
-    protocols were recorded count as ``diffseg``); a re-scored run (:mod:`eval.rescore`)
-    whose geometry is another protocol's reads ``"diffcut scoring, diffseg geometry"``.
+    What the run's :meth:`eval.metrics.protocols.Protocol.describe` said: ``run.protocol_label``, stored where
+    it is not the protocol's name (``"diffcut scoring, diffseg geometry"`` for a re-scored run,
+    :mod:`eval.rescore`, whose geometry is another protocol's); else the name, ``run.protocol``. Folders
+    written before the label was stored: the same text from ``run.protocol`` and ``run.geometry`` (none
+    recorded: ``diffseg``).
     """
     info = run.get("run") or {}
+    if info.get("protocol_label"):
+        return str(info["protocol_label"])
     name = str(info.get("protocol") or "diffseg")
     geometry = str(info.get("geometry") or name)
     return name if geometry == name else f"{name} scoring, {geometry} geometry"

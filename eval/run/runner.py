@@ -44,9 +44,9 @@ from eval.config_path import config_dir
 from eval.data.loader import DuplicateIdsError, build_loader
 from eval.folder import layout
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
-from eval.metrics.protocols import ProtocolError, apply_protocol, protocol_settings
+from eval.metrics.protocols import Protocol, ProtocolError, protocol_from_settings
 from eval.report.figures import QualitativeSamples
-from eval.run.build import build_dataset
+from eval.run.build import build_dataset, build_protocol, protocol_settings
 from eval.run.distributed import Dist, export_slurm_env, process_group, split
 from eval.run.identity import (
     IDENTITY_FILE,
@@ -85,11 +85,14 @@ class NoImagesError(RuntimeError):
 
 def _run_info(cfg: DictConfig) -> dict[str, Any]:
     ablation = cfg.get("ablation")
+    protocol = protocol_from_settings(protocol_settings(cfg))
+    label = {"protocol_label": protocol.describe()} if protocol.describe() != protocol.name else {}  # tables show it
     return {
         "name": str(cfg.run_name),
         "dataset": str(cfg.dataset.name),
         "model": str(cfg.model.name),
-        "protocol": str(protocol_settings(cfg)["name"]),
+        "protocol": protocol.name,
+        **label,
         "subset": cfg.dataset.get("subset"),
         "ablation": OmegaConf.to_container(ablation, resolve=True) if ablation is not None else None,
         "shard": cfg.dataset.get("shard"),
@@ -172,7 +175,7 @@ class _Plan:
 
     methods: list[Any]
     dataset: Any
-    protocol: str
+    protocol: Protocol
     identity: RunIdentity
     selected: list[str]
 
@@ -258,9 +261,9 @@ def _hold_folder(out_dir: Path, ctx: Dist):
 def _plan(cfg: DictConfig, device: torch.device) -> _Plan:
     """Methods, dataset, protocol and identity of a run (nothing written)."""
     methods = build_methods(cfg)
-    dataset = build_dataset(cfg.dataset)
-    protocol = apply_protocol(cfg, dataset)
-    check_backbone(cfg, methods, getattr(dataset, "geometry", None))
+    protocol = build_protocol(cfg)
+    dataset = build_dataset(cfg.dataset, protocol.geometry)
+    check_backbone(cfg, methods, protocol)
     return _Plan(methods, dataset, protocol, identity_of(cfg, dataset, device), list(dataset.ids))
 
 
@@ -363,7 +366,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
     num_classes = int(cfg.dataset.num_classes)
     methods, dataset, identity, selected = plan.methods, plan.dataset, plan.identity, plan.selected
     masks_out = MaskWriter(out_dir, mask_format(cfg.save_masks), num_classes, cfg.dataset.get("background"),
-                           plan.protocol, rank=ctx.rank if ctx.active else None)
+                           plan.protocol.name, rank=ctx.rank if ctx.active else None)
     records_file = RunRecords(out_dir, layout.records_file(ctx.rank if ctx.active else None))
     done = [i for i in selected if "methods" in records.get(i, {})]
     todo = [i for i in selected if "methods" not in records.get(i, {})]
@@ -388,7 +391,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
         num_workers=int(cfg.num_workers),
         pin_memory=device.type == "cuda",
     )
-    source = make_passes(cfg, device, methods, getattr(dataset, "geometry", None))
+    source = make_passes(cfg, device, methods, plan.protocol)
     if source.needs_backbone and dataset.ids:
         source.load()  # load (or fail on missing weights) before the loader starts
     samples = QualitativeSamples(int(cfg.grid_images) if ctx.is_main else 0, [m.name for m in methods])

@@ -1,4 +1,6 @@
-"""Seg4Diff's unsupervised protocol: the release's ``test_unsupervised`` with detectron2's default test mapper.
+"""Seg4Diff's unsupervised protocol: the release's ``test_unsupervised`` with detectron2's default test mapper
+(``protocol=seg4diff``, :class:`Seg4Diff`), and its variant with aligned Cityscapes predictions
+(``protocol=seg4diff_aligned``, :class:`Seg4DiffAligned`).
 
 Read from the release (github.com/cvlab-kaist/Seg4Diff: ``train_net.py`` ``Trainer.test_unsupervised`` and
 ``build_test_loader``, ``configs/eval_unsup.yaml``, ``seg4diff/seg4diff_model_unsup.py``) and detectron2's
@@ -19,18 +21,21 @@ Read from the release (github.com/cvlab-kaist/Seg4Diff: ``train_net.py`` ``Train
   ``protocol=seg4diff_aligned`` brings the prediction to 640 x 1280 itself (``recorded_sizes: {}``);
 * scoring: the per-image Hungarian metric on the rectangular histogram (``max(n_class, pred.max() + 1)``
   columns, as DiffSeg's), ``ACC = sum(TP) / valid pixels``, ``mIoU = nanmean(IoU)``: the ``diffseg``
-  scoring rules of :func:`eval.metrics.image_stats`.
+  scoring rules (:func:`eval.metrics.functional.hungarian_image_stats`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["SEG4DIFF_PROTOCOLS", "Seg4DiffGeometry", "shortest_edge_size"]
+from eval.metrics.protocols.base import Protocol, ProtocolError
+
+__all__ = ["SEG4DIFF_PROTOCOLS", "Seg4Diff", "Seg4DiffAligned", "Seg4DiffGeometry", "shortest_edge_size"]
 
 SEG4DIFF_PROTOCOLS = ("seg4diff", "seg4diff_aligned")
 
@@ -139,3 +144,59 @@ class Seg4DiffGeometry:
             raise ValueError(f"protocol={self.name}: a {tuple(masks.shape[-2:])} prediction is smaller than its "
                              f"{height} x {width} label; the release would resize its scores, not reproduced")
         return masks[..., :height, :width]
+
+
+_GEOMETRY_TEXT = "no crop, short side 640 (long side at most 2560), labels PIL nearest"
+
+
+class Seg4Diff(Protocol):
+    """``protocol=seg4diff``: the geometry of :class:`Seg4DiffGeometry`, predictions at its
+    :meth:`~Seg4DiffGeometry.prediction_size` brought to the label by its :meth:`~Seg4DiffGeometry.fit`,
+    DiffSeg's scoring. One image per batch, uint8 images before the backbone.
+
+    Args:
+        short_edge, max_size: ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST`` (640, 2560).
+        geometry: the rest of :class:`Seg4DiffGeometry`'s settings (``dataset``: the run's dataset name,
+            ``recorded_sizes``); its ``short_edge``/``max_size``/``name``, where given, must be the protocol's.
+    """
+
+    name = "seg4diff"
+    geometry_text = (f"{_GEOMETRY_TEXT}; on Cityscapes the top-left 640 x 1280 of a 1024 x 2048 prediction, "
+                     "as the release")
+    max_batch_size = 1
+    integer_pixels = True
+
+    def __init__(self, short_edge: int = 640, max_size: int = 2560, geometry: Mapping[str, Any] | None = None):
+        settings = dict(geometry or {})
+        for key, value in (("short_edge", short_edge), ("max_size", max_size), ("name", self.name)):
+            if settings.setdefault(key, value) != value:
+                raise ProtocolError(f"protocol={self.name}: geometry.{key}={settings[key]!r} differs from "
+                                    f"{value!r}; set protocol.{key} only")
+        self._geometry = Seg4DiffGeometry(**settings)
+
+    @property
+    def geometry(self) -> Seg4DiffGeometry:
+        return self._geometry
+
+    def prediction_size(self, label_size: Sequence[int]) -> tuple[int, int]:
+        """:meth:`Seg4DiffGeometry.prediction_size`: the size the release's loader records, else the label's."""
+        return self._geometry.prediction_size(label_size)
+
+    def fit(self, masks: torch.Tensor, label_size: Sequence[int]) -> torch.Tensor:
+        """:meth:`Seg4DiffGeometry.fit`: ``sem_seg_postprocess``'s top-left crop."""
+        return self._geometry.fit(masks, label_size)
+
+
+class Seg4DiffAligned(Seg4Diff):
+    """``protocol=seg4diff_aligned``: as :class:`Seg4Diff`, with every prediction made at its (resized) label's
+    size: no dataset records another (``geometry.recorded_sizes`` must be null), so the release's top-left crop
+    of a 1024 x 2048 Cityscapes prediction does not happen. Identical to ``seg4diff`` on the other datasets."""
+
+    name = "seg4diff_aligned"
+    geometry_text = f"{_GEOMETRY_TEXT}, predictions at that size"
+
+    def __init__(self, short_edge: int = 640, max_size: int = 2560, geometry: Mapping[str, Any] | None = None):
+        if (geometry or {}).get("recorded_sizes"):
+            raise ProtocolError(f"protocol={self.name} makes every prediction at its label's size: "
+                                "protocol.geometry.recorded_sizes must be null")
+        super().__init__(short_edge, max_size, geometry)
