@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.config_path import config_dir
+from eval.data.synthetic_marker import is_synthetic
 
 DEMO_IDS = ["000000000139", "000000000285", "000000000632", "000000000724", "000000000776",
             "000000000785", "000000000802", "000000000872", "000000000885", "000000001000",
@@ -81,8 +82,6 @@ def check_settings(data_root: Path, outputs: Path, num_images: int, fresh: bool)
             raise DemoError(f"{flag} {path} is a file; give a folder (it is created when missing)")
     write_data = True
     if data_root.exists() and any(data_root.iterdir()):
-        from eval.run.identity import is_synthetic  # imports torch: only when there is a root to check
-
         if not is_synthetic(data_root):
             raise DemoError(f"--data {data_root} holds files that are not a synthetic demo dataset; the demo only "
                             "writes and reads its own synthetic data (give an empty or new folder)")

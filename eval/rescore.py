@@ -28,9 +28,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from eval.instantiate import build_dataset
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
 from eval.metrics.protocols import ProtocolError, apply_protocol, geometry_differences
-from eval.run.build import build_dataset
 from eval.run.identity import (
     IDENTITY_FILE,
     RunIdentity,

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from eval.instantiate import build
 from eval.metrics import PROTOCOLS
-from eval.run.build import build
 
 __all__ = [
     "PROTOCOLS",

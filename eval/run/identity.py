@@ -71,6 +71,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.atomic import write_json_atomic
 from eval.config_path import config_dir
+from eval.data.loader import DuplicateIdsError
+from eval.data.synthetic_marker import SYNTHETIC_MARKER, is_synthetic
+from eval.instantiate import build_dataset
 from eval.metrics.protocols import protocol_settings
 from eval.run.weights import weights_identity
 
@@ -99,7 +102,6 @@ __all__ = [
 ]
 
 IDENTITY_FILE = "run.json"
-SYNTHETIC_MARKER = "SYNTHETIC.txt"
 # Keys of the dataset node that only choose which images (or where they are).
 _SELECTION_KEYS = ("root", "limit", "shard")
 # Keys of the model node that only change speed or memory (none: ``head_chunk`` rounds the maps).
@@ -167,11 +169,6 @@ def result_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     if any("sha256" in part for part in weights.values()):  # local files: their content, not their path
         out["weights"] = weights
     return out
-
-
-def is_synthetic(root: str | os.PathLike) -> bool:
-    """True when ``root`` was written by :mod:`eval.data.synthetic` (it holds the marker file)."""
-    return (Path(root) / SYNTHETIC_MARKER).is_file()
 
 
 def data_identity(dataset: Any) -> dict[str, Any]:
@@ -464,8 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
 
     from diffseg.devices import resolve_device
-    from eval.data.loader import DuplicateIdsError
-    from eval.run.build import build_dataset
 
     parser = argparse.ArgumentParser(prog="python -m eval.run.identity", description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to `python -m eval.run`")

@@ -2,7 +2,7 @@
 
 * ``save_masks=true`` or ``png``: ``masks/<method>/<image id>.png`` (8-bit, 16-bit above 255 ids),
   one file per image, so ranks and resumed runs never collide.
-* ``save_masks=coco``: ``masks/<method>.json``, a COCO results list (:mod:`eval.report.coco_results`:
+* ``save_masks=coco``: ``masks/<method>.json``, a COCO results list (:mod:`eval.run.coco_results`:
   one pycocotools RLE per segment, ``category_id`` = the class the run's protocol matched it
   to). Each batch is appended to ``masks/<method>[.rank<k>].coco.jsonl``, one line per image
   (fsynced) before its records are appended, and the JSON is rebuilt from those parts when the
@@ -28,7 +28,7 @@ import torch
 from diffseg.masks import read_mask_png, write_mask_png
 from eval.atomic import write_text_atomic
 from eval.metrics import diffcut_match
-from eval.report.coco_results import CocoResults, mask_to_records
+from eval.run.coco_results import CocoResults, mask_to_records
 
 __all__ = ["MASK_DIR", "MaskWriter", "load_saved_masks", "mask_format", "method_stem", "prune_mask_parts",
            "saved_mask_format"]

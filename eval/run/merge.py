@@ -43,12 +43,13 @@ from omegaconf import OmegaConf
 
 from eval.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from eval.data.loader import DuplicateIdsError, parse_shard
-from eval.report.coco_results import CocoResults
-from eval.run.build import build_dataset
+from eval.instantiate import build_dataset
+from eval.run.coco_results import CocoResults
 from eval.run.identity import IDENTITY_FILE, RunMismatchError, code_id, diff_settings, file_digests, read_run_json
 from eval.run.mask_files import MASK_DIR, method_stem, saved_mask_format
 from eval.run.provenance import build_provenance, tally
-from eval.run.records import METRICS_FILE, RECORDS_FILE, accumulate, load_run_records, method_scores, write_metrics
+from eval.run.records import METRICS_FILE, RECORDS_FILE, load_run_records, write_metrics
+from eval.run.totals import accumulate, method_scores
 from eval.run.unknown_labels import summarise_unknown
 
 __all__ = ["MergeError", "main", "merge_runs"]

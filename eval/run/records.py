@@ -23,15 +23,11 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eval.atomic import write_json_atomic
 
-if TYPE_CHECKING:  # the metric (torch) is imported where it is used: readers of records need no model code
-    from eval.metrics import HungarianSegmentationMetric
-
-__all__ = ["METRICS_FILE", "RECORDS_FILE", "RunRecords", "accumulate", "load_run_records", "method_scores",
-           "read_records", "write_metrics"]
+__all__ = ["METRICS_FILE", "RECORDS_FILE", "RunRecords", "load_run_records", "read_records", "write_metrics"]
 
 RECORDS_FILE = "per_image.jsonl"
 METRICS_FILE = "metrics.json"
@@ -117,22 +113,6 @@ def load_run_records(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return out
 
 
-def accumulate(records: Iterable[dict[str, Any]], num_classes: int,
-               **metric_kwargs: Any) -> dict[str, HungarianSegmentationMetric]:
-    """One metric per method over the (non-skipped) records, in first-seen method order."""
-    from eval.metrics import HungarianSegmentationMetric
-
-    stats: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        for name, s in (record.get("methods") or {}).items():
-            stats.setdefault(name, []).append(s)
-    metrics = {}
-    for name, items in stats.items():
-        metrics[name] = HungarianSegmentationMetric(num_classes, **metric_kwargs)
-        metrics[name].add_stats(items)
-    return metrics
-
-
 def write_metrics(
     out_dir: str | os.PathLike,
     methods: dict[str, dict[str, Any]],
@@ -156,18 +136,3 @@ def write_metrics(
     }
     write_json_atomic(Path(out_dir) / METRICS_FILE, result)
     return result
-
-
-def method_scores(metrics: dict[str, HungarianSegmentationMetric],
-                  tags: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-    """``metrics.json["methods"]``: each method in ``tags`` order, its scores and its ablation tag."""
-    from eval.metrics import metric_json
-
-    out = {}
-    for name, tag in tags.items():
-        metric = metrics.get(name)
-        scores = metric_json(metric.compute()) if metric is not None else {"images": 0}
-        if tag is not None:
-            scores["ablation"] = tag
-        out[name] = scores
-    return out
