@@ -48,7 +48,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from eval.data.base import UNKNOWN_LABEL
-from eval.metrics.summed_scores import scores as summed_scores
+from eval.metrics.summed_scores import scores as stats_scores
 
 NUM_CLASSES = 27
 # Protocols (eval.metrics.protocols adds each one's geometry); Seg4Diff's score with DiffSeg's rules.
@@ -316,4 +316,4 @@ def scores(tp: Any, fp: Any, fn: Any, valid: int) -> dict[str, Any]:
     (no valid pixel / no class present). Computed by :func:`eval.metrics.summed_scores.scores`, the
     one (torch-free) implementation that the bootstrap of :mod:`eval.compare` shares.
     """
-    return summed_scores(_to_numpy(tp), _to_numpy(fp), _to_numpy(fn), int(valid))
+    return stats_scores(_to_numpy(tp), _to_numpy(fp), _to_numpy(fn), int(valid))
