@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.config_path import config_dir
+from eval.data.synthetic_marker import is_synthetic
 from eval.folder.errors import RunMismatchError
 from eval.folder.layout import QUALITATIVE_PNG
 from eval.folder.run_json import read_run_json
@@ -83,8 +84,6 @@ def check_settings(data_root: Path, outputs: Path, num_images: int, fresh: bool)
             raise DemoError(f"{flag} {path} is a file; give a folder (it is created when missing)")
     write_data = True
     if data_root.exists() and any(data_root.iterdir()):
-        from eval.run.identity import is_synthetic  # imports torch: only when there is a root to check
-
         if not is_synthetic(data_root):
             raise DemoError(f"--data {data_root} holds files that are not a synthetic demo dataset; the demo only "
                             "writes and reads its own synthetic data (give an empty or new folder)")

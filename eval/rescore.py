@@ -33,9 +33,10 @@ from eval.folder.masks import load_saved_masks, read_saved_mask
 from eval.folder.metrics_json import metrics_path, write_metrics
 from eval.folder.records import write_records
 from eval.folder.run_json import read_run_json, run_json_path
+from eval.instantiate import build_dataset
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
 from eval.metrics.protocols import ProtocolError, geometry_differences, get_protocol
-from eval.run.build import build_dataset, build_protocol
+from eval.run.build import build_protocol
 from eval.run.identity import (
     RunIdentity,
     RunMismatchError,

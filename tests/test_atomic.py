@@ -9,8 +9,7 @@ import stat
 import pytest
 
 from diffseg.masks import write_mask_png
-from eval.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from eval.report.figures import save_figure
+from eval.atomic import save_figure, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
 @pytest.fixture

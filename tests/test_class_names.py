@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.compare import compare_runs
 from eval.data.classes import dataset_classes
 from eval.data.coco_stuff import COCO_STUFF27_CLASSES
 from eval.explore.runs import RunError, RunFolder
 from eval.run.records import RunRecords, write_metrics
 from eval.run.totals import accumulate, method_scores
 from eval.stats.analysis import ImageStats
+from eval.stats.comparison import compare_runs
 from eval.stats.runs import CompareError, class_names
 
 NAMES = ["sky", "road", "car"]

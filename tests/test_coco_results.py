@@ -13,16 +13,16 @@ from pycocotools import mask as mask_utils
 
 from eval.data.synthetic import write_synthetic_voc
 from eval.data.voc import Voc21
-from eval.report.coco_results import (
+from eval.report.coco_results import main
+from eval.run import evaluate
+from eval.run.coco_results import (
     CocoResults,
-    main,
     mask_to_records,
     matched_categories,
     records_to_mask,
     segment_categories,
     write_pngs,
 )
-from eval.run import evaluate
 
 
 def random_mask(rng: np.random.Generator, h: int, w: int, ids) -> np.ndarray:

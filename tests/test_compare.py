@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval.compare import ImageStats, analyse, compare_runs, load_intervals, main
+from eval.compare import main
 from eval.data.coco_stuff import COCO_STUFF27_CLASSES
 from eval.metrics import scores
 from eval.run.records import RunRecords, write_metrics
 from eval.run.totals import accumulate, method_scores
+from eval.stats.analysis import ImageStats, analyse
+from eval.stats.comparison import compare_runs, load_intervals
 
 C = 5  # classes of the synthetic runs
 

@@ -126,7 +126,7 @@ def test_methods_group_picks_the_rows(tmp_path):
 
 def test_dataset_config_that_disagrees_with_its_class_is_refused(tmp_path):
     from eval.data.synthetic import write_synthetic_voc
-    from eval.run.build import build_dataset
+    from eval.instantiate import build_dataset
 
     ids = write_synthetic_voc(tmp_path / "voc", num_images=2, seed=0, size_range=(32, 48))
     cfg = compose_eval(["dataset=voc21", f"dataset.root={tmp_path / 'voc'}", "dataset.size=16",

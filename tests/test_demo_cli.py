@@ -14,7 +14,7 @@ from hydra_compose import compose_eval
 import diffseg.backbone
 from eval import demo
 from eval.data.base import DatasetNotFoundError
-from eval.run.build import build_dataset
+from eval.instantiate import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # A fast demo: 128 px (16 x 16 attention), 2 images; everything else as `make demo` runs it.

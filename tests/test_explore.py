@@ -26,9 +26,9 @@ from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.explore.__main__ import main as explore_main
 from eval.explore.runs import ALL_CLASSES, RunError, RunFolder, compare_runs, matched_colours
 from eval.explore.session import ImageSession, SegmentParams, weights_from
-from eval.report.coco_results import CocoResults
 from eval.run import evaluate
 from eval.run.cache import AttentionCache
+from eval.run.coco_results import CocoResults
 from eval.run.records import read_records
 
 SIDES = (16, 8, 4)

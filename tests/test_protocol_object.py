@@ -22,6 +22,7 @@ from eval.data.demo import DemoCocoStuff27
 from eval.data.geometry import CentreCropGeometry
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff, write_synthetic_voc
 from eval.data.voc import Voc21
+from eval.instantiate import build_dataset
 from eval.metrics import HungarianSegmentationMetric, image_stats
 from eval.metrics import protocols as protocols_package
 from eval.metrics.functional import hungarian_image_stats
@@ -37,7 +38,7 @@ from eval.metrics.protocols import (
 from eval.metrics.protocols import base as protocols_base
 from eval.rescore import main as rescore_main
 from eval.run import evaluate
-from eval.run.build import build_dataset, build_protocol
+from eval.run.build import build_protocol
 from eval.run.provenance import protocol_key
 
 # ------------------------------------------------------------------------------ the existing protocols

@@ -22,10 +22,10 @@ from eval.data.synthetic import write_synthetic_voc
 from eval.data.voc import Voc21
 from eval.metrics import image_stats
 from eval.metrics.protocols import DiffCutGeometry, ProtocolError, torchvision_center_crop
-from eval.report.coco_results import CocoResults
 from eval.rescore import main as rescore_main
 from eval.run import evaluate
 from eval.run.build import build_protocol
+from eval.run.coco_results import CocoResults
 from eval.run.identity import RunMismatchError
 
 # --------------------------------------------------------------------------- scoring

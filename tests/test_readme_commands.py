@@ -116,7 +116,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "python -m eval.run -m experiment=coco_stuff27 seed=0,1,2": (
         "tests/test_stats.py::test_kmeans_c_seed_spread_over_three_seeds_is_reported",
         "tests/test_stats.py::test_a_method_the_seed_does_not_reach_is_not_counted_as_seed_runs"),
-    "python -c \"import numpy as np; from eval.stats import calibration as sp; from eval.compare import analyse; "
+    "python -c \"import numpy as np; from eval.stats import calibration as sp; "
+    "from eval.stats.analysis import analyse; "
     "d = sp.draw(np.random.default_rng(0), 1, 500, [sp.method(0), sp.method(1)])[0]; "
     "print(analyse({'A': d[0], 'B': d[1]}, permutations=2000)['pairs']['A vs B']['power'])\"": (
         "tests/test_readme_commands.py::test_the_power_command_prints_the_figures_the_readme_quotes",),

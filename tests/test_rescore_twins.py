@@ -20,11 +20,12 @@ from omegaconf import OmegaConf
 
 from diffseg.masks import read_mask_png, write_mask_png
 from eval.data.synthetic import write_synthetic_coco_stuff, write_synthetic_voc
+from eval.instantiate import build_dataset
 from eval.metrics import image_stats
-from eval.report.coco_results import CocoResults
 from eval.rescore import rescore
 from eval.run import evaluate
-from eval.run.build import build_dataset, build_protocol
+from eval.run.build import build_protocol
+from eval.run.coco_results import CocoResults
 from eval.run.mask_files import MASK_DIR
 
 # DiffCut's protocol on VOC (its own geometry): the tiny backbone with the sharpened attention of FAST_DIFFSEG.

@@ -20,9 +20,9 @@ from PIL import Image
 
 import eval.run.merge as merge_module
 from eval.data.synthetic import write_synthetic_coco_stuff
-from eval.report.coco_results import mask_to_records
 from eval.rescore import rescore
 from eval.run import evaluate, run_cli
+from eval.run.coco_results import mask_to_records
 from eval.run.mask_files import MASK_DIR, load_saved_masks, read_saved_mask
 from eval.run.merge import MergeError, merge_runs
 from eval.run.merge import main as merge_main

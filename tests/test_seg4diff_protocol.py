@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from diffseg import Seg4Diff
 from diffseg.testing.tiny_mmdit import tiny_mmdit_backbone
 from eval.data.synthetic import write_synthetic_cityscapes, write_synthetic_coco_stuff
+from eval.instantiate import build_dataset
 from eval.metrics import image_stats
 from eval.metrics.protocols import ProtocolError
 from eval.metrics.protocols.seg4diff import Seg4DiffGeometry, shortest_edge_size
 from eval.report.ledger import load_ledger
-from eval.run.build import build_dataset
 from eval.run.joint_passes import JointAttentionPasses
 from eval.run.methods import Method
 from eval.run.runner import evaluate, run_cli

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.compare import ImageStats, analyse, compare_runs
+from eval.metrics.summed_scores import scores
 from eval.stats import calibration as sp
-from eval.stats.analysis import _design
+from eval.stats.analysis import ImageStats, _design, analyse
+from eval.stats.comparison import compare_runs
 from eval.stats.intervals import bca_bounds, bootstrap_t_bounds
-from eval.stats.scores import scores
 from eval.stats.significance import holm, min_detectable, studentised_p
 
 ROOT = Path(__file__).resolve().parents[1]

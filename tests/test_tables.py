@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval.report.figures import colorize, default_palette, overlay, qualitative_grid
+from eval.report.figures import colorize, default_palette, overlay
 from eval.report.ledger import Claim, load_ledger
 from eval.report.tables import (
     ablation_tables,
@@ -20,6 +20,7 @@ from eval.report.tables import (
     write_tables,
 )
 from eval.run.provenance import RANDOM_BANNER, UNKNOWN_BANNER
+from eval.run.qualitative import qualitative_grid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.compare import compare_runs, load_intervals
 from eval.report.tables import collect_runs, main_table, protocol_sensitivity_tables
 from eval.run.records import RunRecords, write_metrics
 from eval.run.totals import accumulate, method_scores
+from eval.stats.comparison import compare_runs, load_intervals
 
 C = 4
 

@@ -31,7 +31,7 @@ from diffseg.testing.features import clustered_features
 from eval.atomic import write_json_atomic
 from eval.bench.baselines.naive_diffcut import naive_diffcut
 from eval.bench.timing import device_info, timed
-from eval.report.markdown import markdown_rows
+from eval.markdown import markdown_rows
 from eval.run import versions
 
 __all__ = ["main", "run_bench"]

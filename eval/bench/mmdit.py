@@ -43,7 +43,8 @@ from diffseg.joint_attention import (
 )
 from eval.atomic import write_json_atomic
 from eval.bench.timing import device_info, timed
-from eval.report.markdown import markdown_rows
+from eval.markdown import markdown_rows
+from eval.run.identity import versions
 
 __all__ = ["capture_overhead", "main", "probability_peak_memory", "run_bench"]
 
@@ -165,8 +166,6 @@ def run_bench(side: int = 64, text_tokens: int = 154, repeats: int = 3, memory_i
               heads: int = 24, head_dim: int = 64, chunk: int = DEFAULT_QUERY_CHUNK,
               device: str | None = "cpu") -> dict[str, Any]:
     """Both sections (module docstring)."""
-    from eval.run import versions  # imports the backbones: not in the memory rows' fresh processes
-
     return {"versions": versions(),
             "capture_overhead": capture_overhead(side, text_tokens, repeats, device),
             "peak_memory": probability_peak_memory(memory_image_tokens, text_tokens, heads, head_dim, chunk, device)}

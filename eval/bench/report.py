@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.atomic import write_json_atomic, write_text_atomic
-from eval.report.markdown import markdown_rows
+from eval.markdown import markdown_rows
 
 __all__ = [
     "DEFAULT_OUT_DIR",
@@ -134,7 +134,7 @@ def _baseline_cells(row: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def _table(header: list[str], rows: list[list[str]], *align: str) -> list[str]:
-    """The lines of a Markdown table (:func:`eval.report.markdown.markdown_rows`); ``align`` names the first
+    """The lines of a Markdown table (:func:`eval.markdown.markdown_rows`); ``align`` names the first
     columns' alignment, the last one repeated for the rest."""
     aligns = [*align, *[align[-1]] * (len(header) - len(align))]
     return markdown_rows(header, rows, aligns).splitlines()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable
@@ -11,6 +10,8 @@ from typing import Any
 
 import torch
 from torch.utils.benchmark import Timer
+
+from eval.run.machine import cpu_name
 
 __all__ = ["device_info", "load_average", "log", "timed"]
 
@@ -34,17 +35,6 @@ def log(message: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------- device info
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def load_average() -> float | None:
     """The 1-minute load average (None where the platform has none)."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -55,7 +45,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     run starts (other work on the machine slows every stage) and, on CUDA, the TF32 switches."""
     info: dict[str, Any] = {
         "kind": device.type,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": load_average(),

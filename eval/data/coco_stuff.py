@@ -31,6 +31,7 @@ from eval.data.base import IGNORE_INDEX, LabelledImages, StandardList, make_hint
 from eval.data.download import PinnedFile, download_pinned, pinned_files, safe_extract_zip
 from eval.data.loader import DatasetNotFoundError
 from eval.data.preparation import Preparation, PrepareError, option, require_network
+from eval.data.synthetic_marker import is_synthetic
 
 __all__ = [
     "PREPARATION",
@@ -364,8 +365,6 @@ def subset_ids(dataset: LabelledImages, subset: str, list_file: str | None, titl
     path = dataset._require(dataset.root / (list_file or SUBSETS[subset]), f"{title} list file ({subset} subset)")
     ids = read_id_list(path)
     if subset == "all" and len(ids) != VAL2017_IMAGES:
-        from eval.run.identity import is_synthetic  # imported here: datasets/prepare.py stays light to import
-
         if not is_synthetic(dataset.root):
             raise DatasetNotFoundError(f"{path} lists {len(ids)} ids, not the {VAL2017_IMAGES} val2017 images "
                                        f"of subset=all; {dataset._hint}")

@@ -33,6 +33,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from eval.data.classes import dataset_modules
+
 __all__ = [
     "ChecksumError",
     "DownloadError",
@@ -101,8 +103,6 @@ def pinned_files() -> dict[str, PinnedFile]:
     Raises:
         ValueError: two dataset modules pin the same key.
     """
-    from eval.data.classes import dataset_modules  # the dataset modules import this one
-
     merged: dict[str, PinnedFile] = {}
     for module in dict.fromkeys(dataset_modules().values()):
         for key, pinned in module.PINNED.items():

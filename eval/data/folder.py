@@ -96,7 +96,7 @@ class FolderDataset(LabelledImages):
     title = "Own folder"
     classes: ClassVar[tuple[str, ...]] = ()  # per instance: class_names, or class_<i>
     make_target = "data-folder"
-    described_keys = ("num_classes", "background")  # config keys eval.run.build passes to the constructor
+    described_keys = ("num_classes", "background")  # keys build_dataset passes to the constructor
     options = {"num_classes": None, "background": None, "ignore_index": 255, "class_names": None,
                "image_dir": "images", "label_dir": "labels", "image_suffix": ".jpg", "label_suffix": ".png"}
     standard_list = None  # your own images are never a benchmark's list

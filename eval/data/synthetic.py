@@ -23,8 +23,8 @@ from eval.data.ade20k import ADE20K150_CLASSES
 from eval.data.coco_object import COCO_THING_IDS
 from eval.data.coco_stuff import DEFAULT_LIST_FILE, IMAGE_DIR, LABEL_DIR
 from eval.data.context import CONTEXT_DETAIL_IDS
+from eval.data.synthetic_marker import SYNTHETIC_MARKER
 from eval.data.voc import VOC21_CLASSES
-from eval.run.identity import SYNTHETIC_MARKER
 
 PathLike = str | os.PathLike
 Pair = tuple[int, int]  # (low, high) or (height, width)

@@ -24,6 +24,8 @@ import socket
 import sys
 from typing import Any
 
+from eval.run.provenance import RANDOM_BANNER
+
 __all__ = ["PortInUseError", "build_app", "check_port", "load_backbone", "main", "serve"]
 
 log = logging.getLogger("eval.explore")
@@ -75,7 +77,6 @@ def load_backbone(model: str, device: str | None = None) -> tuple[Any, str | Non
     """``(backbone, banner)``: the tiny random backbone or a pretrained one; the banner says random weights."""
     if model == "tiny":
         from diffseg.testing.tiny import tiny_backbone
-        from eval.run.provenance import RANDOM_BANNER
 
         return tiny_backbone(attention_scale=TINY_ATTENTION_SCALE, device=device), RANDOM_BANNER
     from diffseg.backbone import StableDiffusionBackbone

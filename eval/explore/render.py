@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from diffseg.masks import colorize, overlay
-from eval.report.figures import resize_nearest
+from eval.run.qualitative import resize_nearest
 
 __all__ = ["anchors_picture", "heatmap", "label_picture", "mark", "mask_overlay", "resize_nearest"]
 

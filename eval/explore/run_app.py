@@ -16,7 +16,7 @@ from PIL import Image
 
 from eval.explore.render import label_picture, mask_overlay
 from eval.explore.runs import ALL_CLASSES, IMAGE_COLUMN, RunError, RunFolder, compare_runs, matched_colours
-from eval.report.figures import per_class_iou_bars
+from eval.stats.figures import per_class_iou_bars
 
 __all__ = ["build_run_app", "open_runs"]
 

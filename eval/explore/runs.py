@@ -5,14 +5,14 @@ the resolved ``config``) and the per-image records ``per_image*.jsonl`` (every m
 tp / fp / fn per class on every image). From them :class:`RunFolder` gives
 
 * the image table: each method's per-image mIoU (mean IoU over the classes present in the
-  image's label or prediction, :func:`eval.compare.per_image_miou`) and the classes present in
+  image's label or prediction, :func:`eval.stats.analysis.per_image_miou`) and the classes present in
   the label (``tp + fn > 0``), sortable and filterable by class;
 * the run's per-class IoU (``metrics.json``) and its provenance banner (random weights,
   synthetic data, partial data, settings other than the paper's; :mod:`eval.run.provenance`);
 * an image, its label (through the run's own dataset config, cut and resized with the geometry of
   the run's protocol, :func:`eval.run.build.build_protocol`) and each method's saved mask:
   ``masks/<method>/<id>.png`` (``save_masks=true``) or COCO RLE results (a JSON list of
-  :mod:`eval.report.coco_results` records under ``masks/``), coloured by the class each segment is
+  :mod:`eval.run.coco_results` records under ``masks/``), coloured by the class each segment is
   matched to (the metric's Hungarian matching).
 
 :func:`compare_runs` lists the per-image differences of two runs of one dataset, sorted, or,
@@ -32,13 +32,14 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from eval import folder
-from eval.compare import ImageStats, per_image_miou
 from eval.folder import FolderError
 from eval.folder.layout import METRICS_JSON
+from eval.instantiate import build_dataset
 from eval.metrics.protocols import ProtocolError
-from eval.report.figures import match_to_classes, resize_nearest
-from eval.run.build import build_dataset, build_protocol
+from eval.run.build import build_protocol
 from eval.run.provenance import banner, images_note
+from eval.run.qualitative import match_to_classes, resize_nearest
+from eval.stats.analysis import ImageStats, per_image_miou
 from eval.stats.runs import class_names
 
 __all__ = ["ALL_CLASSES", "RunError", "RunFolder", "compare_runs", "matched_colours"]
@@ -216,7 +217,7 @@ class RunFolder(folder.RunFolder):
 
 
 def matched_colours(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    """Segment ids relabelled for display (:func:`eval.report.figures.match_to_classes`: a segment the
+    """Segment ids relabelled for display (:func:`eval.run.qualitative.match_to_classes`: a segment the
     metric matched to a class takes its id, the others ids from ``num_classes`` up), with ``mask``
     resized (nearest) to the label's shape."""
     return match_to_classes(resize_nearest(mask, label.shape), label, num_classes)

@@ -48,7 +48,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from eval.data.base import UNKNOWN_LABEL
-from eval.stats.scores import scores as stats_scores
+from eval.metrics.summed_scores import scores as stats_scores
 
 NUM_CLASSES = 27
 
@@ -310,7 +310,7 @@ def scores(tp: Any, fp: Any, fn: Any, valid: int) -> dict[str, Any]:
 
     Returns ``{"acc": float, "miou": float, "iou": [float | None, ...]}``; an IoU is None
     for a class with ``tp + fp + fn == 0``; ``acc`` / ``miou`` are None when undefined
-    (no valid pixel / no class present). Computed by :func:`eval.stats.scores.scores`, the
+    (no valid pixel / no class present). Computed by :func:`eval.metrics.summed_scores.scores`, the
     one (torch-free) implementation that the bootstrap of :mod:`eval.compare` shares.
     """
     return stats_scores(_to_numpy(tp), _to_numpy(fp), _to_numpy(fn), int(valid))

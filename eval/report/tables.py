@@ -32,13 +32,13 @@ from typing import Any
 import pandas as pd
 
 from eval.atomic import write_text_atomic
-from eval.compare import load_intervals
 from eval.data.classes import dataset_title
 from eval.folder.layout import METRICS_JSON
 from eval.folder.metrics_json import read_metrics
+from eval.markdown import check_out_dir, markdown_rows, slug
 from eval.report.ledger import Claim, claims_for, load_ledger, render_claims
-from eval.report.markdown import check_out_dir, markdown_rows, slug
 from eval.run.provenance import banner, images_note, method_label, protocol_key
+from eval.stats.comparison import load_intervals
 from eval.stats.report import na_text
 from eval.stats.runs import flatten, ids_sha256
 

@@ -70,10 +70,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval.config_path import config_dir
+from eval.data.loader import DuplicateIdsError
+from eval.data.synthetic_marker import SYNTHETIC_MARKER, is_synthetic
 from eval.folder.errors import RunMismatchError
 from eval.folder.layout import RUN_JSON as IDENTITY_FILE
 from eval.folder.masks import saved_mask_format
 from eval.folder.run_json import read_run_json, run_json_path, write_run_json
+from eval.instantiate import build_dataset
 from eval.run.build import protocol_settings
 from eval.run.weights import weights_identity
 
@@ -102,7 +105,6 @@ __all__ = [
     "versions",
 ]
 
-SYNTHETIC_MARKER = "SYNTHETIC.txt"
 # Keys of the dataset node that only choose which images (or where they are).
 _SELECTION_KEYS = ("root", "limit", "shard")
 # Keys of the model node that only change speed or memory (none: ``head_chunk`` rounds the maps).
@@ -166,11 +168,6 @@ def result_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     if any("sha256" in part for part in weights.values()):  # local files: their content, not their path
         out["weights"] = weights
     return out
-
-
-def is_synthetic(root: str | os.PathLike) -> bool:
-    """True when ``root`` was written by :mod:`eval.data.synthetic` (it holds the marker file)."""
-    return (Path(root) / SYNTHETIC_MARKER).is_file()
 
 
 def data_identity(dataset: Any) -> dict[str, Any]:
@@ -446,8 +443,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
 
     from diffseg.devices import resolve_device
-    from eval.data.loader import DuplicateIdsError
-    from eval.run.build import build_dataset
 
     parser = argparse.ArgumentParser(prog="python -m eval.run.identity", description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to `python -m eval.run`")

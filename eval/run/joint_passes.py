@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from diffseg.joint_aggregation import image_self_attention
 from diffseg.joint_attention import DEFAULT_QUERY_CHUNK
-from eval.run.build import build
+from eval.instantiate import build
 from eval.run.cache import AttentionCache
 from eval.run.methods import Method
 from eval.run.passes import BackbonePasses, segment_batch

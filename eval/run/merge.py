@@ -50,7 +50,7 @@ from eval.folder.masks import saved_mask_format
 from eval.folder.metrics_json import metrics_path, write_metrics
 from eval.folder.records import load_run_records, write_records
 from eval.folder.run_json import run_json_path, write_run_json
-from eval.run.build import build_dataset
+from eval.instantiate import build_dataset
 from eval.run.identity import RunMismatchError, code_id, diff_settings, file_digests, read_run_json
 from eval.run.provenance import build_provenance, tally
 from eval.run.totals import accumulate, method_scores

@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffseg import aggregate_attention
 from diffseg.devices import resolve_dtype
-from eval.bench.timing import _cpu_name as cpu_name
-from eval.run.build import build, protocol_settings
+from eval.instantiate import build
+from eval.run.build import protocol_settings
 from eval.run.cache import AttentionCache, input_key, library_digest
 from eval.run.identity import versions
+from eval.run.machine import cpu_name
 from eval.run.methods import FeaturePass, Method, weights_key
 from eval.run.weights import unresolved, weights_identity
 

@@ -43,10 +43,10 @@ from eval.atomic import write_text_atomic
 from eval.config_path import config_dir
 from eval.data.loader import DuplicateIdsError, build_loader
 from eval.folder import layout
+from eval.instantiate import build_dataset
 from eval.metrics import HungarianSegmentationMetric, metric_json, scores
 from eval.metrics.protocols import Protocol, ProtocolError, protocol_from_settings
-from eval.report.figures import QualitativeSamples
-from eval.run.build import build_dataset, build_protocol, protocol_settings
+from eval.run.build import build_protocol, protocol_settings
 from eval.run.distributed import Dist, export_slurm_env, process_group, split
 from eval.run.identity import (
     IDENTITY_FILE,
@@ -69,6 +69,7 @@ from eval.run.mask_files import MaskWriter, mask_format, prune_mask_parts
 from eval.run.methods import build_methods
 from eval.run.passes import BackbonePasses
 from eval.run.provenance import banner, build_provenance, tally
+from eval.run.qualitative import QualitativeSamples
 from eval.run.records import METRICS_FILE, RunRecords, load_run_records, write_metrics
 from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, remove_if_new_and_empty, storage_error
 from eval.run.settings import SettingError, validate

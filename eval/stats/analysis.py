@@ -1,6 +1,6 @@
 """Intervals and paired tests of methods evaluated on the same images: :func:`analyse`.
 
-Every reported number is a function of stat sums over images (:mod:`eval.stats.scores`):
+Every reported number is a function of stat sums over images (:mod:`eval.metrics.summed_scores`):
 resampling images and re-summing gives the bootstrap, leaving one image out the
 jackknife. A method may have several seed runs on the same images (blocks); its
 statistic is then the mean over its seeds of the dataset-level metric, and all its
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from eval.metrics.summed_scores import dataset_scores, scores, split_columns
 from eval.stats.intervals import bca_bounds, bootstrap_t_bounds, combined_bounds, percentile_bounds
 from eval.stats.resample import bootstrap_weights, exact_product, flip_weights, weighted_sums
-from eval.stats.scores import dataset_scores, scores, split_columns
 from eval.stats.significance import holm, mc_se, min_detectable, ratio_variance, signflip_p, studentised_p
 
 __all__ = ["INTERVALS", "ImageStats", "analyse"]
@@ -88,7 +88,7 @@ class ImageStats:
         return np.concatenate([self.tp, self.fp, self.fn, np.asarray(self.valid)[:, None]], axis=1).astype(np.int64)
 
     def totals(self) -> dict[str, Any]:
-        """Dataset-level :func:`eval.stats.scores.scores` of the summed stats (as ``metrics.json``)."""
+        """Dataset-level :func:`eval.metrics.summed_scores.scores` of the summed stats (as ``metrics.json``)."""
         return scores(self.tp.sum(0), self.fp.sum(0), self.fn.sum(0), int(np.sum(self.valid)))
 
     def class_images(self) -> np.ndarray:

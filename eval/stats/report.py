@@ -1,6 +1,6 @@
 """The files of a comparison: Markdown and CSV tables, figures and ``compare.md``.
 
-Everything is read from the ``compare.json`` content (:func:`eval.compare.compare_runs`);
+Everything is read from the ``compare.json`` content (:func:`eval.stats.comparison.compare_runs`);
 nothing is computed here but formatting. Refused intervals read ``n/a (3 images)``.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from eval.atomic import write_text_atomic
 from eval.folder import layout
-from eval.report.markdown import markdown_rows, slug
+from eval.markdown import markdown_rows, slug
 from eval.stats.analysis import INTERVAL_NAMES, ImageStats, per_image_miou
 
 __all__ = ["EXTREMES", "fmt_interval", "fmt_p", "na_text", "slug", "table", "write_report"]
@@ -150,7 +150,7 @@ def _load_masks(run_path: Path, method: str, ids: Sequence[str]) -> dict[str, np
 def _figures(compare: dict[str, Any], stats: dict[str, ImageStats], ids: Sequence[str], out: Path,
              banner: str | None) -> tuple[list[Path], list[str], dict[str, Any]]:
     """Per-class bars, per-image distribution and worst / best grids; returns paths, Markdown, extremes."""
-    from eval.report.figures import image_extremes, per_class_iou_bars, per_image_distribution
+    from eval.stats.figures import image_extremes, per_class_iou_bars, per_image_distribution  # matplotlib on use
 
     methods = compare["methods"]
     labels = {k: methods[k]["label"] for k in stats}
