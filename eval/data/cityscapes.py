@@ -46,10 +46,6 @@ DOWNLOAD_PAGE = "https://www.cityscapes-dataset.com/downloads/"
 
 CITYSCAPES_FIRST_LABEL_ID = 7
 
-# The files `make data-cityscapes` fetches or expects: its entries of eval/data/pinned_files.json, with the published
-# checksums (merged into eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = pinned_files_of("cityscapes")
-
 # labelId 7..33 in order -> class 0..26.
 CITYSCAPES27_CLASSES: tuple[str, ...] = (
     "road",
@@ -82,6 +78,10 @@ CITYSCAPES27_CLASSES: tuple[str, ...] = (
 )
 
 assert len(CITYSCAPES27_CLASSES) == 27
+
+# The files `make data-cityscapes` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("cityscapes")
 
 
 class Cityscapes27(LabelledImages):

@@ -70,10 +70,6 @@ STANDARD_LISTS = {
 }
 COCO_STUFF_UNLABELLED = 255
 
-# The files `make data-coco` fetches or expects: its entries of eval/data/pinned_files.json, with the published
-# checksums (merged into eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = pinned_files_of("coco_stuff")
-
 # 12 thing supercategories (0..11), then 15 stuff supercategories (12..26).
 COCO_STUFF27_CLASSES: tuple[str, ...] = (
     "electronic",
@@ -303,6 +299,10 @@ COCO_STUFF_FINE_TO_COARSE: tuple[int, ...] = tuple(_COARSE_INDEX[c] for _, c in 
 
 assert len(COCO_STUFF27_CLASSES) == 27
 assert len(COCO_STUFF_FINE_CLASSES) == 182
+
+# The files `make data-coco` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("coco_stuff")
 
 
 def coco_stuff_fine_to_coarse_lut() -> np.ndarray:

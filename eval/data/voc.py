@@ -40,10 +40,6 @@ VAL_IMAGES = 1449
 VOC_IGNORE = 255
 TAR_PREFIX = "VOCdevkit/VOC2012/"  # the root's folder inside the trainval tar
 
-# The files `make data-voc` fetches or expects: its entries of eval/data/pinned_files.json, with the published
-# checksums (merged into eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = pinned_files_of("voc")
-
 # SegmentationClass palette index -> class (index 0 = background).
 VOC21_CLASSES: tuple[str, ...] = (
     "background",
@@ -70,6 +66,10 @@ VOC21_CLASSES: tuple[str, ...] = (
 )
 
 assert len(VOC21_CLASSES) == 21
+
+# The files `make data-voc` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("voc")
 
 
 def split_list(root: str | os.PathLike, split: str = "val") -> Path:
