@@ -84,6 +84,21 @@ def test_installed_config_dir_points_into_the_install(installed, tmp_path):
     assert json.loads(datasets) == sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml"))  # registry
 
 
+def test_installed_copy_ships_and_reads_the_pinned_files_table(installed, tmp_path):
+    shipped = installed / "eval" / "data" / "pinned_files.json"
+    assert shipped.read_bytes() == (REPO / "eval" / "data" / "pinned_files.json").read_bytes()
+    done = _run_installed(installed, tmp_path, "-c", (
+        "import dataclasses, json, eval.data.download as d\n"
+        "print(d.PINNED_TABLE)\n"
+        "print(json.dumps({k: dataclasses.asdict(v) for k, v in d.PINNED_FILES.items()}))"))
+    assert done.returncode == 0, done.stderr
+    table, pinned = done.stdout.strip().splitlines()
+    assert Path(table) == installed.resolve() / "eval" / "data" / "pinned_files.json"  # the install's own copy
+    before = json.loads((REPO / "tests" / "data" / "pinned_files_before.json").read_text(encoding="utf-8"))
+    assert json.loads(pinned) == {k: {f: v for f, v in e.items() if f != "module"} for k, e in before.items()}
+    assert json.loads(pinned)["coco_val2017"]["size"] == 815585330
+
+
 def test_installed_copy_composes_the_demo_experiment(installed, tmp_path):
     """``python -m eval.run experiment=demo --cfg job`` from outside the clone prints the demo's config."""
     done = _run_installed(installed, tmp_path, "-m", "eval.run", "experiment=demo", "--cfg", "job")

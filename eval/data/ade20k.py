@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.data.base import LabelledImages, StandardList, ids_sha256
-from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
+from eval.data.download import PinnedFile, download_pinned, pinned_files_of, safe_extract_zip
 from eval.data.preparation import Preparation, PrepareError
 
 __all__ = ["ADE20K150_CLASSES", "PINNED", "PREPARATION", "VAL_IMAGES", "ZIP_PREFIX", "Ade20k150", "ade20k_ready",
@@ -25,19 +25,9 @@ __all__ = ["ADE20K150_CLASSES", "PINNED", "PREPARATION", "VAL_IMAGES", "ZIP_PREF
 VAL_IMAGES = 2000
 ZIP_PREFIX = "ADEChallengeData2016/"  # the root's folder inside the official zip
 
-# The files `make data-ade20k` fetches or expects, with the published checksums (merged into
-# eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = {
-    "ade20k_challenge": PinnedFile(
-        name="ADEChallengeData2016.zip",
-        url="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
-        sha1="219e1696abb36c8ba3a3afe7fb2f4b4606a897c7",
-        source=(
-            "sha1: dmlc/gluon-cv scripts/datasets/ade20k.py (same value in "
-            "zhanghang1989/PyTorch-Encoding); no sha256/md5 is published"
-        ),
-    ),
-}
+# The files `make data-ade20k` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("ade20k")
 
 # objectInfo150 order of the SceneParsing benchmark (file value k = class k - 1).
 ADE20K150_CLASSES: tuple[str, ...] = (

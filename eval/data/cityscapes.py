@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.data.base import IGNORE_INDEX, LabelledImages, StandardList
-from eval.data.download import PinnedFile, pinned_files, safe_extract_zip, verify_file
+from eval.data.download import PinnedFile, pinned_files, pinned_files_of, safe_extract_zip, verify_file
 from eval.data.preparation import Preparation, PrepareError, option
 
 __all__ = [
@@ -45,23 +45,6 @@ VAL_IMAGES = 500
 DOWNLOAD_PAGE = "https://www.cityscapes-dataset.com/downloads/"
 
 CITYSCAPES_FIRST_LABEL_ID = 7
-
-# The files `make data-cityscapes` fetches or expects, with the published checksums (merged into
-# eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = {
-    "cityscapes_gtfine": PinnedFile(
-        name="gtFine_trainvaltest.zip",
-        url="https://www.cityscapes-dataset.com/file-handling/?packageID=1",
-        md5="4237c19de34c8a376e9ba46b495d6f66",
-        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=1, 241MB)",
-    ),
-    "cityscapes_leftimg8bit": PinnedFile(
-        name="leftImg8bit_trainvaltest.zip",
-        url="https://www.cityscapes-dataset.com/file-handling/?packageID=3",
-        md5="0a6e97e94b616a514066c9e2adb0c97f",
-        source="md5 published on https://www.cityscapes-dataset.com/downloads/ (packageID=3, 11GB)",
-    ),
-}
 
 # labelId 7..33 in order -> class 0..26.
 CITYSCAPES27_CLASSES: tuple[str, ...] = (
@@ -95,6 +78,10 @@ CITYSCAPES27_CLASSES: tuple[str, ...] = (
 )
 
 assert len(CITYSCAPES27_CLASSES) == 27
+
+# The files `make data-cityscapes` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("cityscapes")
 
 
 class Cityscapes27(LabelledImages):

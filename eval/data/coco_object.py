@@ -43,7 +43,7 @@ from eval.data.coco_stuff import (
     prepare_coco,
     subset_ids,
 )
-from eval.data.download import PinnedFile, download_pinned, safe_extract_zip
+from eval.data.download import PinnedFile, download_pinned, pinned_files_of, safe_extract_zip
 from eval.data.loader import DatasetNotFoundError
 from eval.data.preparation import Preparation, option
 
@@ -72,22 +72,9 @@ AGREEMENT_FILE = "object81_agreement.json"
 LABEL_SOURCES = ("stuffthingmaps", "instances")
 OVERLAP_RULES = ("smallest_on_top", "file_order")
 
-# The files `make data-coco-object` fetches or expects, with the published checksums (merged into
-# eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = {
-    "coco_annotations_trainval2017": PinnedFile(
-        name="annotations_trainval2017.zip",
-        url="http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
-        sha256="113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268",
-        md5="f4bbac642086de4f52a3fdda2de5fa2c",
-        size=252907541,
-        source=(
-            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
-            "_META_CHECKSUMS['2017']); md5 and size: the COCO-published values quoted by many "
-            "download scripts (e.g. mlcommons/ck)"
-        ),
-    ),
-}
+# The files `make data-coco-object` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("coco_object")
 
 # COCO category ids (1..90) of the 80 annotated thing classes, in id order.
 _COCO_UNANNOTATED_THING_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91})

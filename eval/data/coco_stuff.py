@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.data.base import IGNORE_INDEX, LabelledImages, StandardList, make_hint, read_id_list
-from eval.data.download import PinnedFile, download_pinned, pinned_files, safe_extract_zip
+from eval.data.download import PinnedFile, download_pinned, pinned_files, pinned_files_of, safe_extract_zip
 from eval.data.loader import DatasetNotFoundError
 from eval.data.preparation import Preparation, PrepareError, option, require_network
 from eval.data.synthetic_marker import is_synthetic
@@ -70,41 +70,6 @@ STANDARD_LISTS = {
     "all": StandardList(f"{ALL_LIST_FILE} (every val2017 image)", VAL2017_IMAGES),
 }
 COCO_STUFF_UNLABELLED = 255
-
-# The files `make data-coco` fetches or expects, with the published checksums (merged into
-# eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = {
-    "coco_val2017": PinnedFile(
-        name="val2017.zip",
-        url="http://images.cocodataset.org/zips/val2017.zip",
-        sha256="4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05",
-        md5="442b8da7639aecaf257c1dceb8ba8c80",
-        size=815585330,
-        source=(
-            "sha256: torchvision (pytorch/vision, torchvision/prototype/datasets/_builtin/coco.py, "
-            "_IMAGES_CHECKSUMS[('2017', 'val')]); md5: the COCO-published digest, e.g. quoted in "
-            "intel/neural-compressor examples/.../maskrcnn/download_dataset.sh; size: HTTP Content-Length"
-        ),
-    ),
-    "cocostuff_stuffthingmaps": PinnedFile(
-        name="stuffthingmaps_trainval2017.zip",
-        url="http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip",
-        sha256=None,
-        md5=None,
-        size=None,
-        source=(
-            "no checksum is published by COCO-Stuff (github.com/nightrome/cocostuff README lists "
-            "only ~659 MB) and none was found elsewhere: verified by zip CRCs (zipfile.testzip) only"
-        ),
-    ),
-    "coco_stuff27_list": PinnedFile(
-        name="Coco164kFull_Stuff_Coarse_7.txt",
-        url="https://raw.githubusercontent.com/google/diffseg/main/data/coco/Coco164kFull_Stuff_Coarse_7.txt",
-        sha256="7c629734c88f1a74bba6311e01d4d9fe976df84f07cb4fc86452ce5116e51655",
-        size=28275,
-        source="sha256 of the copy in github.com/google/diffseg data/coco/ (2175 ids)",
-    ),
-}
 
 # 12 thing supercategories (0..11), then 15 stuff supercategories (12..26).
 COCO_STUFF27_CLASSES: tuple[str, ...] = (
@@ -335,6 +300,10 @@ COCO_STUFF_FINE_TO_COARSE: tuple[int, ...] = tuple(_COARSE_INDEX[c] for _, c in 
 
 assert len(COCO_STUFF27_CLASSES) == 27
 assert len(COCO_STUFF_FINE_CLASSES) == 182
+
+# The files `make data-coco` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("coco_stuff")
 
 
 def coco_stuff_fine_to_coarse_lut() -> np.ndarray:

@@ -40,6 +40,7 @@ from eval.data.download import (
     PinnedFile,
     download_pinned,
     pinned_files,
+    pinned_files_of,
     safe_extract_tar,
     verify_file,
 )
@@ -73,30 +74,9 @@ ANNOTATION_FILE = "trainval_merged.json"
 VAL_IMAGES = 5105
 TAR_PREFIX = "VOCdevkit/VOC2010/"  # the root's folder inside the VOC2010 trainval tar
 
-# The files `make data-context` fetches or expects, with the published checksums (merged into
-# eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = {
-    "voc2010_trainval": PinnedFile(
-        name="VOCtrainval_03-May-2010.tar",
-        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
-        md5="da459979d0c395079b5c75ee67908abb",
-        sha1="bf9985e9f2b064752bf6bd654d89f017c76c395a",
-        source=(
-            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2010']); "
-            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py"
-        ),
-    ),
-    "context_trainval_merged": PinnedFile(
-        name="trainval_merged.json",
-        url="https://codalabuser.blob.core.windows.net/public/trainval_merged.json",
-        sha1="169325d9f7e9047537fedca7b04de4dddf10b881",
-        source=(
-            "sha1: dmlc/gluon-cv scripts/datasets/pascal_context.py (same value in "
-            "zhanghang1989/PyTorch-Encoding's prepare_pcontext.py); the CodaLab URL is the one the "
-            "PASCAL-Context conversion scripts (mmsegmentation, FC-CLIP, DiffCut) point to"
-        ),
-    ),
-}
+# The files `make data-context` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("context")
 
 # The 59 PASCAL in Detail (PASCAL-Context) category ids of the 59-class benchmark, sorted:
 # class k (1..59) of Context-60 is the k-th id; every other pixel is background (0).

@@ -8,6 +8,10 @@
 * :data:`PINNED_FILES` (:func:`pinned_files`) lists the files the ``make data-*`` preparation
   fetches or expects, with the published checksums (sources in each entry's ``source``); each
   dataset module declares its own in a ``PINNED`` dict, merged here on first use.
+* ``pinned_files.json`` (beside this module, shipped with the package) holds the repository's records:
+  one entry per file, ``{"module", "name", "url", "sha256", "sha1", "md5", "size", "source"}``, every field
+  present (``null`` where none is published); :func:`pinned_files_of` gives a dataset module its entries
+  (``PINNED = pinned_files_of("voc")``). A malformed entry is refused with its key named.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -46,6 +51,7 @@ __all__ = [
     "download_pinned",
     "md5_file",
     "pinned_files",
+    "pinned_files_of",
     "read_tar_member",
     "safe_extract_tar",
     "safe_extract_zip",
@@ -92,6 +98,67 @@ class PinnedFile:
         """The pinned digests as ``{algorithm: hex}`` (empty when none is published)."""
         found = (("sha256", self.sha256), ("sha1", self.sha1), ("md5", self.md5))
         return {name: value for name, value in found if value}
+
+
+PINNED_TABLE = Path(__file__).with_name("pinned_files.json")
+_HEX_LENGTHS = {"sha256": 64, "sha1": 40, "md5": 32}
+_TABLE_FIELDS = ("module", "name", "url", "sha256", "sha1", "md5", "size", "source")
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"{PINNED_TABLE.name}: {repeated[0]!r} appears twice")
+    return dict(pairs)
+
+
+def _table_entry(key: str, entry: Any) -> tuple[str, PinnedFile]:
+    """``(module, PinnedFile)`` of one entry of the table, or ValueError naming ``key`` and what is wrong."""
+    where = f"{PINNED_TABLE.name}: entry {key!r}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object with the fields {list(_TABLE_FIELDS)}")
+    missing = [field for field in _TABLE_FIELDS if field not in entry]
+    unknown = sorted(set(entry) - set(_TABLE_FIELDS))
+    if missing or unknown:
+        wrong = [f"{what} field(s) {fields}" for what, fields in (("missing", missing), ("unknown", unknown)) if fields]
+        raise ValueError(f"{where}: {', '.join(wrong)}; each entry has exactly the fields {list(_TABLE_FIELDS)} "
+                         "(null where none is published)")
+    for field in ("module", "name", "url", "source"):
+        if not isinstance(entry[field], str) or not entry[field]:
+            raise ValueError(f"{where}: {field} must be a non-empty string, not {entry[field]!r}")
+    for field, length in _HEX_LENGTHS.items():
+        value = entry[field]
+        if value is not None and not (isinstance(value, str) and re.fullmatch(f"[0-9a-f]{{{length}}}", value)):
+            raise ValueError(f"{where}: {field} must be null or {length} lowercase hex digits, not {value!r}")
+    size = entry["size"]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ValueError(f"{where}: size must be null or a positive whole number of bytes, not {size!r}")
+    fields = {field: entry[field] for field in _TABLE_FIELDS if field != "module"}
+    return entry["module"], PinnedFile(**fields)
+
+
+@functools.cache
+def _pinned_table() -> dict[str, tuple[str, PinnedFile]]:
+    """key -> ``(dataset module, PinnedFile)`` of :data:`PINNED_TABLE`, read and checked once, in file order."""
+    table = json.loads(PINNED_TABLE.read_text(encoding="utf-8"), object_pairs_hook=_no_repeated_keys)
+    if not isinstance(table, dict):
+        raise ValueError(f"{PINNED_TABLE.name} must hold one object: pinned-file key -> entry")
+    return {key: _table_entry(key, entry) for key, entry in table.items()}
+
+
+def pinned_files_of(module: str) -> dict[str, PinnedFile]:
+    """The entries of :data:`PINNED_TABLE` that belong to dataset module ``eval.data.<module>``, in file order.
+
+    Raises:
+        ValueError: a malformed entry (naming its key), or no entry names ``module``.
+    """
+    table = _pinned_table()
+    found = {key: pinned for key, (owner, pinned) in table.items() if owner == module}
+    if not found:
+        raise ValueError(f"{PINNED_TABLE.name} has no entry of module {module!r}; its modules are "
+                         f"{sorted({owner for owner, _ in table.values()})}")
+    return found
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.data.base import LabelledImages, StandardList
-from eval.data.download import PinnedFile, download_pinned, read_tar_member, safe_extract_tar
+from eval.data.download import PinnedFile, download_pinned, pinned_files_of, read_tar_member, safe_extract_tar
 from eval.data.preparation import Preparation, PrepareError, listed_files_ready
 
 __all__ = [
@@ -39,23 +39,6 @@ LABEL_DIR = "SegmentationClass"
 VAL_IMAGES = 1449
 VOC_IGNORE = 255
 TAR_PREFIX = "VOCdevkit/VOC2012/"  # the root's folder inside the trainval tar
-
-# The files `make data-voc` fetches or expects, with the published checksums (merged into
-# eval.data.download.PINNED_FILES).
-PINNED: dict[str, PinnedFile] = {
-    "voc2012_trainval": PinnedFile(
-        name="VOCtrainval_11-May-2012.tar",
-        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-        md5="6cd6e144f989b92b3379bac3b3de84fd",
-        sha1="4e443f8a2eca6b1dac8a6c57641b67dd40621a49",
-        size=1999639040,
-        source=(
-            "md5: torchvision (pytorch/vision, torchvision/datasets/voc.py, DATASET_YEAR_DICT['2012']); "
-            "sha1: dmlc/gluon-cv scripts/datasets/pascal_voc.py; size: the Content-Length the server sends "
-            "(quoted in public download logs)"
-        ),
-    ),
-}
 
 # SegmentationClass palette index -> class (index 0 = background).
 VOC21_CLASSES: tuple[str, ...] = (
@@ -83,6 +66,10 @@ VOC21_CLASSES: tuple[str, ...] = (
 )
 
 assert len(VOC21_CLASSES) == 21
+
+# The files `make data-voc` fetches or expects: its entries of eval/data/pinned_files.json, with the published
+# checksums (merged into eval.data.download.PINNED_FILES).
+PINNED: dict[str, PinnedFile] = pinned_files_of("voc")
 
 
 def split_list(root: str | os.PathLike, split: str = "val") -> Path:
