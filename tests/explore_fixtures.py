@@ -41,6 +41,20 @@ def synthetic_run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _RUNS[key]
 
 
+SCREENSHOT_RUN = Path("outputs") / "synthetic_run"
+
+
+def relative_run_copy(source: Path, workdir: Path) -> Path:
+    """``source`` copied to ``workdir/outputs/synthetic_run``; returns the relative ``outputs/synthetic_run``.
+
+    The caller makes ``workdir`` the working directory (``monkeypatch.chdir``) and gives the explorer the
+    relative path, so the page (and the README's screenshot) names the run as a user's command would, not by
+    a temporary absolute path.
+    """
+    shutil.copytree(source, workdir / SCREENSHOT_RUN)
+    return SCREENSHOT_RUN
+
+
 def disjoint_copy(source: Path, target: Path) -> dict[str, str]:
     """``source`` copied to ``target`` with every method renamed "<name> [kl_threshold=0.5]",
     as an ablation names them: two runs with no method in common. Returns the renaming."""

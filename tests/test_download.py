@@ -74,8 +74,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = body[: srv.truncate_next]
             srv.truncate_next = None
             self.close_connection = True
-        self.wfile.write(body)
+        # Counted before the write: once the client has read the body, download() may return and the test read
+        # bytes_sent while this thread has not run its next line (under load a count after the write read 0).
         srv.bytes_sent += len(body)
+        self.wfile.write(body)
+        if srv.hold_after_write is not None:  # the test's worst case: this thread stops right after the write
+            srv.hold_after_write.wait(timeout=60)
 
     def log_message(self, *args):
         pass
@@ -89,10 +93,13 @@ def server():
     srv.honour_range = True
     srv.truncate_next = None
     srv.bytes_sent = 0
+    srv.hold_after_write = None
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
+    if srv.hold_after_write is not None:
+        srv.hold_after_write.set()
     srv.shutdown()
     srv.server_close()
 
@@ -152,6 +159,23 @@ def test_download_resumes_part_with_range(server, tmp_path):
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == [("/a.bin", f"bytes={half}-")]
     assert server.bytes_sent == len(PAYLOAD) - half
+
+
+def test_bytes_sent_is_counted_before_the_client_can_finish(server, tmp_path):
+    """The resume test's count without the race: the handler thread is held right after writing the body until
+    the test has read ``bytes_sent``, the interleaving that once gave ``bytes_sent == 0`` under load (the count
+    came after the write); the count must already be there, for the resumed and for a fresh transfer."""
+    server.files["/a.bin"] = PAYLOAD
+    server.hold_after_write = threading.Event()
+    dest = tmp_path / "a.bin"
+    half = len(PAYLOAD) // 2
+    dest.with_name("a.bin.part").write_bytes(PAYLOAD[:half])
+    download(f"{server.base}/a.bin", dest, sha256=sha256(PAYLOAD), progress=False)
+    assert not server.hold_after_write.is_set()  # the handler is still held: the client finished first
+    assert dest.read_bytes() == PAYLOAD and server.bytes_sent == len(PAYLOAD) - half
+    download(f"{server.base}/a.bin", tmp_path / "b.bin", sha256=sha256(PAYLOAD), progress=False)
+    assert server.bytes_sent == len(PAYLOAD) - half + len(PAYLOAD)
+    assert server.requests == [("/a.bin", f"bytes={half}-"), ("/a.bin", None)]
 
 
 def test_download_restarts_when_range_ignored(server, tmp_path):

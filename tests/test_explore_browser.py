@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from explore_fixtures import disjoint_copy, synthetic_run_folder
+from explore_fixtures import disjoint_copy, relative_run_copy, synthetic_run_folder
 from PIL import Image
 
 from eval.run.cache import AttentionCache
@@ -226,11 +226,12 @@ def test_two_runs_without_common_methods_open_side_by_side(browser, tmp_path_fac
         app.close()
 
 
-def test_run_sort_and_open_image(browser, tmp_path_factory):
+def test_run_sort_and_open_image(browser, tmp_path_factory, tmp_path, monkeypatch):
     from eval.explore.run_app import build_run_app
     from eval.explore.runs import RunFolder
 
-    run_dir = synthetic_run_folder(tmp_path_factory)
+    monkeypatch.chdir(tmp_path)  # the page (and its screenshot) names the run by a relative path, as a user would
+    run_dir = relative_run_copy(synthetic_run_folder(tmp_path_factory), tmp_path)
     run = RunFolder.open(run_dir)
     descending = run.table(sort_by="K-Means-C", descending=True)["image"].tolist()
     ascending = run.table(sort_by="K-Means-C", descending=False)["image"].tolist()
@@ -245,6 +246,8 @@ def test_run_sort_and_open_image(browser, tmp_path_factory):
         page.wait_for_selector('#images-table [data-testid="cell-0-0"]')
         banner = page.inner_text("#banner")
         assert "RANDOM WEIGHTS" in banner and "SYNTHETIC DATA" in banner
+        assert str(run_dir) in banner and str(tmp_path) not in banner
+        assert page.input_value("#run-folders textarea, #run-folders input") == str(run_dir)
 
         page.locator("#sort-by label", has_text="K-Means-C").click()  # sort the table
         page.wait_for_function(f"(id) => {first_cell} === id", arg=descending[0])

@@ -30,9 +30,10 @@ from diffseg.devices import resolve_device
 from diffseg.testing.features import clustered_features
 from eval.atomic import write_json_atomic
 from eval.bench.baselines.naive_diffcut import naive_diffcut
-from eval.bench.timing import device_info, timed
+from eval.bench.provenance import run_provenance
+from eval.bench.report import header_lines
+from eval.bench.timing import timed
 from eval.markdown import markdown_rows
-from eval.run import versions
 
 __all__ = ["main", "run_bench"]
 
@@ -46,6 +47,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Time both implementations on ``images`` feature maps; returns per-image seconds, medians, ratio, equality."""
     dev = resolve_device(device)
+    provenance = run_provenance(dev)
     fast = DiffCut(tau=0.5, alpha=10, mask_size=128)
     rows = []
     for seed in range(images):
@@ -68,8 +70,7 @@ def run_bench(
     return {
         "features": {"images": images, "side": side, "clusters": clusters, "channels": channels},
         "settings": {"tau": 0.5, "alpha": 10, "mask_size": 128},
-        "device": device_info(dev),
-        "versions": versions(),
+        **provenance,
         "rows": rows,
         "fast_median_s": statistics.median(r["fast_s"] for r in rows),
         "naive_median_s": statistics.median(r["naive_s"] for r in rows),
@@ -82,9 +83,9 @@ def run_bench(
 def _table(result: dict[str, Any]) -> str:
     f = result["features"]
     lines = [
+        *header_lines(result),
         f"DiffCut clustering, {f['images']} synthetic images of {f['side']}x{f['side']} locations x {f['channels']} "
         f"channels ({f['clusters']} well-separated clusters), tau 0.5, alpha 10, 128x128 masks",
-        f"device: {result['device']['name']}",
         "",
     ]
     header = ["seed", "release-style (s)", "diffseg.DiffCut (s)", "ratio", "masks identical", "clusters"]

@@ -33,10 +33,12 @@ import torch
 
 from diffseg import DiffSeg, aggregate_attention
 from eval.atomic import write_json_atomic
+from eval.bench.provenance import run_provenance
+from eval.bench.report import header_lines
 from eval.explore.session import ImageSession, SegmentParams, weights_from
 from eval.run.cache import AttentionCache
 
-__all__ = ["TARGET_SECONDS", "main", "run_bench"]
+__all__ = ["TARGET_SECONDS", "main", "render", "run_bench"]
 
 TARGET_SECONDS = 0.3
 TINY_ATTENTION_SCALE = 5.0  # as make demo and the explorer's --model tiny
@@ -64,9 +66,11 @@ def _image(size: int, seed: int) -> np.ndarray:
 
 
 def run_bench(repeats: int = 5, size: int = 512, seed: int = 0) -> dict[str, Any]:
-    """Time the cases of the module docstring; returns ``{"cases": [...], ...}``."""
+    """Time the cases of the module docstring; returns ``{"cases": [...], ...}`` with what produced them
+    (:func:`eval.bench.provenance.run_provenance`, taken before the first timing)."""
     from diffseg.testing.tiny import tiny_backbone
 
+    provenance = run_provenance(torch.device("cpu"))
     AttentionCache.clear_memory()
     backbone = tiny_backbone(attention_scale=TINY_ATTENTION_SCALE, device="cpu", input_size=size)
     session = ImageSession(backbone, output_size=512)
@@ -113,6 +117,7 @@ def run_bench(repeats: int = 5, size: int = 512, seed: int = 0) -> dict[str, Any
                       "target_s": TARGET_SECONDS if label == "kl threshold" else None})
     AttentionCache.clear_memory()
     return {
+        **provenance,
         "what": "re-segmentation from kept attention at SD 1.x sizes (64 x 64 maps, 16 x 16 anchors, 512 px masks)",
         "backbone": f"{backbone.name} (random weights; speed does not depend on the weight values)",
         "maps": {str(s): list(m.shape) for s, m in maps.items()},
@@ -125,6 +130,21 @@ def run_bench(repeats: int = 5, size: int = 512, seed: int = 0) -> dict[str, Any
     }
 
 
+def render(report: dict[str, Any]) -> str:
+    """The report as text: what produced it (:func:`eval.bench.report.header_lines`), the setup, one line per case."""
+    lines = [*header_lines(report),
+             f"explorer re-segmentation, {report['what']}; backbone pass {report['backbone_pass_s']:.1f} s (once), "
+             f"{report['threads']} threads, load average {report['load_average']}",
+             f"{'case':<26}{'explorer s':>12}{'plain s':>10}{'ratio':>8}{'segments':>10}  identical  target"]
+    for c in report["cases"]:
+        target = ""
+        if c["target_s"] is not None:
+            target = f"< {c['target_s']} s: {'met' if c['explorer_s'] < c['target_s'] else 'MISSED'}"
+        lines.append(f"{c['case']:<26}{c['explorer_s']:>12.3f}{c['plain_s']:>10.3f}{c['ratio']:>7.2f}x"
+                     f"{c['segments']:>10}  {str(c['identical_masks']):<9}  {target}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.bench.explore", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
@@ -134,18 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.out} exists; choose another --out", file=sys.stderr)
         return 2
     report = run_bench(repeats=max(1, args.repeats))
-    print(f"explorer re-segmentation, {report['what']}; backbone pass {report['backbone_pass_s']:.1f} s (once), "
-          f"{report['threads']} threads, load average {report['load_average']}")
-    print(f"{'case':<26}{'explorer s':>12}{'plain s':>10}{'ratio':>8}{'segments':>10}  identical  target")
-    failed = False
-    for c in report["cases"]:
-        target = ""
-        if c["target_s"] is not None:
-            ok = c["explorer_s"] < c["target_s"]
-            failed |= not ok
-            target = f"< {c['target_s']} s: {'met' if ok else 'MISSED'}"
-        print(f"{c['case']:<26}{c['explorer_s']:>12.3f}{c['plain_s']:>10.3f}{c['ratio']:>7.2f}x{c['segments']:>10}"
-              f"  {str(c['identical_masks']):<9}  {target}")
+    print(render(report))
     if args.out is not None:
         write_json_atomic(args.out, report)
         print(f"wrote {args.out}")

@@ -42,9 +42,10 @@ from diffseg.joint_attention import (
     joint_probabilities,
 )
 from eval.atomic import write_json_atomic
+from eval.bench.provenance import run_provenance
+from eval.bench.report import header_lines
 from eval.bench.timing import device_info, timed
 from eval.markdown import markdown_rows
-from eval.run.identity import versions
 
 __all__ = ["capture_overhead", "main", "probability_peak_memory", "run_bench"]
 
@@ -166,15 +167,17 @@ def run_bench(side: int = 64, text_tokens: int = 154, repeats: int = 3, memory_i
               heads: int = 24, head_dim: int = 64, chunk: int = DEFAULT_QUERY_CHUNK,
               device: str | None = "cpu") -> dict[str, Any]:
     """Both sections (module docstring)."""
-    return {"versions": versions(),
+    return {**run_provenance(resolve_device(device)),
             "capture_overhead": capture_overhead(side, text_tokens, repeats, device),
             "peak_memory": probability_peak_memory(memory_image_tokens, text_tokens, heads, head_dim, chunk, device)}
 
 
 def render(result: dict[str, Any]) -> str:
-    """The report as text: the two tables, each with its setup line."""
+    """The report as text: what produced it (:func:`eval.bench.report.header_lines`), then the two tables, each
+    with its setup line."""
     cap, mem = result["capture_overhead"], result["peak_memory"]
-    lines = [f"MM-DiT capture overhead: {cap['model']}, {cap['image_tokens']} image + {cap['text_tokens']} text "
+    lines = [*header_lines(result),
+             f"MM-DiT capture overhead: {cap['model']}, {cap['image_tokens']} image + {cap['text_tokens']} text "
              f"tokens, batch 1, float32; device: {cap['device']['name']}; median of {cap['repeats']}",
              "ratio = captured s / plain s, both measured in this run (an upper bound for SD3's real blocks)", ""]
     rows = [[r["pass"], f"{r['seconds']:.4f}", f"{r['ratio']:.2f}x", "yes" if r["output_unchanged"] else "NO"]

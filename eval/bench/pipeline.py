@@ -79,6 +79,7 @@ from diffseg.devices import resolve_device, resolve_dtype
 from eval.bench.baselines.naive_diffseg import naive_aggregate, naive_merge, naive_nms
 from eval.bench.postprocessing import OFFICIAL_ENV, postprocessing_headline, realistic_attention
 from eval.bench.precision import matched_pixel_changes, summarise_changes
+from eval.bench.provenance import run_provenance
 from eval.bench.report import (
     E2E_SUM,
     MEASURED,
@@ -89,12 +90,11 @@ from eval.bench.report import (
     report_paths,
     write_report,
 )
-from eval.bench.timing import device_info, load_average, log, timed
+from eval.bench.timing import load_average, log, timed
 from eval.data.coco_stuff import CocoStuff27
 from eval.data.loader import Batch, build_loader
 from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.metrics import NUM_CLASSES, confusion_histograms, match_image, match_stats
-from eval.run.identity import versions
 from eval.run.methods import ground_truth_class_counts
 
 __all__ = ["STAGES", "main", "precision_check", "realistic_attention", "run_bench"]
@@ -564,12 +564,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device("auto")
     setup = make_setup(args, device)
     measure_e2e = setup.cuda or args.measure_e2e_baseline
-    info = device_info(device)
-    log(f"device: {info['name']}")
+    provenance = run_provenance(device)
+    log(f"device: {provenance['device']['name']}")
     stages = make_stages(setup)
     report: dict[str, Any] = {
-        "device": info,
-        "versions": versions(),
+        **provenance,
         "config": {
             "model": "tiny-random" if args.tiny else "sd1-random (full SD 1.x architecture, random weights)",
             "dtype": _dtype_name(setup.dtype),
@@ -641,11 +640,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 def run_postprocessing_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only the post-processing headline (no model, no images)."""
     device = resolve_device("auto")
-    info = device_info(device)
-    log(f"device: {info['name']}")
+    provenance = run_provenance(device)
+    log(f"device: {provenance['device']['name']}")
     report: dict[str, Any] = {
-        "device": info,
-        "versions": versions(),
+        **provenance,
         "config": {"num_points": args.num_points, "kl_threshold": args.threshold, "postprocessing_only": True},
         "stages": [],
     }
@@ -716,11 +714,10 @@ def run_precision_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only the backbone precision check, on ``--images`` synthetic images (no timing of stages)."""
     device = resolve_device("auto")
     setup = make_setup(args, device)
-    info = device_info(device)
-    log(f"device: {info['name']}")
+    provenance = run_provenance(device)
+    log(f"device: {provenance['device']['name']}")
     report: dict[str, Any] = {
-        "device": info,
-        "versions": versions(),
+        **provenance,
         "config": {"images": setup.images, "batch_size": setup.batch_size, "image_size": setup.image_size,
                    "num_points": args.num_points, "kl_threshold": args.threshold, "precision_only": True},
         "stages": [],

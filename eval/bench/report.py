@@ -22,6 +22,7 @@ __all__ = [
     "E2E_SUM",
     "MEASURED",
     "dropped_rows",
+    "header_lines",
     "new_output_stem",
     "output_stem",
     "render_markdown",
@@ -34,6 +35,7 @@ __all__ = [
 DEFAULT_OUT_DIR = Path("outputs") / "bench"
 MEASURED = "measured"
 E2E_SUM = "sum of the baseline stage times (not run end to end)"
+NOT_RECORDED = "not recorded (a report written before the bench recorded it)"
 
 
 # --------------------------------------------------------------------------------------------- where to
@@ -194,18 +196,32 @@ def _postprocessing_markdown(post: dict[str, Any]) -> list[str]:
     return lines
 
 
+def header_lines(report: dict[str, Any]) -> list[str]:
+    """What produced a report (:func:`eval.bench.provenance.run_provenance`), one fact per line: the code version
+    (``code.id``), the library versions, the device, the torch CPU threads and the 1-minute load average when
+    the run started (and ended, when known). Every benchmark's stdout and Markdown start with these lines."""
+    dev, ver = report.get("device") or {}, report.get("versions") or {}
+    code = (report.get("code") or {}).get("id") or NOT_RECORDED
+    name = dev.get("cpu") if dev.get("kind") == "cpu" and dev.get("cpu") else dev.get("name", NOT_RECORDED)
+    device = str(name) + (f" ({dev['gpu_memory_gib']} GiB)" if dev.get("gpu_memory_gib") else "")
+    threads = (f"{dev['torch_threads']} torch CPU threads" if dev.get("torch_threads") is not None
+               else f"torch CPU threads {NOT_RECORDED}") + (f" of {dev['cpu_cores']} cores" if dev.get("cpu_cores")
+                                                            else "")
+    load = dev.get("load_average_1m")
+    load_text = (f"1-minute load average {load} when the run started" if load is not None
+                 else f"1-minute load average {NOT_RECORDED}")
+    if dev.get("load_average_1m_end") is not None:
+        load_text += f", {dev['load_average_1m_end']} when it ended"
+    return [f"code: {code}",
+            "versions: " + (", ".join(f"{k} {v}" for k, v in ver.items()) or NOT_RECORDED),
+            f"device: {device}; {threads}; {load_text}"]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: setup, the stage table, backbone precision, the post-processing headline, memory."""
-    cfg, dev, ver = report["config"], report["device"], report["versions"]
-    lines = [
-        f"# DiffSeg benchmark ({dev['kind']})",
-        "",
-        f"- device: {dev['name']}" + (f" ({dev.get('gpu_memory_gib')} GiB)" if dev["kind"] == "cuda" else "")
-        + (f"; 1-minute load average {dev['load_average_1m']} when the run started" if dev.get("load_average_1m")
-           is not None else "")
-        + (f", {dev['load_average_1m_end']} when it ended" if dev.get("load_average_1m_end") is not None else ""),
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
-    ]
+    """The report as Markdown: what produced it (:func:`header_lines`), setup, the stage table, backbone
+    precision, the post-processing headline, memory."""
+    cfg, dev = report["config"], report["device"]
+    lines = [f"# DiffSeg benchmark ({dev['kind']})", "", *(f"- {line}" for line in header_lines(report))]
     if report["stages"]:
         lines += [
             f"- model: {cfg['model']}; fast-path backbone {cfg.get('dtype', 'float32')}, baseline backbone "
@@ -237,10 +253,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def render_table(report: dict[str, Any]) -> str:
-    """A plain-text table for stdout."""
+    """A plain-text table for stdout, under what produced it (:func:`header_lines`)."""
     head = (f"{'stage':<18} {'fast s/img':>11} {'fast img/s':>11} {'base s/img':>17} {'base img/s':>17} "
             f"{'ratio':>14}")
-    lines = [f"device: {report['device']['name']}"]
+    lines = header_lines(report)
     if report["stages"]:
         lines += [head, "-" * len(head)]
     for r in report["stages"]:

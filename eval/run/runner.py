@@ -566,14 +566,21 @@ def _resume_command(out_dir: Path) -> str:
 
     The folder is quoted for Hydra's override parser (:func:`hydra_quote`) and the whole
     override for the shell, so a path with spaces or non-ASCII characters resumes as printed.
+    The interpreter is the one running now (``sys.executable``, so a copy-paste outside an activated venv
+    still has the packages), shortened to ``python`` only when that name on PATH is this very file
+    (compared unresolved: a venv's python links to the system one but has other packages).
     """
+    python = sys.executable or "python"
+    on_path = shutil.which("python")
+    if on_path is not None and os.path.abspath(on_path) == os.path.abspath(python):
+        python = "python"
     try:
         from hydra.core.hydra_config import HydraConfig
 
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
     except ValueError:  # not started through Hydra
         overrides = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "-"))]
-    return shlex.join(["python", "-m", "eval.run", *overrides, f"hydra.run.dir={hydra_quote(str(out_dir))}"])
+    return shlex.join([python, "-m", "eval.run", *overrides, f"hydra.run.dir={hydra_quote(str(out_dir))}"])
 
 
 def run_cli(cfg: DictConfig, hydra_config: DictConfig | None = None) -> int:
