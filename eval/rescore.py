@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from eval.metrics import PROTOCOLS, HungarianSegmentationMetric, image_stats, metric_json
@@ -85,15 +84,15 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     if fingerprint_of(stored) != stored.get("fingerprint") or claimed not in (None, stored.get("fingerprint")):
         raise RescoreError(f"{src / IDENTITY_FILE} does not match its own settings or {src / METRICS_FILE}'s "
                            "fingerprint: it was edited or comes from another run; re-scoring needs the run's own")
-    cfg = OmegaConf.create(source["config"])
+    config = copy.deepcopy(source["config"])
     if data_root is not None:
-        cfg.dataset.root = data_root
-    dataset = build_dataset(cfg.dataset)
-    source_protocol = apply_protocol(cfg, dataset)  # the masks were made at the source run's geometry
+        config["dataset"]["root"] = data_root
+    dataset = build_dataset(config["dataset"])
+    source_protocol = apply_protocol(config, dataset)  # the masks were made at the source run's geometry
     info = dict(source.get("run") or {})
     source_geometry = str(info.get("geometry") or source_protocol)
-    num_classes = int(cfg.dataset.num_classes)
-    background = cfg.dataset.get("background")
+    num_classes = int(config["dataset"]["num_classes"])
+    background = config["dataset"].get("background")
     ids = list(source.get("image_ids") or [])
 
     settings = copy.deepcopy(stored.get("settings") or {})

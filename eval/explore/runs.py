@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from diffseg.masks import MaskFileError, read_mask_png
 from eval.compare import ImageStats, per_image_miou
@@ -262,12 +261,12 @@ class RunFolder:
             if isinstance(node.get("dataset"), dict):  # a config saved before the dataset node was flattened
                 node["dataset"] = {**node["dataset"], "limit": None, "shard": None}
             try:
-                dataset = build_dataset(OmegaConf.create(node))
+                dataset = build_dataset(node)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RunError(f"the images of {self.path} are not available: {exc} (start the explorer from "
                                "the folder the run was started in, or prepare the dataset)") from exc
             try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
-                apply_protocol(OmegaConf.create({**config, "dataset": node}), dataset)
+                apply_protocol({**config, "dataset": node}, dataset)
             except ProtocolError as exc:
                 raise RunError(f"{self.path / METRICS_FILE}: the run's protocol cannot be applied ({exc})") from exc
             self._dataset = dataset

@@ -19,11 +19,11 @@ protocol's scoring rules (the geometry of the source run stays, and is named).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
 from eval.metrics import PROTOCOLS
 from eval.run.build import build
@@ -109,39 +109,41 @@ class DiffCutGeometry:
         return x[0, 0].to(torch.int64)
 
 
-def protocol_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The run's ``protocol`` node as a plain dict (``{"name": "diffseg", ...}`` when the config has none)."""
-    node = cfg.get("protocol")
+def protocol_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``protocol`` node of a run's (resolved) config (``{"name": "diffseg", ...}`` when the config has none)."""
+    node = config.get("protocol")
     if node is None:
         return {"name": "diffseg", "geometry": None}
-    return OmegaConf.to_container(node, resolve=True)
+    return dict(node)
 
 
-def apply_protocol(cfg: DictConfig, dataset: Any) -> str:
-    """Give ``dataset`` the geometry of the run's protocol; returns the protocol's name.
+def apply_protocol(config: Mapping[str, Any], dataset: Any) -> str:
+    """Give ``dataset`` the geometry of the protocol of ``config`` (a run's config: its ``protocol``,
+    ``dataset.size`` and ``batch_size``); returns the protocol's name.
 
     Raises:
         ProtocolError: unknown protocol, a dataset that cannot take another geometry, or a
             ``dataset.size`` that differs from the protocol's label side (set ``protocol.size``).
     """
-    settings = protocol_settings(cfg)
+    settings = protocol_settings(config)
     name = str(settings.get("name"))
     if name not in PROTOCOLS:
         raise ProtocolError(f"protocol.name must be one of {PROTOCOLS}, got {name!r}")
-    node = cfg.protocol.get("geometry") if cfg.get("protocol") is not None else None
+    node = settings.get("geometry")
     if node is None:
         return name
     geometry = build(node)
     if not hasattr(dataset, "geometry"):
         raise ProtocolError(f"protocol={name}: dataset {type(dataset).__name__} cannot be read with another geometry")
-    if geometry.label_size is not None and int(cfg.dataset.size) != geometry.label_size:
+    size = config["dataset"]["size"]
+    if geometry.label_size is not None and int(size) != geometry.label_size:
         raise ProtocolError(
             f"protocol={name} scores labels and masks at {geometry.label_size} x {geometry.label_size}, but "
-            f"dataset.size={cfg.dataset.size}; change protocol.size (dataset.size follows it), not dataset.size")
+            f"dataset.size={size}; change protocol.size (dataset.size follows it), not dataset.size")
     batch = getattr(geometry, "max_batch_size", None)
-    if batch is not None and int(cfg.batch_size) > batch:
+    if batch is not None and int(config["batch_size"]) > batch:
         raise ProtocolError(f"protocol={name} keeps each image at its own size, so a batch holds {batch} image(s); "
-                            f"set batch_size={batch} (got {cfg.batch_size})")
+                            f"set batch_size={batch} (got {config['batch_size']})")
     dataset.geometry = geometry
     return name
 

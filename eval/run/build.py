@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset"]
 
@@ -15,7 +15,7 @@ __all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset"]
 DESCRIPTIVE_KEYS = ("name", "num_classes", "background", "kl_threshold")
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
+def build(node: Mapping[str, Any], **kwargs: Any) -> Any:
     """Instantiate ``node``; re-raise the target's own error, not Hydra's wrapper.
 
     The dataset's missing-root error names the path and the ``make`` target; the
@@ -31,7 +31,7 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build_dataset(node: DictConfig) -> Any:
+def build_dataset(node: Mapping[str, Any]) -> Any:
     """The dataset of a ``conf/dataset`` node: its ``_target_`` called with every key but :data:`DESCRIPTIVE_KEYS`.
 
     A config saved by an older run (the class in a nested ``dataset:`` block) builds that block.
@@ -39,12 +39,12 @@ def build_dataset(node: DictConfig) -> Any:
     ``num_classes``) gets them. The node's ``num_classes`` and ``background`` must be the dataset's own
     (a config that disagrees with its dataset class is a ``ValueError`` naming both values).
     """
-    params = OmegaConf.to_container(node, resolve=True)
+    params = dict(node)
     if "_target_" not in params and isinstance(params.get("dataset"), dict):  # a config saved before the node
         params = {**{k: params[k] for k in DESCRIPTIVE_KEYS if k in params}, **params["dataset"]}  # was flattened
     described = {key: params.pop(key) for key in DESCRIPTIVE_KEYS if key in params}
     taken = getattr(get_class(params["_target_"]), "described_keys", ()) if "_target_" in params else ()
-    dataset = build(OmegaConf.create({**params, **{k: described[k] for k in taken if k in described}}))
+    dataset = build({**params, **{k: described[k] for k in taken if k in described}})
     for key in ("num_classes", "background"):
         if key in described and getattr(dataset, key, None) != described[key]:
             raise ValueError(f"conf/dataset/{described.get('name')}.yaml says {key}: {described[key]}, but "
