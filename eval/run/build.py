@@ -1,4 +1,7 @@
-"""``hydra.utils.instantiate`` for the runner's nodes, with the target's own error kept."""
+"""``hydra.utils.instantiate`` for the runner's nodes, with the target's own error kept.
+
+Targets receive plain dicts and lists (``_convert_="all"``): no component sees a Hydra config object.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def build(node: Mapping[str, Any], **kwargs: Any) -> Any:
     ``InstantiationException`` would bury both.
     """
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, (OSError, ValueError, RuntimeError)):

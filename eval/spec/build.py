@@ -171,7 +171,7 @@ def _device(config: Mapping) -> str | None:
 def _build_segmenter(node: dict[str, Any], key: str) -> tuple[Any, str | None]:
     """The method's segmenter, built (its constructor checks its own parameters), or the problem."""
     try:
-        return instantiate(node), None
+        return instantiate(node, _convert_="all"), None
     except InstantiationException as exc:
         return None, f"{key}: {exc.__cause__ or exc}"
     except (ValueError, TypeError) as exc:
