@@ -1,9 +1,9 @@
 """The runner and its run bookkeeping, in the order a run uses them.
 
-``settings`` (validation) -> ``run_folder`` (lock, writability) -> ``identity`` (fingerprint,
-``run.json``) -> ``passes`` / ``cache`` (backbone passes, attention cache) -> ``methods`` ->
-``records`` (``per_image.jsonl``, ``metrics.json``) -> ``provenance`` (what numbers rest on);
-``merge`` joins shard folders, ``distributed`` and ``interrupt`` handle ranks and signals.
+:mod:`eval.spec` (the run spec; building it validates the settings) -> ``run_folder`` (lock,
+writability) -> ``identity`` (fingerprint, ``run.json``) -> ``passes`` / ``cache`` (backbone passes,
+attention cache) -> ``methods`` -> ``records`` (``per_image.jsonl``, ``metrics.json``) -> ``provenance``
+(what numbers rest on); ``merge`` joins shard folders, ``distributed`` and ``interrupt`` handle ranks and signals.
 :mod:`eval.run.runner` holds :func:`evaluate`; ``python -m eval.run`` runs it.
 
 The runner's names are imported on first use (PEP 562), so importing a light submodule
