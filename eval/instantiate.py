@@ -1,12 +1,15 @@
-"""``hydra.utils.instantiate`` for the runner's nodes, with the target's own error kept."""
+"""``hydra.utils.instantiate`` for the runner's nodes, with the target's own error kept.
+
+Targets receive plain dicts and lists (``_convert_="all"``): no component sees a Hydra config object.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset"]
 
@@ -15,7 +18,7 @@ __all__ = ["DESCRIPTIVE_KEYS", "build", "build_dataset"]
 DESCRIPTIVE_KEYS = ("name", "num_classes", "background", "kl_threshold")
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
+def build(node: Mapping[str, Any], **kwargs: Any) -> Any:
     """Instantiate ``node``; re-raise the target's own error, not Hydra's wrapper.
 
     The dataset's missing-root error names the path and the ``make`` target; the
@@ -23,7 +26,7 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
     ``InstantiationException`` would bury both.
     """
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, (OSError, ValueError, RuntimeError)):
@@ -31,7 +34,7 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build_dataset(node: DictConfig, geometry: Any = None) -> Any:
+def build_dataset(node: Mapping[str, Any], geometry: Any = None) -> Any:
     """The dataset of a ``conf/dataset`` node: its ``_target_`` called with every key but :data:`DESCRIPTIVE_KEYS`.
 
     A config saved by an older run (the class in a nested ``dataset:`` block) builds that block.
@@ -41,13 +44,13 @@ def build_dataset(node: DictConfig, geometry: Any = None) -> Any:
     (an :class:`eval.data.geometry.Geometry`: the run's protocol's) is given to the constructor;
     None: the dataset's own.
     """
-    params = OmegaConf.to_container(node, resolve=True)
+    params = dict(node)
     if "_target_" not in params and isinstance(params.get("dataset"), dict):  # a config saved before the node
         params = {**{k: params[k] for k in DESCRIPTIVE_KEYS if k in params}, **params["dataset"]}  # was flattened
     described = {key: params.pop(key) for key in DESCRIPTIVE_KEYS if key in params}
     taken = getattr(get_class(params["_target_"]), "described_keys", ()) if "_target_" in params else ()
     extra = {"geometry": geometry} if geometry is not None else {}
-    dataset = build(OmegaConf.create({**params, **{k: described[k] for k in taken if k in described}}), **extra)
+    dataset = build({**params, **{k: described[k] for k in taken if k in described}}, **extra)
     for key in ("num_classes", "background"):
         if key in described and getattr(dataset, key, None) != described[key]:
             raise ValueError(f"conf/dataset/{described.get('name')}.yaml says {key}: {described[key]}, but "

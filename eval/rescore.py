@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from eval.folder import RunFolder
@@ -145,11 +144,11 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
         raise RescoreError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     src = Path(run_dir)
     run, source, stored = _read_source(src)
-    cfg = OmegaConf.create(source["config"])
+    config = copy.deepcopy(source["config"])
     if data_root is not None:
-        cfg.dataset.root = data_root
-    source_protocol = build_protocol(cfg)  # the masks were made at the source run's geometry
-    dataset = build_dataset(cfg.dataset, source_protocol.geometry)
+        config["dataset"]["root"] = data_root
+    source_protocol = build_protocol(config)  # the masks were made at the source run's geometry
+    dataset = build_dataset(config["dataset"], source_protocol.geometry)
     source_protocol = source_protocol.name
     info = dict(source.get("run") or {})
     source_geometry = str(info.get("geometry") or source_protocol)
@@ -161,7 +160,7 @@ def rescore(run_dir: str | os.PathLike, protocol: str, out_dir: str | os.PathLik
     check_run_folder(out, identity, has_records=bool(RunFolder(out).all_records))
     check_contents(src, run.all_records, dataset, ids)  # the labels are the files the run scored
     methods = source.get("methods") or {}
-    scoring = (int(cfg.dataset.num_classes), cfg.dataset.get("background"), get_protocol(protocol))
+    scoring = (int(config["dataset"]["num_classes"]), config["dataset"].get("background"), get_protocol(protocol))
     records, metrics = _score(run, methods, dataset, ids, identity, scoring, progress)
     totals: dict[str, dict[str, Any]] = {}
     for name, summary in methods.items():

@@ -18,6 +18,7 @@ from eval.run import evaluate, identity, passes
 from eval.run.cache import AttentionCache, input_key, source_digest
 from eval.run.identity import CodeVersionError, result_settings
 from eval.run.passes import BackbonePasses
+from eval.spec import build_spec
 
 FAST = [*FAST_DIFFSEG, "dataset.limit=4"]
 
@@ -172,11 +173,11 @@ def _base(overrides: tuple[str, ...]) -> list[str]:
 
 def _prefix(*overrides: str, tmp_path: Path) -> str:
     cfg = compose_eval([*_base(overrides), "cache=disk", f"cache.dir={tmp_path}", *overrides])
-    return BackbonePasses(cfg, torch.device("cpu"), []).cache.prefix
+    return BackbonePasses(build_spec(cfg), torch.device("cpu"), []).cache.prefix
 
 
 def _fingerprint_settings(*overrides: str) -> dict:
-    return result_settings(compose_eval([*_base(overrides), *overrides]), torch.device("cpu"))
+    return result_settings(build_spec(compose_eval([*_base(overrides), *overrides])), torch.device("cpu"))
 
 
 def test_library_versions_change_the_key_and_refuse_a_resume(tmp_path, monkeypatch):
@@ -265,12 +266,12 @@ def test_a_hub_revision_is_keyed_by_the_commit_it_resolves_to(tmp_path, monkeypa
     assert moved != first
     assert _prefix(*on_hub, f"model.backbone.revision={'a' * 40}", tmp_path=tmp_path) != moved
     cfg = compose_eval([*_base(on_hub), *on_hub, "cache=disk", f"cache.dir={tmp_path}"])
-    source = BackbonePasses(cfg, torch.device("cpu"), [])
+    source = BackbonePasses(build_spec(cfg), torch.device("cpu"), [])
     assert source.weights["model_id"] == {"revision": None, "commit": "b" * 40}
     assert not source.needs_backbone  # every map may come from the cache
     assert _fingerprint_settings(*on_hub, "model.backbone.revision=v2")["model"]["backbone"]["revision"] == "v2"
     (repo / "refs" / "main").unlink()  # not in the local cache: the weights are loaded first, then keyed
-    assert BackbonePasses(cfg, torch.device("cpu"), []).needs_backbone
+    assert BackbonePasses(build_spec(cfg), torch.device("cpu"), []).needs_backbone
 
 
 def _entry(seed: int) -> dict[int, torch.Tensor]:

@@ -17,7 +17,7 @@ from eval.data.folder import FolderDataset, UnpairedFilesError
 from eval.data.loader import DatasetNotFoundError
 from eval.data.synthetic import write_synthetic_folder
 from eval.run import evaluate, run_cli
-from eval.run.settings import SettingError
+from eval.spec import SettingError
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 128  # square images at the evaluation size: the labels are scored exactly as written

@@ -27,7 +27,7 @@ from eval.run.mask_files import MASK_DIR, load_saved_masks, read_saved_mask
 from eval.run.merge import MergeError, merge_runs
 from eval.run.merge import main as merge_main
 from eval.run.run_folder import FolderLock
-from eval.run.settings import SettingError
+from eval.spec import SettingError
 
 REPO = Path(__file__).resolve().parents[1]
 # DiffSeg alone on 128 px images, tiny backbone with sharpened attention and a lower merge threshold:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from eval.report.ledger import load_ledger
 from eval.run.joint_passes import JointAttentionPasses
 from eval.run.methods import Method
 from eval.run.runner import evaluate, run_cli
-from eval.run.settings import SettingError
+from eval.spec import SettingError
 
 ONLY_SEG4DIFF = ["methods.diffseg=null", "methods.diffseg_fp32=null", "methods.kmeans_c=null", "methods.kmeans_s=null"]
 FAST = ["num_workers=0", "progress=false", "device=cpu", "grid_images=0"]
@@ -68,8 +69,8 @@ def _halves(side: int) -> torch.Tensor:
 def _passes(geometry: Seg4DiffGeometry) -> tuple[JointAttentionPasses, list[Method]]:
     segmenter = Seg4Diff(kl_threshold=0.1, layers=[0], text_tokens=None)
     methods = [Method("Seg4Diff", segmenter, text_attention=True)]
-    cfg = OmegaConf.create({"cache": {"mode": "none"}, "model": {"joint_layers": [0]}})
-    return JointAttentionPasses(cfg, torch.device("cpu"), methods, geometry), methods
+    spec = SimpleNamespace(model=SimpleNamespace(joint_layers=(0,), query_chunk=256, backbone={}))  # what it reads
+    return JointAttentionPasses(spec, torch.device("cpu"), methods, geometry), methods
 
 
 def test_cityscapes_release_keeps_the_top_left_of_the_full_size_prediction_aligned_does_not():

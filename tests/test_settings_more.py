@@ -1,6 +1,6 @@
 """Settings refused before the run folder exists (one line, exit 2); experiments compose with any methods group.
 
-* ``cache.max_gb`` not a positive number: refused by :func:`eval.run.settings.validate` (it was a
+* ``cache.max_gb`` not a positive number: refused by :func:`eval.spec.build_spec` (it was a
   traceback after the folder existed).
 * A ``methods.<key>`` entry without ``segmenter._target_`` (keys an experiment or override set for a
   method the chosen ``methods=`` group does not hold): refused, naming the key (it failed later with
@@ -22,7 +22,7 @@ from hydra_compose import assert_multi_segment, compose_eval, run_config, synthe
 
 from eval.run import run_cli
 from eval.run.methods import build_methods
-from eval.run.settings import SettingError, validate
+from eval.spec import SettingError, build_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_a_max_gb_that_is_not_a_positive_number_is_refused_before_the_folder_exi
 @pytest.mark.parametrize("value", ["0.5", "8", "1e-6"])
 def test_a_positive_max_gb_is_accepted(root, tmp_path, value):
     cfg = run_config(root, tmp_path / "run", "cache=disk", f"cache.max_gb={value}")
-    validate(cfg)  # raises SettingError otherwise
+    build_spec(cfg)  # raises SettingError otherwise
     assert float(cfg.cache.max_gb) == float(value)
 
 
@@ -84,13 +84,13 @@ def test_a_method_entry_without_a_target_is_refused_naming_it(root, tmp_path, ca
 
 def test_a_method_entry_without_a_segmenter_is_refused(root, tmp_path):
     with pytest.raises(SettingError, match=r"methods\.extra: no segmenter\._target_ \(got \{'name': 'X'\}\)"):
-        validate(run_config(root, tmp_path / "run", "+methods.extra.name=X"))
+        build_spec(run_config(root, tmp_path / "run", "+methods.extra.name=X"))
 
 
 def test_the_demo_composes_with_any_methods_group(tmp_path):
     def methods(*extra: str) -> dict:
         cfg = compose_eval(["experiment=demo", f"paths.output_dir={tmp_path}", *extra])
-        validate(cfg)
+        build_spec(cfg)
         return {m.name: getattr(m.segmenter, "n_init", None) for m in build_methods(cfg)}
 
     # the demo's own choice: the paper's four methods, 2 K-Means restarts (as before)

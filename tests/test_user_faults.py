@@ -32,8 +32,8 @@ from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.report.tables import ablation_tables, collect_runs
 from eval.run import evaluate
 from eval.run.merge import merge_runs
-from eval.run.settings import SettingError, validate
 from eval.run.unknown_labels import UnknownLabelsError
+from eval.spec import SettingError, build_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_degenerate_settings_are_refused_before_the_run_folder_exists(coco_root,
 
 def test_every_experiment_passes_validation(tmp_path):
     for name in EXPERIMENTS:
-        validate(compose_eval([f"experiment={name}", "device=cpu", f"paths.output_dir={tmp_path}"]))
+        build_spec(compose_eval([f"experiment={name}", "device=cpu", f"paths.output_dir={tmp_path}"]))
 
 
 def test_the_cli_exits_2_naming_every_bad_setting(coco_root, tmp_path):

@@ -100,7 +100,7 @@ class FolderDataset(LabelledImages):
     options = {"num_classes": None, "background": None, "ignore_index": 255, "class_names": None,
                "image_dir": "images", "label_dir": "labels", "image_suffix": ".jpg", "label_suffix": ".png"}
     standard_list = None  # your own images are never a benchmark's list
-    setting_problems = staticmethod(folder_setting_problems)  # eval.run.settings reports them before a run
+    setting_problems = staticmethod(folder_setting_problems)  # eval.spec.build_spec reports them before a run
 
     def __init__(self, root: str | os.PathLike, size: int = 512, limit: int | None = None,
                  shard: str | tuple[int, int] | None = None, image_size: int | None = None,

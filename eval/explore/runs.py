@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from eval import folder
 from eval.folder import FolderError
@@ -185,11 +184,11 @@ class RunFolder(folder.RunFolder):
             if isinstance(node.get("dataset"), dict):  # a config saved before the dataset node was flattened
                 node["dataset"] = {**node["dataset"], "limit": None, "shard": None}
             try:  # the crop and resizes the run evaluated with (the source run's, for a re-scored run)
-                geometry = build_protocol(OmegaConf.create({**config, "dataset": node})).geometry
+                geometry = build_protocol({**config, "dataset": node}).geometry
             except ProtocolError as exc:
                 raise RunError(f"{self.path / METRICS_JSON}: the run's protocol cannot be applied ({exc})") from exc
             try:
-                dataset = build_dataset(OmegaConf.create(node), geometry)
+                dataset = build_dataset(node, geometry)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RunError(f"the images of {self.path} are not available: {exc} (start the explorer from "
                                "the folder the run was started in, or prepare the dataset)") from exc

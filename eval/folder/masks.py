@@ -36,8 +36,20 @@ from eval.folder.layout import (
     mask_png_path,
 )
 
-__all__ = ["append_coco_part", "gather_coco_parts", "load_saved_masks", "prune_mask_parts", "read_saved_mask",
-           "saved_mask_format", "write_png_mask"]
+__all__ = ["append_coco_part", "gather_coco_parts", "load_saved_masks", "mask_format", "prune_mask_parts",
+           "read_saved_mask", "saved_mask_format", "write_png_mask"]
+
+_FORMATS = {False: None, None: None, "none": None, "false": None, True: "png", "true": "png", "png": "png",
+            "coco": "coco"}
+
+
+def mask_format(value: Any) -> str | None:
+    """``cfg.save_masks`` as None (no masks), ``"png"`` or ``"coco"``; anything else raises ValueError."""
+    key = value.lower() if isinstance(value, str) else value
+    if key not in _FORMATS:
+        raise ValueError(f"save_masks must be false, true/png or coco, got {value!r}")
+    return _FORMATS[key]
+
 
 
 def saved_mask_format(run_dir: str | os.PathLike) -> str | None:

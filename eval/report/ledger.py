@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
 
 from eval.config_path import config_dir
 
@@ -82,7 +82,7 @@ def load_ledger(path: str | os.PathLike | None = None) -> list[Claim]:
     path = Path(path) if path is not None else DEFAULT_LEDGER
     if not path.is_file():
         return []
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     entries = data.get("claims") if isinstance(data, Mapping) else None
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a top-level `claims:` list (see eval/report/ledger.py)")

@@ -67,7 +67,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from eval.config_path import config_dir
 from eval.data.loader import DuplicateIdsError
@@ -77,8 +76,8 @@ from eval.folder.layout import RUN_JSON as IDENTITY_FILE
 from eval.folder.masks import saved_mask_format
 from eval.folder.run_json import read_run_json, run_json_path, write_run_json
 from eval.instantiate import build_dataset
-from eval.run.build import protocol_settings
 from eval.run.weights import weights_identity
+from eval.spec import RunSpec, SettingError, build_spec
 
 __all__ = [
     "IDENTITY_FILE",
@@ -152,19 +151,17 @@ def _without(node: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in keys}
 
 
-def result_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    """Every setting of a composed config that can change a per-image result (plain, resolved)."""
-    container = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig)
-                 else cfg[key] for key in ("dataset", "model", "aggregation", "methods")}
+def result_settings(spec: RunSpec, device: torch.device) -> dict[str, Any]:
+    """Every setting of a run spec that can change a per-image result (plain, resolved)."""
     out = {
-        "dataset": _without(container["dataset"], _SELECTION_KEYS),
-        "model": _without(container["model"], _SPEED_KEYS),
-        "aggregation": container.get("aggregation"),
-        "methods": {k: v for k, v in (container.get("methods") or {}).items() if v is not None},
-        "protocol": protocol_settings(cfg),
+        "dataset": _without(spec.data.node, _SELECTION_KEYS),
+        "model": _without(spec.model.node, _SPEED_KEYS),
+        "aggregation": spec.aggregation,
+        "methods": {m.key: m.node for m in spec.methods},
+        "protocol": spec.protocol.params,
         "device": device.type,
     }
-    weights = weights_identity(container["model"].get("backbone") or {}, resolve_hub=False)
+    weights = weights_identity(spec.model.backbone, resolve_hub=False)
     if any("sha256" in part for part in weights.values()):  # local files: their content, not their path
         out["weights"] = weights
     return out
@@ -191,14 +188,11 @@ def fingerprint_of(content: dict[str, Any]) -> str:
     return _fingerprint(content.get("settings"), content.get("data"))
 
 
-def identity_of(cfg: DictConfig, dataset: Any, device: torch.device) -> RunIdentity:
-    """The identity of running ``cfg`` on ``dataset`` on ``device``."""
-    from eval.run.mask_files import mask_format
-
-    settings = result_settings(cfg, device)
+def identity_of(spec: RunSpec, dataset: Any, device: torch.device) -> RunIdentity:
+    """The identity of running ``spec`` on ``dataset`` on ``device``."""
+    settings = result_settings(spec, device)
     data = data_identity(dataset)
-    return RunIdentity(_fingerprint(settings, data), settings, data,
-                       outputs={"save_masks": mask_format(cfg.get("save_masks"))})
+    return RunIdentity(_fingerprint(settings, data), settings, data, outputs={"save_masks": spec.options.save_masks})
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -451,11 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("eval", overrides=list(args.overrides))
     try:
-        dataset = build_dataset(cfg.dataset)
-    except (FileNotFoundError, DuplicateIdsError) as exc:
+        spec = build_spec(cfg)
+        dataset = build_dataset(spec.data.node)
+    except (FileNotFoundError, DuplicateIdsError, SettingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    identity = identity_of(cfg, dataset, resolve_device(str(cfg.device)))
+    identity = identity_of(spec, dataset, resolve_device(spec.options.device))
     print(Path(args.prefix) / identity.fingerprint)
     return 0
 

@@ -21,24 +21,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from diffseg.joint_aggregation import image_self_attention
-from diffseg.joint_attention import DEFAULT_QUERY_CHUNK
 from eval.instantiate import build
 from eval.run.cache import AttentionCache
 from eval.run.methods import Method
 from eval.run.passes import BackbonePasses, segment_batch
-from eval.run.settings import SettingError
+from eval.spec import RunSpec, SettingError
 
 __all__ = ["JointAttentionPasses", "check_backbone", "is_mmdit", "make_passes", "stretch_ids"]
 
 IMAGE_TO_TEXT = "image_to_text"  # a method's ``inputs``: Seg4Diff
 
 
-def is_mmdit(cfg: DictConfig) -> bool:
+def is_mmdit(spec: RunSpec) -> bool:
     """True when the run's model config is an MM-DiT one (``model.kind: mmdit``)."""
-    return str(cfg.model.get("kind") or "unet") == "mmdit"
+    return spec.model.kind == "mmdit"
 
 
 def stretch_ids(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -63,10 +61,10 @@ class JointAttentionPasses:
     ``needs_backbone``, ``cache``, ``segment``), so the runner treats both alike.
     """
 
-    def __init__(self, cfg: DictConfig, device: torch.device, methods: list[Method], geometry: Any = None):
-        self.cfg, self.device, self.geometry = cfg, device, geometry
+    def __init__(self, spec: RunSpec, device: torch.device, methods: list[Method], geometry: Any = None):
+        self.spec, self.device, self.geometry = spec, device, geometry
         self.backbone = None
-        self.self_attention_layers = [_joint_name(x) for x in (cfg.model.get("joint_layers") or [])]
+        self.self_attention_layers = [_joint_name(x) for x in spec.model.joint_layers]
         self.needs_attention = any(not m.text_attention for m in methods)
         if self.needs_attention and not self.self_attention_layers:
             raise ValueError("model.joint_layers: DiffSeg / K-Means on an MM-DiT need the joint blocks whose "
@@ -84,7 +82,7 @@ class JointAttentionPasses:
     def load(self):
         """The :class:`~diffseg.mmdit_backbone.MMDiTBackbone`, built on first use."""
         if self.backbone is None:
-            self.backbone = build(self.cfg.model.backbone, device=self.device)
+            self.backbone = build(self.spec.model.backbone, device=self.device)
         return self.backbone
 
     def __call__(self, images: torch.Tensor, ids: list[str]) -> tuple[dict[int, torch.Tensor] | None,
@@ -93,8 +91,7 @@ class JointAttentionPasses:
         pixels = (images.float() + 1.0) * 127.5
         if self.integer_pixels:  # the protocol's images were uint8: recover them exactly
             pixels = pixels.round()
-        store = self.load().joint_attention(pixels, layers=self.layers,
-                                            query_chunk=self.cfg.model.get("query_chunk", DEFAULT_QUERY_CHUNK))
+        store = self.load().joint_attention(pixels, layers=self.layers, query_chunk=self.spec.model.query_chunk)
         maps = None
         if self.needs_attention:
             maps = {s: m.to(self.device) for s, m in
@@ -121,30 +118,31 @@ class JointAttentionPasses:
         return {m.name: masks[m.name] for m in methods}
 
 
-def make_passes(cfg: DictConfig, device: torch.device, methods: list[Method], geometry: Any = None):
+def make_passes(spec: RunSpec, device: torch.device, methods: list[Method], geometry: Any = None):
     """The run's backbone passes: :class:`JointAttentionPasses` for an MM-DiT model, else UNet passes."""
-    if is_mmdit(cfg):
-        return JointAttentionPasses(cfg, device, methods, geometry)
-    return BackbonePasses(cfg, device, methods)
+    if is_mmdit(spec):
+        return JointAttentionPasses(spec, device, methods, geometry)
+    return BackbonePasses(spec, device, methods)
 
 
-def check_backbone(cfg: DictConfig, methods: list[Method], geometry: Any = None) -> None:
+def check_backbone(spec: RunSpec, methods: list[Method], geometry: Any = None) -> None:
     """Refuse (before anything is written) a run whose methods or protocol its backbone cannot feed.
 
-    Raises :class:`~eval.run.settings.SettingError`: Seg4Diff on a UNet model, a protocol whose images keep
+    Raises :class:`~eval.spec.SettingError`: Seg4Diff on a UNet model, a protocol whose images keep
     their own sizes (``protocol=seg4diff``) on a UNet model, or an MM-DiT run with an attention cache.
     """
     problems = []
-    if not is_mmdit(cfg):
+    model = spec.model.name
+    if not is_mmdit(spec):
         text = [m.name for m in methods if m.text_attention]
         if text:
-            problems.append(f"methods {text} read MM-DiT image-to-text attention, but model={cfg.model.name} is a "
+            problems.append(f"methods {text} read MM-DiT image-to-text attention, but model={model} is a "
                             "UNet (pick model=sd3_medium, sd35_medium, ...)")
         if getattr(geometry, "max_batch_size", None) is not None:
             problems.append(f"protocol={geometry.name} feeds each image at its own size, which only the MM-DiT "
-                            f"backbones take; model={cfg.model.name} is a UNet")
-    elif str(cfg.cache.mode) != "none":
-        problems.append(f"cache={cfg.cache.mode}: the attention cache holds UNet maps; MM-DiT runs take cache=none")
+                            f"backbones take; model={model} is a UNet")
+    elif (cache := spec.options.cache.mode) != "none":
+        problems.append(f"cache={cache}: the attention cache holds UNet maps; MM-DiT runs take cache=none")
     if problems:
         raise SettingError("; ".join(problems))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -21,6 +20,7 @@ from eval.folder.masks import (
     append_coco_part,
     gather_coco_parts,
     load_saved_masks,
+    mask_format,
     prune_mask_parts,
     read_saved_mask,
     saved_mask_format,
@@ -30,18 +30,6 @@ from eval.metrics import diffcut_match
 
 __all__ = ["MASK_DIR", "MaskWriter", "load_saved_masks", "mask_format", "method_stem", "prune_mask_parts",
            "read_saved_mask", "saved_mask_format"]
-
-_FORMATS = {False: None, None: None, "none": None, "false": None, True: "png", "true": "png", "png": "png",
-            "coco": "coco"}
-
-
-def mask_format(value: Any) -> str | None:
-    """``cfg.save_masks`` as None (no masks), ``"png"`` or ``"coco"``; anything else raises ValueError."""
-    key = value.lower() if isinstance(value, str) else value
-    if key not in _FORMATS:
-        raise ValueError(f"save_masks must be false, true/png or coco, got {value!r}")
-    return _FORMATS[key]
-
 
 class MaskWriter:
     """Writes the masks of every batch in the run's format (:mod:`eval.folder.masks`).

@@ -39,8 +39,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from eval.atomic import write_bytes_atomic
 from eval.data.loader import DuplicateIdsError, parse_shard
 from eval.folder import RunFolder
@@ -124,7 +122,7 @@ def _readable_datasets(config: dict[str, Any], roots: Sequence[str]) -> dict[str
     for root in roots:
         node = {**config["dataset"], "root": root, "limit": None, "shard": None}
         try:
-            out[root] = build_dataset(OmegaConf.create(node))
+            out[root] = build_dataset(node)
         except (OSError, ValueError, DuplicateIdsError):
             continue  # not on this machine (or not this dataset): nothing to compare with there
     return out

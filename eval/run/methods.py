@@ -1,6 +1,6 @@
 """The methods a run evaluates, built from the ``methods`` node of the config.
 
-Each entry of ``cfg.methods`` (``null`` entries are skipped) looks like::
+Each entry of the config's ``methods`` (``null`` entries are skipped) looks like::
 
     name: DiffSeg                 # as printed in tables and used for masks/<name>/
     num_clusters: null            # "labels": K = distinct ground-truth classes (K-Means-S)
@@ -17,7 +17,7 @@ A method on UNet features instead of attention (DiffCut) adds::
 A method on MM-DiT image-to-text attention (Seg4Diff) adds ``inputs: image_to_text``
 (:mod:`eval.run.joint_passes`).
 
-Every method of a run is scored under the run's protocol (``cfg.protocol``, :mod:`eval.metrics.protocols`).
+Every method of a run is scored under the run's protocol (``protocol``, :mod:`eval.metrics.protocols`).
 """
 
 from __future__ import annotations
@@ -27,18 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+
+from eval.spec import FeaturePass, as_spec
 
 __all__ = ["FeaturePass", "Method", "build_methods", "ground_truth_class_counts", "upsample_ids", "weights_key"]
-
-
-@dataclass(frozen=True)
-class FeaturePass:
-    """The UNet pass a feature method needs: timestep and DiffCut's shared seeded noise."""
-
-    timestep: int | None  # None: the run's attention pass (one UNet pass feeds both captures)
-    noise_seed: int
 
 
 @dataclass
@@ -90,54 +82,18 @@ def ground_truth_class_counts(labels: torch.Tensor, num_classes: int) -> list[in
     return counts
 
 
-def _weights(node: Any) -> dict[int, float] | None:
-    if node is None:
-        return None
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    return {int(k): float(v) for k, v in data.items()}
-
-
 def weights_key(weights: Mapping[int, float] | None) -> tuple:
     """Hashable key of an aggregation setting (None = proportional)."""
     return () if weights is None else tuple(sorted(weights.items()))
 
 
-def _feature_pass(node: Any) -> FeaturePass | None:
-    if node is None:
-        return None
-    timestep = node.get("timestep")
-    return FeaturePass(int(timestep) if timestep is not None else None, int(node.get("noise_seed", 42)))
+def build_methods(spec: Any) -> list[Method]:
+    """The run's methods, on the segmenters the spec built (a composed config is made a spec first).
 
-
-def build_methods(cfg: DictConfig) -> list[Method]:
-    """Instantiate every non-null entry of ``cfg.methods``; names must be unique."""
-    methods: list[Method] = []
-    run_weights = _weights(cfg.aggregation.weights)
-    for key, node in cfg.methods.items():
-        if node is None:
-            continue
-        weights = _weights(node.get("aggregation")) if node.get("aggregation") is not None else run_weights
-        ablation = node.get("ablation")
-        features = node.get("features")
-        if node.get("protocol") is not None:
-            raise ValueError(f"methods.{key}.protocol: a method is scored under the run's protocol; "
-                             "choose it with protocol=diffcut (conf/protocol/), not per method")
-        methods.append(
-            Method(
-                name=str(node.get("name", key)),
-                segmenter=instantiate(node.segmenter),
-                clusters_from_labels=node.get("num_clusters") == "labels",
-                weights=weights,
-                ablation=OmegaConf.to_container(ablation, resolve=True) if ablation is not None else None,
-                features=_feature_pass(features),
-                output_size=int(node.output_size) if node.get("output_size") is not None else None,
-                text_attention=node.get("inputs") == "image_to_text",
-            )
-        )
-    names = [m.name for m in methods]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"methods: names must be unique, got duplicates {duplicates}")
-    if not methods:
-        raise ValueError("methods: no method configured (every entry is null)")
-    return methods
+    ``spec``: a :class:`~eval.spec.RunSpec` (or a config, :func:`eval.spec.as_spec`); its methods are checked
+    (unique names, at least one) when it is built.
+    """
+    return [Method(name=m.name, segmenter=m.segmenter, clusters_from_labels=m.clusters_from_labels,
+                   weights=m.weights, ablation=m.ablation, features=m.features, output_size=m.output_size,
+                   text_attention=m.text_attention)
+            for m in as_spec(spec).methods]

@@ -15,17 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from diffseg import aggregate_attention
 from diffseg.devices import resolve_dtype
 from eval.instantiate import build
-from eval.run.build import protocol_settings
 from eval.run.cache import AttentionCache, input_key, library_digest
 from eval.run.identity import versions
 from eval.run.machine import cpu_name
 from eval.run.methods import FeaturePass, Method, weights_key
 from eval.run.weights import unresolved, weights_identity
+from eval.spec import RunSpec
 
 __all__ = ["BackbonePasses", "map_device", "segment_batch"]
 
@@ -49,10 +48,10 @@ def map_device(device: torch.device) -> dict[str, Any]:
 class BackbonePasses:
     """Per-batch attention maps and features for ``methods``, from the cache or the backbone."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device, methods: list[Method]):
-        self.cfg = cfg
+    def __init__(self, spec: RunSpec, device: torch.device, methods: list[Method]):
+        self.spec = spec
         self.device = device
-        self.dtype = resolve_dtype(str(cfg.model.dtype))
+        self.dtype = resolve_dtype(str(spec.model.dtype))
         self.backbone = None
         self.needs_attention = any(m.features is None for m in methods)
         self.feature_passes = sorted({m.features for m in methods if m.features is not None},
@@ -61,28 +60,27 @@ class BackbonePasses:
 
     def _attention_cache(self) -> AttentionCache:
         """The cache of this setting (module :mod:`eval.run.cache`: what the key holds)."""
-        cfg, device = self.cfg, self.device
-        backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
-        self.weights = weights_identity(backbone) if cfg.cache.mode != "none" else {}
+        model, cache, device = self.spec.model, self.spec.options.cache, self.device
+        self.weights = weights_identity(model.backbone) if cache.mode != "none" else {}
         setting = {
-            "model": str(cfg.model.name),
+            "model": model.name,
             "dtype": str(self.dtype),
-            "timestep": int(cfg.model.timestep),
-            "noise": bool(cfg.model.noise),
-            "noise_seed": int(cfg.model.noise_seed),
-            "size": int(cfg.dataset.size),
-            "backbone": backbone,
-            "head_chunk": cfg.model.get("head_chunk"),  # the chunking rounds the head sum (up to 3e-8)
-            "batch_size": int(cfg.batch_size),  # the UNet's floats depend on the batch (about 1e-6)
+            "timestep": int(model.timestep),
+            "noise": bool(model.noise),
+            "noise_seed": int(model.noise_seed),
+            "size": self.spec.data.size,
+            "backbone": model.backbone,
+            "head_chunk": model.head_chunk,  # the chunking rounds the head sum (up to 3e-8)
+            "batch_size": self.spec.options.batch_size,  # the UNet's floats depend on the batch (about 1e-6)
             "weights": self.weights,
             "code": library_digest(),
             "libraries": {name: v for name, v in versions().items() if name in _MAP_LIBRARIES},
             "device": map_device(device),  # kernels round differently per device (and CPU thread count)
         }
-        geometry = protocol_settings(cfg).get("geometry")
+        geometry = self.spec.protocol.geometry
         if geometry is not None:  # another protocol's crop gives other attention (key unchanged under diffseg)
             setting["geometry"] = geometry
-        return AttentionCache(str(cfg.cache.mode), setting, float(cfg.cache.max_gb), cfg.cache.get("dir"))
+        return AttentionCache(cache.mode, setting, cache.max_gb, cache.dir)
 
     def load(self):
         """The backbone, built on first use (so a run fully served by the cache never loads weights).
@@ -91,7 +89,7 @@ class BackbonePasses:
         are loaded: the attention cache is then keyed by its commit.
         """
         if self.backbone is None:
-            self.backbone = build(self.cfg.model.backbone, dtype=self.dtype, device=self.device)
+            self.backbone = build(self.spec.model.backbone, dtype=self.dtype, device=self.device)
             if unresolved(self.weights):
                 counts = (self.cache.hits, self.cache.misses, self.cache.rejected)
                 self.cache = self._attention_cache()
@@ -119,10 +117,10 @@ class BackbonePasses:
             if all(c is not None for c in cached):
                 maps = {s: torch.stack([c[s] for c in cached]).to(self.device) for s in cached[0]}
             else:
+                model = self.spec.model
                 maps, feats = self.load().unet_pass(
-                    images, int(self.cfg.model.timestep), noise="per_image" if self.cfg.model.noise else None,
-                    seed=int(self.cfg.model.noise_seed), features=bool(shared),
-                    head_chunk=self.cfg.model.get("head_chunk"))
+                    images, int(model.timestep), noise="per_image" if model.noise else None,
+                    seed=int(model.noise_seed), features=bool(shared), head_chunk=model.head_chunk)
                 for b, key in enumerate(keys):
                     self.cache.put(key, {s: m[b] for s, m in maps.items()})
                 for p in shared:

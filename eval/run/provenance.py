@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
 
 from eval.config_path import config_dir
 
@@ -57,7 +57,7 @@ def load_protocol(path: str | os.PathLike | None = None) -> dict[str, Any]:
     path = Path(path) if path is not None else DEFAULT_PROTOCOL
     if not path.is_file():
         return {}
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def _get(node: Any, dotted: str) -> Any:

@@ -9,7 +9,7 @@
   with a message saying so.
 * :class:`CheckRunFolder`: a Hydra callback that stops a command with exit status 2
   and one line when its run (or sweep) folder cannot be written or a setting is outside its
-  range (:mod:`eval.run.settings`), before Hydra creates the folder; it notes a folder Hydra
+  range (:func:`eval.spec.build_spec`), before Hydra creates the folder; it notes a folder Hydra
   is about to create, so a run refused later removes it again while it is empty
   (:func:`remove_if_new_and_empty`).
 * :func:`storage_error`: the one-line message of a full disk, a read-only or
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 from eval.folder.layout import LOCK_FILE
+from eval.spec import SettingError, build_spec
 
 __all__ = ["LOCK_FILE", "CheckRunFolder", "FolderLock", "FolderLockedError", "RunFolderError", "check_writable",
            "remove_if_new_and_empty", "storage_error"]
@@ -165,12 +165,12 @@ class CheckRunFolder(Callback):
     """Hydra callback: exit 2 with one line when the run (sweep) folder is not writable or a setting is out of
     range, before Hydra creates or writes the folder."""
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
         _exit_unless_writable(config.hydra.run.dir)
         _exit_unless_valid(config)
         _note_new(config.hydra.run.dir)
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _exit_unless_writable(config.hydra.sweep.dir)
         _note_new(config.hydra.sweep.dir)
 
@@ -181,11 +181,9 @@ def _note_new(folder: Any) -> None:
         _NEW_FOLDERS.add(path)
 
 
-def _exit_unless_valid(config: DictConfig) -> None:
-    from eval.run.settings import SettingError, validate
-
+def _exit_unless_valid(config: Any) -> None:
     try:
-        validate(config)
+        build_spec(config)
     except SettingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,7 +1,7 @@
 """The evaluation runner: ``python -m eval.run experiment=coco_stuff27``.
 
-:func:`evaluate` is a plain function of a composed config (tests call it
-directly); :func:`main` is the thin Hydra entry point. Data flow per batch:
+:func:`evaluate` is a plain function of a run spec (:mod:`eval.spec`; tests call it
+directly); :func:`main` is the thin Hydra entry point, which builds the spec once. Data flow per batch:
 
     loader (workers: decode + pre-process) -> backbone (one UNet pass, attention
     captured; or the attention cache) -> aggregation, once per distinct weight
@@ -33,7 +33,6 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from diffseg.backbone import BackboneLoadError
@@ -65,15 +64,15 @@ from eval.run.identity import (
 )
 from eval.run.interrupt import GracefulStop, RunInterrupted
 from eval.run.joint_passes import check_backbone, make_passes
-from eval.run.mask_files import MaskWriter, mask_format, prune_mask_parts
+from eval.run.mask_files import MaskWriter, prune_mask_parts
 from eval.run.methods import build_methods
 from eval.run.passes import BackbonePasses
 from eval.run.provenance import banner, build_provenance, tally
 from eval.run.qualitative import QualitativeSamples
 from eval.run.records import METRICS_FILE, RunRecords, load_run_records, write_metrics
 from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, remove_if_new_and_empty, storage_error
-from eval.run.settings import SettingError, validate
 from eval.run.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
+from eval.spec import RunSpec, SettingError, build_spec
 
 __all__ = ["NoImagesError", "evaluate", "main", "run_cli", "versions"]
 
@@ -84,24 +83,23 @@ class NoImagesError(RuntimeError):
     """A run that would report numbers resting on no image (or on too few, see ``max_skipped``)."""
 
 
-def _run_info(cfg: DictConfig) -> dict[str, Any]:
-    ablation = cfg.get("ablation")
-    protocol = protocol_from_settings(protocol_settings(cfg))
+def _run_info(spec: RunSpec) -> dict[str, Any]:
+    protocol = protocol_from_settings(protocol_settings(spec.config))
     label = {"protocol_label": protocol.describe()} if protocol.describe() != protocol.name else {}  # tables show it
     return {
-        "name": str(cfg.run_name),
-        "dataset": str(cfg.dataset.name),
-        "model": str(cfg.model.name),
+        "name": spec.run_name,
+        "dataset": spec.data.name,
+        "model": spec.model.name,
         "protocol": protocol.name,
         **label,
-        "subset": cfg.dataset.get("subset"),
-        "ablation": OmegaConf.to_container(ablation, resolve=True) if ablation is not None else None,
-        "shard": cfg.dataset.get("shard"),
-        "limit": cfg.dataset.get("limit"),
+        "subset": spec.data.subset,
+        "ablation": spec.ablation,
+        "shard": spec.data.shard,
+        "limit": spec.data.limit,
     }
 
 
-def _random_weights(cfg: DictConfig, source: BackbonePasses) -> bool:
+def _random_weights(spec: RunSpec, source: BackbonePasses) -> bool:
     """True unless the backbone's weights came from a checkpoint.
 
     Asked of the built backbone; when every map came from the cache (no backbone built),
@@ -109,7 +107,7 @@ def _random_weights(cfg: DictConfig, source: BackbonePasses) -> bool:
     """
     if source.backbone is not None:
         return not bool(getattr(source.backbone, "pretrained", False))
-    return not str(cfg.model.backbone.get("_target_", "")).endswith(".from_pretrained")
+    return spec.model.random_weights
 
 
 def _check_records(records: dict[str, dict[str, Any]], fingerprint: str, out_dir: Path) -> None:
@@ -181,14 +179,17 @@ class _Plan:
     selected: list[str]
 
 
-def evaluate(cfg: DictConfig, hydra_config: DictConfig | None = None) -> dict[str, Any]:
-    """Run every configured method on a dataset and write the run folder.
+def evaluate(spec: RunSpec | Any, hydra_config: Any = None) -> dict[str, Any]:
+    """Run every method of ``spec`` on its dataset and write the run folder.
+
+    ``spec``: a :class:`~eval.spec.RunSpec` (a composed config is made one by
+    :func:`eval.spec.build_spec`, with ``hydra_config``, Hydra's own config of a command-line run).
 
     Writes ``run.json`` (the run's identity, :mod:`eval.run.identity`), ``per_image.jsonl``
     (appended after each batch; ``per_image.rank<k>.jsonl`` per rank under torchrun),
     ``metrics.json`` (with its provenance record, :mod:`eval.run.provenance`), ``run.log``,
     optionally ``masks/<method>/<id>.png``, ``qualitative.png``, and ``.hydra/`` (the composed
-    config, Hydra's config and the overrides, when ``hydra_config`` is given). Under ``torchrun``
+    config, Hydra's config and the overrides, of a command-line run: :attr:`RunSpec.hydra_files`). Under ``torchrun``
     each rank evaluates its share of the images (:mod:`eval.run.distributed`) and rank 0
     alone writes ``run.json``, ``metrics.json``, the log and the grid.
 
@@ -198,7 +199,7 @@ def evaluate(cfg: DictConfig, hydra_config: DictConfig | None = None) -> dict[st
     under the folder's lock, where a refusal can only come from another run writing meanwhile).
 
     Raises:
-        SettingError: a setting is outside its allowed range (:mod:`eval.run.settings`; before anything is written).
+        SettingError: a setting is outside its allowed range (:mod:`eval.spec.build`; before anything is written).
         RunMismatchError: the folder holds results of other settings, or of images outside this
             run's selection (before anything is written).
         NoImagesError: no image could be evaluated, or more than ``max_skipped`` were skipped.
@@ -207,37 +208,36 @@ def evaluate(cfg: DictConfig, hydra_config: DictConfig | None = None) -> dict[st
     Returns:
         The ``metrics.json`` content (on every rank).
     """
-    validate(cfg)
+    if not isinstance(spec, RunSpec):
+        spec = build_spec(spec, hydra_config)
+    if spec.options.output_dir is None:
+        raise SettingError("paths.output_dir: expected the run folder, got None")
     export_slurm_env()
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(spec.options.device)
     with process_group(device) as ctx:  # destroyed when the run ends (no gloo thread outlives it)
-        out_dir = Path(ctx.broadcast(str(cfg.paths.output_dir)))  # rank 0's folder for every rank
+        out_dir = Path(ctx.broadcast(spec.options.output_dir))  # rank 0's folder for every rank
         with _RunLog(ctx.is_main) as run_log:
-            plan = _plan(cfg, device)
-            seen = _check_folder(out_dir, plan, cfg, ctx)  # read only: a refusal writes nothing
+            plan = _plan(spec, device)
+            seen = _check_folder(out_dir, plan, spec, ctx)  # read only: a refusal writes nothing
             out_dir.mkdir(parents=True, exist_ok=True)
             if not ctx.is_main:
-                _remove_stray_folder(Path(cfg.paths.output_dir), out_dir)
+                _remove_stray_folder(Path(spec.options.output_dir), out_dir)
             with _hold_folder(out_dir, ctx):
-                records = _claim_folder(out_dir, plan, cfg, ctx, seen)
+                records = _claim_folder(out_dir, plan, spec, ctx, seen)
                 if ctx.is_main:
                     run_log.start(out_dir)
-                    _save_hydra_files(out_dir, cfg, hydra_config)
-                return _evaluate(cfg, out_dir, device, ctx, plan, records)
+                    _save_hydra_files(out_dir, spec)
+                return _evaluate(spec, out_dir, device, ctx, plan, records)
 
 
-def _save_hydra_files(out_dir: Path, cfg: DictConfig, hydra_config: DictConfig | None) -> None:
+def _save_hydra_files(out_dir: Path, spec: RunSpec) -> None:
     """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` of this invocation, once the folder is claimed.
 
     Hydra's own copy (``hydra.output_subdir``) is off (conf/hydra/default.yaml): it is written
     before the run starts, so a refused run would rewrite the files of the folder it was refused from.
     """
-    if hydra_config is None:
-        return
-    folder = out_dir / layout.HYDRA_DIR
-    write_text_atomic(folder / layout.CONFIG_YAML, OmegaConf.to_yaml(cfg))
-    write_text_atomic(folder / layout.HYDRA_YAML, OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_config})))
-    write_text_atomic(folder / layout.OVERRIDES_YAML, OmegaConf.to_yaml(hydra_config.overrides.task))
+    for name, text in spec.hydra_files:
+        write_text_atomic(out_dir / layout.HYDRA_DIR / name, text)
 
 
 @contextlib.contextmanager
@@ -259,16 +259,16 @@ def _hold_folder(out_dir: Path, ctx: Dist):
         lock.release()
 
 
-def _plan(cfg: DictConfig, device: torch.device) -> _Plan:
+def _plan(spec: RunSpec, device: torch.device) -> _Plan:
     """Methods, dataset, protocol and identity of a run (nothing written)."""
-    methods = build_methods(cfg)
-    protocol = build_protocol(cfg)
-    dataset = build_dataset(cfg.dataset, protocol.geometry)
-    check_backbone(cfg, methods, protocol)
-    return _Plan(methods, dataset, protocol, identity_of(cfg, dataset, device), list(dataset.ids))
+    methods = build_methods(spec)
+    protocol = build_protocol(spec.config)
+    dataset = build_dataset(spec.data.node, protocol.geometry)
+    check_backbone(spec, methods, protocol)
+    return _Plan(methods, dataset, protocol, identity_of(spec, dataset, device), list(dataset.ids))
 
 
-def _check_selection(out_dir: Path, records: dict[str, dict[str, Any]], selected: list[str], cfg: DictConfig) -> None:
+def _check_selection(out_dir: Path, records: dict[str, dict[str, Any]], selected: list[str], spec: RunSpec) -> None:
     """Refuse a selection that leaves out images the folder holds results of (a smaller ``dataset.limit``, say):
     the folder's ``metrics.json`` would rest on fewer images than its records."""
     chosen = set(selected)
@@ -276,13 +276,13 @@ def _check_selection(out_dir: Path, records: dict[str, dict[str, Any]], selected
     if outside:
         raise RunMismatchError(
             f"{out_dir} holds results of {len(outside)} image(s) outside this run's selection of {len(selected)} "
-            f"(first: {outside[0]}; dataset.limit={cfg.dataset.get('limit')}, dataset.shard="
-            f"{cfg.dataset.get('shard')}): its metrics.json rests on every image it holds results of. Run again "
+            f"(first: {outside[0]}; dataset.limit={spec.data.limit}, dataset.shard="
+            f"{spec.data.shard}): its metrics.json rests on every image it holds results of. Run again "
             "with a selection that covers them (the folder's dataset.limit, a larger one or null), or start a new "
             "folder.")
 
 
-def _folder_problem(out_dir: Path, plan: _Plan, cfg: DictConfig, records: dict[str, dict[str, Any]],
+def _folder_problem(out_dir: Path, plan: _Plan, spec: RunSpec, records: dict[str, dict[str, Any]],
                     check_files: bool, quiet: bool = False) -> dict[str, Any] | None:
     """Check an existing folder against the run (nothing written while it holds records); its run.json or None.
 
@@ -293,9 +293,8 @@ def _folder_problem(out_dir: Path, plan: _Plan, cfg: DictConfig, records: dict[s
     identity = plan.identity
     stored = check_run_folder(out_dir, identity, has_records=True)
     _check_records(records, identity.fingerprint, out_dir)
-    _check_selection(out_dir, records, plan.selected, cfg)
-    versions_found = check_code_version(out_dir, stored, records, identity.code,
-                                        bool(cfg.get("allow_code_change", False)))
+    _check_selection(out_dir, records, plan.selected, spec)
+    versions_found = check_code_version(out_dir, stored, records, identity.code, spec.options.allow_code_change)
     if len(set(versions_found) | {identity.code_id}) > 1 and not quiet:
         log.warning("code versions: this run is %s; the folder's records were made by %s "
                     "(allow_code_change=true): every record carries its version", identity.code_id,
@@ -320,18 +319,18 @@ def _raise_on_all_ranks(ctx: Dist, check) -> Any:
     return value
 
 
-def _check_folder(out_dir: Path, plan: _Plan, cfg: DictConfig, ctx: Dist) -> dict[str, dict[str, Any]] | None:
+def _check_folder(out_dir: Path, plan: _Plan, spec: RunSpec, ctx: Dist) -> dict[str, dict[str, Any]] | None:
     """Before the folder is written: rank 0 checks an existing folder (read only); returns the records it checked."""
 
     def check() -> dict[str, dict[str, Any]]:
         records = load_run_records(out_dir) if out_dir.is_dir() else {}
-        _folder_problem(out_dir, plan, cfg, records, check_files=True, quiet=True)
+        _folder_problem(out_dir, plan, spec, records, check_files=True, quiet=True)
         return records
 
     return _raise_on_all_ranks(ctx, check)
 
 
-def _claim_folder(out_dir: Path, plan: _Plan, cfg: DictConfig, ctx: Dist,
+def _claim_folder(out_dir: Path, plan: _Plan, spec: RunSpec, ctx: Dist,
                   seen: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """Records of the folder, after rank 0 checked (or wrote) its identity under the lock; every rank raises on a
     mismatch.
@@ -344,17 +343,17 @@ def _claim_folder(out_dir: Path, plan: _Plan, cfg: DictConfig, ctx: Dist,
     records = load_run_records(out_dir)
 
     def claim() -> None:
-        if _folder_problem(out_dir, plan, cfg, records, check_files=records != seen) is None:
+        if _folder_problem(out_dir, plan, spec, records, check_files=records != seen) is None:
             check_run_folder(out_dir, plan.identity, has_records=False)  # writes run.json
         prune_mask_parts(out_dir, records)
 
     _raise_on_all_ranks(ctx, claim)
     ctx.barrier()  # every rank has read the records before any rank appends to them
     return records
-def _new_record(image_id: str, identity: RunIdentity, cfg: DictConfig, dataset: Any) -> dict[str, Any]:
+def _new_record(image_id: str, identity: RunIdentity, spec: RunSpec, dataset: Any) -> dict[str, Any]:
     """The bookkeeping part of an evaluated image's record: fingerprint, code version, batch size, files."""
     record: dict[str, Any] = {"id": image_id, "fp": identity.fingerprint, "code": identity.code_id,
-                              "batch_size": int(cfg.batch_size), "threads": torch.get_num_threads()}
+                              "batch_size": spec.options.batch_size, "threads": torch.get_num_threads()}
     if hasattr(dataset, "image_path") and hasattr(dataset, "label_path"):
         record["root"] = str(getattr(dataset, "root", ""))
         record["files"] = file_digests(dataset, image_id)
@@ -362,11 +361,11 @@ def _new_record(image_id: str, identity: RunIdentity, cfg: DictConfig, dataset: 
     return record
 
 
-def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, plan: _Plan,
+def _evaluate(spec: RunSpec, out_dir: Path, device: torch.device, ctx: Dist, plan: _Plan,
               records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    num_classes = int(cfg.dataset.num_classes)
+    num_classes = spec.data.num_classes
     methods, dataset, identity, selected = plan.methods, plan.dataset, plan.identity, plan.selected
-    masks_out = MaskWriter(out_dir, mask_format(cfg.save_masks), num_classes, cfg.dataset.get("background"),
+    masks_out = MaskWriter(out_dir, spec.options.save_masks, num_classes, spec.data.background,
                            plan.protocol.name, rank=ctx.rank if ctx.active else None)
     records_file = RunRecords(out_dir, layout.records_file(ctx.rank if ctx.active else None))
     done = [i for i in selected if "methods" in records.get(i, {})]
@@ -380,7 +379,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
             log.info("data-parallel: %d ranks, %d images to do, about %d each", ctx.world_size, len(todo),
                      len(dataset.ids))
     # One metric per method; rank 0 replays the images already done, every rank adds its own.
-    background = cfg.dataset.get("background")
+    background = spec.data.background
     metrics = {m.name: HungarianSegmentationMetric(num_classes, background, plan.protocol, sync_on_compute=False)
                for m in methods}
     if ctx.is_main:
@@ -388,18 +387,18 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
             metric.add_stats(records[i]["methods"][name] for i in done)
     loader = build_loader(
         dataset,
-        batch_size=int(cfg.batch_size),
-        num_workers=int(cfg.num_workers),
+        batch_size=spec.options.batch_size,
+        num_workers=spec.options.num_workers,
         pin_memory=device.type == "cuda",
     )
-    source = make_passes(cfg, device, methods, plan.protocol)
+    source = make_passes(spec, device, methods, plan.protocol)
     if source.needs_backbone and dataset.ids:
         source.load()  # load (or fail on missing weights) before the loader starts
-    samples = QualitativeSamples(int(cfg.grid_images) if ctx.is_main else 0, [m.name for m in methods])
+    samples = QualitativeSamples(spec.options.grid_images if ctx.is_main else 0, [m.name for m in methods])
     total = len(selected) if not ctx.active else len(dataset.ids)
     progress = tqdm(total=total, initial=total - len(dataset.ids), unit="img",
-                    disable=not cfg.progress or not ctx.is_main,
-                    desc=str(cfg.run_name) + (f" [rank 0 of {ctx.world_size}]" if ctx.active else ""))
+                    disable=not spec.options.progress or not ctx.is_main,
+                    desc=spec.run_name + (f" [rank 0 of {ctx.world_size}]" if ctx.active else ""))
     first = methods[0].name
     start = time.perf_counter()
     with GracefulStop() as stop:
@@ -414,7 +413,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
                     maps, features = source(batch.images, batch.ids)
                     masks = source.segment(methods, maps, features, scored, num_classes)
                 unknown = count_unknown(batch.labels)
-                image_records = [{**_new_record(i, identity, cfg, dataset), "unknown_labels": n}
+                image_records = [{**_new_record(i, identity, spec, dataset), "unknown_labels": n}
                                  for i, n in zip(batch.ids, unknown, strict=True)]
                 for image_id, n in zip(batch.ids, unknown, strict=True):
                     if n:
@@ -437,7 +436,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, device: torch.device, ctx: Dist, p
     progress.close()
     timing = {"seconds": round(time.perf_counter() - start, 3), "images_this_invocation": len(todo)}
     totals = _synced_scores(metrics, {m.name: m.ablation for m in methods}, ctx)
-    return _finish(cfg, out_dir, identity, totals, selected, source, samples, dataset, timing, ctx, masks_out)
+    return _finish(spec, out_dir, identity, totals, selected, source, samples, dataset, timing, ctx, masks_out)
 
 
 def _synced_scores(metrics: dict[str, HungarianSegmentationMetric], tags: dict[str, Any],
@@ -452,7 +451,7 @@ def _synced_scores(metrics: dict[str, HungarianSegmentationMetric], tags: dict[s
     return out
 
 
-def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
+def _finish(spec: RunSpec, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
             selected: list[str], source: BackbonePasses, samples: QualitativeSamples, dataset: Any,
             timing: dict[str, Any], ctx: Dist, masks_out: MaskWriter) -> dict[str, Any]:
     """metrics.json from the synced totals (rank 0); refuses numbers resting on nothing (every rank)."""
@@ -460,7 +459,7 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
     if ctx.is_main:
         records = load_run_records(out_dir)  # every rank's records, all appended before the sync
         mine = [records[i] for i in selected if i in records]
-        outcome = _write_result(cfg, out_dir, identity, totals, mine, len(selected), source, timing,
+        outcome = _write_result(spec, out_dir, identity, totals, mine, len(selected), source, timing,
                                 getattr(dataset, "image_list", lambda: None)())
         if "result" in outcome:
             masks_out.finish(outcome["result"]["methods"], outcome["result"]["image_ids"])
@@ -474,7 +473,7 @@ def _finish(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[
     return outcome["result"]
 
 
-def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
+def _write_result(spec: RunSpec, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
                   mine: list[dict[str, Any]], selected: int, source: BackbonePasses,
                   timing: dict[str, Any], image_list: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"result": metrics.json content}`` once written, or ``{"error": message}``."""
@@ -486,12 +485,12 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
     if evaluated == 0:
         return {"error": f"no image was evaluated ({selected} selected, {skipped} skipped: see run.log); "
                          f"nothing written to {out_dir / METRICS_FILE}"}
-    max_skipped = cfg.get("max_skipped")
+    max_skipped = spec.options.max_skipped
     if max_skipped is not None and skipped > float(max_skipped) * selected:
         return {"error": f"{skipped} of {selected} images were skipped, more than max_skipped={max_skipped}; "
                          f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)"}
-    unknown = summarise_unknown(mine, int(cfg.dataset.size) ** 2)
-    limit = float(cfg.get("max_unknown_label_fraction", 0.001))
+    unknown = summarise_unknown(mine, spec.data.size ** 2)
+    limit = spec.options.max_unknown_label_fraction
     if unknown["fraction"] > limit:
         worst = sorted(unknown["images"].items(), key=lambda kv: -kv[1])[:5]
         return {"refused": f"{unknown['fraction']:.4%} of the label pixels ({unknown['pixels']}, in "
@@ -499,7 +498,7 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
                            f"classes and ignore values, more than max_unknown_label_fraction={limit}: are these the "
                            f"dataset's own label files? nothing written to {out_dir / METRICS_FILE}"}
     folder_code = code_id(read_run_json(out_dir / IDENTITY_FILE).get("code") or {})
-    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(cfg, source),
+    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(spec, source),
                                   evaluated=evaluated, skipped=skipped, selected=selected,
                                   code_versions=tally(mine, "code", folder_code), batch_sizes=tally(mine, "batch_size"),
                                   threads=tally(mine, "threads"), image_list=image_list)
@@ -507,8 +506,8 @@ def _write_result(cfg: DictConfig, out_dir: Path, identity: RunIdentity, totals:
     if source.cache.mode != "none":
         extra["cache"] = source.cache.summary()
     result = write_metrics(
-        out_dir, totals, mine, run=_run_info(cfg), provenance=provenance,
-        config=OmegaConf.to_container(cfg, resolve=True), code=identity.code, versions=versions(), **extra,
+        out_dir, totals, mine, run=_run_info(spec), provenance=provenance,
+        config=spec.config, code=identity.code, versions=versions(), **extra,
     )
     for name, s in result["methods"].items():
         log.info("%-14s ACC %5.1f  mIoU %5.1f  segments/img %.2f  images %d", name, s.get("acc") or 0.0,
@@ -550,7 +549,7 @@ def hydra_quote(value: str) -> str:
 
     Plain paths stay as they are; anything else (spaces, non-ASCII, quotes, ``=``,
     ``,``, ``${``) is double-quoted with Hydra's escapes: ``\\"`` for a quote, doubled
-    backslashes before a quote or at the end, and ``\\${`` so OmegaConf does not
+    backslashes before a quote or at the end, and ``\\${`` so the config does not
     interpolate it.
     """
     if _HYDRA_PLAIN.fullmatch(value):
@@ -583,11 +582,11 @@ def _resume_command(out_dir: Path) -> str:
     return shlex.join([python, "-m", "eval.run", *overrides, f"hydra.run.dir={hydra_quote(str(out_dir))}"])
 
 
-def run_cli(cfg: DictConfig, hydra_config: DictConfig | None = None) -> int:
+def run_cli(spec: RunSpec | Any, hydra_config: Any = None) -> int:
     """:func:`evaluate` as the command line runs it: its exit status, with one line on stderr for a refusal.
 
     Exit status: 0 done; 1 no image evaluated (or too many skipped); 2 a setting outside
-    its allowed range (:mod:`eval.run.settings`, before the folder is created), missing data or
+    its allowed range (:mod:`eval.spec.build`, before the folder is created), missing data or
     weights, a folder holding results of other settings, code versions, files or images, a folder
     in use by another run, a duplicated id, an unusable ``run.json``, a full disk or an
     unwritable folder, unreadable or unknown labels (one clear line on stderr, no
@@ -595,12 +594,12 @@ def run_cli(cfg: DictConfig, hydra_config: DictConfig | None = None) -> int:
     with the folder and the command that resumes. A refused run leaves its folder as it was:
     one that Hydra created for it is removed again while it is empty.
     """
-    out_dir = Path(cfg.paths.output_dir)
+    out_dir = Path(str(spec.options.output_dir if isinstance(spec, RunSpec) else spec["paths"]["output_dir"]))
     export_slurm_env()
     if int(os.environ.get("RANK", "0")) > 0:
         _quiet_rank()
     try:
-        evaluate(cfg, hydra_config)
+        evaluate(spec, hydra_config)
     except (FileNotFoundError, BackboneLoadError, RunMismatchError, ProtocolError, RunFolderError,
             DuplicateIdsError, SettingError, UnknownLabelsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -627,7 +626,7 @@ def run_cli(cfg: DictConfig, hydra_config: DictConfig | None = None) -> int:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def main(cfg: Any) -> None:
     """Hydra entry point; all work is in :func:`evaluate` (exit statuses: :func:`run_cli`)."""
     from hydra.core.hydra_config import HydraConfig
 
