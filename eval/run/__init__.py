@@ -2,7 +2,8 @@
 
 ``settings`` (validation) -> ``run_folder`` (lock, writability) -> ``identity`` (fingerprint,
 ``run.json``) -> ``passes`` / ``cache`` (backbone passes, attention cache) -> ``methods`` ->
-``records`` (``per_image.jsonl``, ``metrics.json``) -> ``provenance`` (what numbers rest on);
+``sinks`` (what each batch feeds: metric, masks, records, ...) -> ``records`` (``per_image.jsonl``,
+``metrics.json``) -> ``provenance`` (what numbers rest on);
 ``merge`` joins shard folders, ``distributed`` and ``interrupt`` handle ranks and signals.
 :mod:`eval.run.runner` holds :func:`evaluate`; ``python -m eval.run`` runs it.
 

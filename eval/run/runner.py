@@ -5,8 +5,9 @@ directly); :func:`main` is the thin Hydra entry point. Data flow per batch:
 
     loader (workers: decode + pre-process) -> backbone (one UNet pass, attention
     captured; or the attention cache) -> aggregation, once per distinct weight
-    setting -> every configured method -> per-image matching stats appended to
-    ``per_image.jsonl`` -> totals -> ``metrics.json`` (atomic).
+    setting -> every configured method -> the sinks (:mod:`eval.run.sinks`: the metric's
+    per-image matching stats, masks, samples, label checks, records appended to
+    ``per_image.jsonl``) -> totals -> ``metrics.json`` (atomic).
 
 A run started again in the same output folder skips the images already done
 (skipped images are tried again); totals are recomputed from the records, so they
@@ -359,6 +360,8 @@ def _claim_folder(out_dir: Path, plan: _Plan, cfg: DictConfig, ctx: Dist,
     _raise_on_all_ranks(ctx, claim)
     ctx.barrier()  # every rank has read the records before any rank appends to them
     return records
+
+
 def _new_record(image_id: str, identity: RunIdentity, batch_size: int, dataset: Any) -> dict[str, Any]:
     """The bookkeeping part of an evaluated image's record: fingerprint, code version, batch size, files."""
     record: dict[str, Any] = {"id": image_id, "fp": identity.fingerprint, "code": identity.code_id,
