@@ -34,8 +34,8 @@ class HungarianSegmentationMetric(Metric):
 
     Two ways in, one accumulation: :meth:`update` matches a batch with :func:`image_stats`;
     :meth:`add_stats` adds per-image stats computed earlier (replay of stored records on
-    resume). Both go through torchmetrics' ``update`` wrapper. The stats of the last
-    ``update`` batch are kept in :attr:`last_stats` (same order as the batch).
+    resume). Both go through torchmetrics' ``update`` wrapper, and :meth:`update` returns the
+    batch's per-image stats (same order as the batch), which the runner records.
     ``protocol`` (a :class:`~eval.metrics.protocols.Protocol`, or a registered name) and ``background``
     choose the scoring rules (:meth:`~eval.metrics.protocols.Protocol.image_stats`).
 
@@ -69,23 +69,26 @@ class HungarianSegmentationMetric(Metric):
             self.add_state(name, default=torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
         for name in ("valid", "images", "segments"):
             self.add_state(name, default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        self.last_stats: list[dict[str, Any]] = []
 
     def update(self, preds: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
-               stats: Iterable[Mapping[str, Any]] | None = None) -> None:
+               stats: Iterable[Mapping[str, Any]] | None = None) -> list[Mapping[str, Any]]:
         """Add a batch: ``update(preds, labels)`` with (B, H, W) ids / labels, or ``update(stats=...)``.
 
         ``stats`` (what :meth:`add_stats` passes) are per-image dicts as :func:`image_stats`
         returns them; give either a batch or stats, not both.
+
+        Returns:
+            The per-image stats added, in batch order (for a batch: :func:`image_stats` of it).
         """
         if stats is None:
             if preds is None or labels is None:
                 raise ValueError("update needs preds and labels (or stats=...)")
             stats = image_stats(preds, labels, self.num_classes, self.background, self.protocol)
-            self.last_stats = stats
         elif preds is not None or labels is not None:
             raise ValueError("give either preds and labels or stats, not both")
-        self._accumulate(list(stats))
+        stats = list(stats)
+        self._accumulate(stats)
+        return stats
 
     def add_stats(self, stats: Iterable[Mapping[str, Any]]) -> None:
         """Add per-image stats already computed by :func:`image_stats` (e.g. stored records)."""
@@ -137,15 +140,27 @@ class HungarianSegmentationMetric(Metric):
             "segments": segments,
         }
 
-    def reset(self) -> None:
-        """Clear the sums and :attr:`last_stats`."""
-        super().reset()
-        self.last_stats = []
-
     def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
         """Add another metric's (or state dict's) sums; also drops a cached ``compute`` result."""
         super().merge_state(incoming_state)
         self._computed = None  # torchmetrics keeps the cached value after a merge otherwise
+
+    def _wrap_update(self, update: Callable) -> Callable:
+        """torchmetrics' wrapper of :meth:`update` (update count, device errors), returning what it returns."""
+        returned: list[Any] = []
+
+        def keep(*args: Any, **kwargs: Any) -> None:
+            returned.append(update(*args, **kwargs))
+
+        wrapped = super()._wrap_update(keep)
+
+        @functools.wraps(update)
+        def update_returning_stats(*args: Any, **kwargs: Any) -> Any:
+            returned.clear()
+            wrapped(*args, **kwargs)
+            return returned.pop()
+
+        return update_returning_stats
 
     def _wrap_compute(self, compute: Callable) -> Callable:
         wrapped = super()._wrap_compute(compute)

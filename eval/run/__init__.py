@@ -2,9 +2,10 @@
 
 :mod:`eval.spec` (the run spec; building it validates the settings) -> ``run_folder`` (lock,
 writability) -> ``identity`` (fingerprint, ``run.json``) -> ``passes`` / ``cache`` (backbone passes,
-attention cache) -> ``methods`` -> ``records`` (``per_image.jsonl``, ``metrics.json``; ``totals`` scores them)
--> ``provenance`` (what numbers rest on); ``mask_files`` / ``coco_results`` (saved masks) and ``qualitative``
-(``qualitative.png``); ``merge`` joins shard folders, ``distributed`` and ``interrupt`` handle ranks and signals.
+attention cache) -> ``methods`` -> ``sinks`` (what each batch feeds: metric, masks, records, ...) ->
+``records`` (``per_image.jsonl``, ``metrics.json``; ``totals`` scores them) -> ``provenance`` (what numbers
+rest on); ``mask_files`` / ``coco_results`` (saved masks) and ``qualitative`` (``qualitative.png``);
+``merge`` joins shard folders, ``distributed`` and ``interrupt`` handle ranks and signals.
 :mod:`eval.run.runner` holds :func:`evaluate`; ``python -m eval.run`` runs it.
 
 The runner's names are imported on first use (PEP 562), so importing a light submodule

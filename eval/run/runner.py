@@ -5,8 +5,9 @@ directly); :func:`main` is the thin Hydra entry point, which builds the spec onc
 
     loader (workers: decode + pre-process) -> backbone (one UNet pass, attention
     captured; or the attention cache) -> aggregation, once per distinct weight
-    setting -> every configured method -> per-image matching stats appended to
-    ``per_image.jsonl`` -> totals -> ``metrics.json`` (atomic).
+    setting -> every configured method -> the sinks (:mod:`eval.run.sinks`: the metric's
+    per-image matching stats, masks, samples, label checks, records appended to
+    ``per_image.jsonl``) -> totals -> ``metrics.json`` (atomic).
 
 A run started again in the same output folder skips the images already done
 (skipped images are tried again); totals are recomputed from the records, so they
@@ -19,6 +20,7 @@ equal an uninterrupted run's. The folder belongs to one set of settings
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import logging.handlers
 import os
@@ -27,6 +29,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +43,10 @@ from diffseg.devices import resolve_device
 from diffseg.preprocess import LabelFormatError
 from eval.atomic import write_text_atomic
 from eval.config_path import config_dir
-from eval.data.loader import DuplicateIdsError, build_loader
+from eval.data.loader import Batch, DuplicateIdsError, build_loader
 from eval.folder import layout
 from eval.instantiate import build_dataset
-from eval.metrics import HungarianSegmentationMetric, metric_json, scores
+from eval.metrics import HungarianSegmentationMetric
 from eval.metrics.protocols import Protocol, ProtocolError, protocol_from_settings
 from eval.run.build import build_protocol, protocol_settings
 from eval.run.distributed import Dist, export_slurm_env, process_group, split
@@ -71,7 +74,18 @@ from eval.run.provenance import banner, build_provenance, tally
 from eval.run.qualitative import QualitativeSamples
 from eval.run.records import METRICS_FILE, RunRecords, load_run_records, write_metrics
 from eval.run.run_folder import FolderLock, FolderLockedError, RunFolderError, remove_if_new_and_empty, storage_error
-from eval.run.unknown_labels import UnknownLabelsError, count_unknown, summarise_unknown
+from eval.run.sinks import (
+    MaskSink,
+    MetricSink,
+    Predictions,
+    ProgressSink,
+    RecordsSink,
+    SamplesSink,
+    Sink,
+    UnknownLabelSink,
+    inference_on_dataset,
+)
+from eval.run.unknown_labels import UnknownLabelsError
 from eval.spec import RunSpec, SettingError, build_spec
 
 __all__ = ["NoImagesError", "evaluate", "main", "run_cli", "versions"]
@@ -350,10 +364,12 @@ def _claim_folder(out_dir: Path, plan: _Plan, spec: RunSpec, ctx: Dist,
     _raise_on_all_ranks(ctx, claim)
     ctx.barrier()  # every rank has read the records before any rank appends to them
     return records
-def _new_record(image_id: str, identity: RunIdentity, spec: RunSpec, dataset: Any) -> dict[str, Any]:
+
+
+def _new_record(image_id: str, identity: RunIdentity, batch_size: int, dataset: Any) -> dict[str, Any]:
     """The bookkeeping part of an evaluated image's record: fingerprint, code version, batch size, files."""
     record: dict[str, Any] = {"id": image_id, "fp": identity.fingerprint, "code": identity.code_id,
-                              "batch_size": spec.options.batch_size, "threads": torch.get_num_threads()}
+                              "batch_size": batch_size, "threads": torch.get_num_threads()}
     if hasattr(dataset, "image_path") and hasattr(dataset, "label_path"):
         record["root"] = str(getattr(dataset, "root", ""))
         record["files"] = file_digests(dataset, image_id)
@@ -361,111 +377,116 @@ def _new_record(image_id: str, identity: RunIdentity, spec: RunSpec, dataset: An
     return record
 
 
+@dataclass
+class _RunEnd:
+    """What the end of a run needs (:func:`_finish`): the run, its sinks, its totals and its timing."""
+
+    spec: RunSpec
+    out_dir: Path
+    plan: _Plan
+    source: BackbonePasses
+    sinks: list[Sink]
+    ctx: Dist
+    totals: dict[str, dict[str, Any]]
+    timing: dict[str, Any]
+
+
 def _evaluate(spec: RunSpec, out_dir: Path, device: torch.device, ctx: Dist, plan: _Plan,
               records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    num_classes = spec.data.num_classes
-    methods, dataset, identity, selected = plan.methods, plan.dataset, plan.identity, plan.selected
-    masks_out = MaskWriter(out_dir, spec.options.save_masks, num_classes, spec.data.background,
-                           plan.protocol.name, rank=ctx.rank if ctx.active else None)
-    records_file = RunRecords(out_dir, layout.records_file(ctx.rank if ctx.active else None))
-    done = [i for i in selected if "methods" in records.get(i, {})]
-    todo = [i for i in selected if "methods" not in records.get(i, {})]
-    dataset.ids = split(todo, ctx)
-    if ctx.is_main:
-        log.info("run folder: %s (fingerprint %s)", out_dir, identity.fingerprint)
-        if done:
-            log.info("resuming: %d of %d images already done", len(done), len(selected))
-        if ctx.active:
-            log.info("data-parallel: %d ranks, %d images to do, about %d each", ctx.world_size, len(todo),
-                     len(dataset.ids))
-    # One metric per method; rank 0 replays the images already done, every rank adds its own.
-    background = spec.data.background
-    metrics = {m.name: HungarianSegmentationMetric(num_classes, background, plan.protocol, sync_on_compute=False)
-               for m in methods}
-    if ctx.is_main:
-        for name, metric in metrics.items():
-            metric.add_stats(records[i]["methods"][name] for i in done)
-    loader = build_loader(
-        dataset,
-        batch_size=spec.options.batch_size,
-        num_workers=spec.options.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    source = make_passes(spec, device, methods, plan.protocol)
-    if source.needs_backbone and dataset.ids:
+    """The claimed folder's run: every image not done yet through the methods and the sinks, then metrics.json."""
+    done, todo = _assign_images(out_dir, ctx, plan, records)
+    metric = MetricSink({m.name: HungarianSegmentationMetric(spec.data.num_classes, spec.data.background,
+                                                             plan.protocol, sync_on_compute=False)
+                         for m in plan.methods},
+                        {m.name: m.ablation for m in plan.methods})
+    if ctx.is_main:  # rank 0 replays the images already done, every rank adds its own
+        metric.replay(records[i] for i in done)
+    loader = build_loader(plan.dataset, batch_size=spec.options.batch_size, num_workers=spec.options.num_workers,
+                          pin_memory=device.type == "cuda")
+    source = make_passes(spec, device, plan.methods, plan.protocol)
+    if source.needs_backbone and plan.dataset.ids:
         source.load()  # load (or fail on missing weights) before the loader starts
-    samples = QualitativeSamples(spec.options.grid_images if ctx.is_main else 0, [m.name for m in methods])
-    total = len(selected) if not ctx.active else len(dataset.ids)
-    progress = tqdm(total=total, initial=total - len(dataset.ids), unit="img",
-                    disable=not spec.options.progress or not ctx.is_main,
-                    desc=spec.run_name + (f" [rank 0 of {ctx.world_size}]" if ctx.active else ""))
-    first = methods[0].name
+    sinks = _sinks(spec, out_dir, ctx, plan, metric)
     start = time.perf_counter()
     with GracefulStop() as stop:
-        for batch in loader:
-            new = [{"id": i, "fp": identity.fingerprint, "skipped": msg} for i, msg in batch.skipped]
-            for image_id, msg in batch.skipped:
-                log.warning("skipped %s: %s", image_id, msg)
-            if len(batch):
-                labels = batch.labels.to(device, non_blocking=True)
-                with torch.inference_mode():
-                    scored = dict.fromkeys([m.name for m in methods], labels)  # one protocol per run
-                    maps, features = source(batch.images, batch.ids)
-                    masks = source.segment(methods, maps, features, scored, num_classes)
-                unknown = count_unknown(batch.labels)
-                image_records = [{**_new_record(i, identity, spec, dataset), "unknown_labels": n}
-                                 for i, n in zip(batch.ids, unknown, strict=True)]
-                for image_id, n in zip(batch.ids, unknown, strict=True):
-                    if n:
-                        log.warning("label of %s: %d of %d pixels hold values outside the dataset's classes and "
-                                    "ignore values (scored as ignored)", image_id, n, batch.labels[0].numel())
-                for method in methods:
-                    metrics[method.name].update(masks[method.name], scored[method.name])
-                    for record, stats in zip(image_records, metrics[method.name].last_stats, strict=True):
-                        record["methods"][method.name] = stats
-                new += image_records
-                masks_out.add(masks, labels, batch.ids)
-                samples.add(batch.images, batch.labels, masks)  # masks shown at the labels' size
-            records_file.append(new)
-            progress.update(len(batch) + len(batch.skipped))
-            running = metrics[first]
-            if int(running.images):  # this rank's sums so far (compute() is kept for the synced totals)
-                s = scores(running.tp, running.fp, running.fn, int(running.valid))
-                progress.set_postfix_str(f"{first} ACC {s['acc'] or 0:.1f} mIoU {s['miou'] or 0:.1f}")
-            stop.check()
-    progress.close()
+        inference_on_dataset(_predictor(source, plan.methods, device, spec.data.num_classes), loader, metric,
+                             sinks, after_batch=stop.check)
     timing = {"seconds": round(time.perf_counter() - start, 3), "images_this_invocation": len(todo)}
-    totals = _synced_scores(metrics, {m.name: m.ablation for m in methods}, ctx)
-    return _finish(spec, out_dir, identity, totals, selected, source, samples, dataset, timing, ctx, masks_out)
+    return _finish(_RunEnd(spec, out_dir, plan, source, sinks, ctx, metric.totals(sync=ctx.active), timing))
 
 
-def _synced_scores(metrics: dict[str, HungarianSegmentationMetric], tags: dict[str, Any],
-                   ctx: Dist) -> dict[str, dict[str, Any]]:
-    """Every method's scores over all ranks (torchmetrics' sum reduction), in ``tags`` order."""
-    out = {}
-    for name, metric in metrics.items():
-        with metric.sync_context(should_sync=ctx.active):
-            out[name] = metric_json(metric.compute())
-        if tags.get(name) is not None:
-            out[name]["ablation"] = tags[name]
-    return out
-
-
-def _finish(spec: RunSpec, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
-            selected: list[str], source: BackbonePasses, samples: QualitativeSamples, dataset: Any,
-            timing: dict[str, Any], ctx: Dist, masks_out: MaskWriter) -> dict[str, Any]:
-    """metrics.json from the synced totals (rank 0); refuses numbers resting on nothing (every rank)."""
-    outcome: dict[str, Any] | None = None
+def _assign_images(out_dir: Path, ctx: Dist, plan: _Plan,
+                   records: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """This rank's share of the images not done yet becomes the dataset's ids; returns (done, not done) of all ranks."""
+    done = [i for i in plan.selected if "methods" in records.get(i, {})]
+    todo = [i for i in plan.selected if "methods" not in records.get(i, {})]
+    plan.dataset.ids = split(todo, ctx)
     if ctx.is_main:
-        records = load_run_records(out_dir)  # every rank's records, all appended before the sync
-        mine = [records[i] for i in selected if i in records]
-        outcome = _write_result(spec, out_dir, identity, totals, mine, len(selected), source, timing,
-                                getattr(dataset, "image_list", lambda: None)())
+        log.info("run folder: %s (fingerprint %s)", out_dir, plan.identity.fingerprint)
+        if done:
+            log.info("resuming: %d of %d images already done", len(done), len(plan.selected))
+        if ctx.active:
+            log.info("data-parallel: %d ranks, %d images to do, about %d each", ctx.world_size, len(todo),
+                     len(plan.dataset.ids))
+    return done, todo
+
+
+def _predictor(source: BackbonePasses, methods: list[Any], device: torch.device,
+               num_classes: int) -> Callable[[Batch], Predictions]:
+    """Batch -> every method's masks, with the labels on ``device`` (one protocol per run: one label set)."""
+    names = [m.name for m in methods]
+
+    def predict(batch: Batch) -> Predictions:
+        labels = batch.labels.to(device, non_blocking=True)
+        with torch.inference_mode():
+            scored = dict.fromkeys(names, labels)
+            maps, features = source(batch.images, batch.ids)
+            masks = source.segment(methods, maps, features, scored, num_classes)
+        return Predictions(masks, labels)
+
+    return predict
+
+
+def _sinks(spec: RunSpec, out_dir: Path, ctx: Dist, plan: _Plan, metric: MetricSink) -> list[Sink]:
+    """The run's sinks, in the order that keeps the folder resumable (:mod:`eval.run.sinks`)."""
+    pixels = spec.data.size ** 2
+    rank = ctx.rank if ctx.active else None
+    masks = MaskWriter(out_dir, spec.options.save_masks, spec.data.num_classes, spec.data.background,
+                       plan.protocol.name, rank=rank)
+    samples = QualitativeSamples(spec.options.grid_images if ctx.is_main else 0, [m.name for m in plan.methods])
+    records = RunRecords(out_dir, layout.records_file(rank))
+    new_record = functools.partial(_new_record, identity=plan.identity, batch_size=spec.options.batch_size,
+                                   dataset=plan.dataset)
+    total = len(plan.selected) if not ctx.active else len(plan.dataset.ids)
+    bar = tqdm(total=total, initial=total - len(plan.dataset.ids), unit="img",
+               disable=not spec.options.progress or not ctx.is_main,
+               desc=spec.run_name + (f" [rank 0 of {ctx.world_size}]" if ctx.active else ""))
+    return [
+        MaskSink(masks),
+        SamplesSink(samples, out_dir / layout.QUALITATIVE_PNG, list(getattr(plan.dataset, "classes", []) or []),
+                    lambda result: banner([result])),
+        UnknownLabelSink(pixels, spec.options.max_unknown_label_fraction, out_dir / METRICS_FILE),
+        RecordsSink(records, new_record, plan.identity.fingerprint, pixels),
+        ProgressSink(bar, metric),
+    ]
+
+
+def _finish(end: _RunEnd) -> dict[str, Any]:
+    """metrics.json from the synced totals (rank 0), then the sinks' files; refuses numbers resting on nothing
+    (every rank)."""
+    outcome: dict[str, Any] | None = None
+    if end.ctx.is_main:
+        records = load_run_records(end.out_dir)  # every rank's records, all appended before the sync
+        mine = [records[i] for i in end.plan.selected if i in records]
+        try:
+            outcome = _write_result(end, mine)
+        except UnknownLabelsError as exc:
+            outcome = {"refused": str(exc)}
         if "result" in outcome:
-            masks_out.finish(outcome["result"]["methods"], outcome["result"]["image_ids"])
-            samples.write(out_dir / layout.QUALITATIVE_PNG, list(getattr(dataset, "classes", []) or []),
-                          banner([outcome["result"]]))
-    outcome = ctx.broadcast(outcome)
+            for sink in end.sinks:
+                sink.finish(outcome["result"])
+            log.info("%s -> %s", outcome["tail"], end.out_dir)
+    outcome = end.ctx.broadcast(outcome)
     if "error" in outcome:
         raise NoImagesError(outcome["error"])
     if "refused" in outcome:
@@ -473,55 +494,57 @@ def _finish(spec: RunSpec, out_dir: Path, identity: RunIdentity, totals: dict[st
     return outcome["result"]
 
 
-def _write_result(spec: RunSpec, out_dir: Path, identity: RunIdentity, totals: dict[str, dict[str, Any]],
-                  mine: list[dict[str, Any]], selected: int, source: BackbonePasses,
-                  timing: dict[str, Any], image_list: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``{"result": metrics.json content}`` once written, or ``{"error": message}``."""
+def _too_few(end: _RunEnd, evaluated: int, skipped: int) -> str | None:
+    """Why the run's numbers would rest on nothing (or on too few images), or None."""
+    selected, path = len(end.plan.selected), end.out_dir / METRICS_FILE
+    if evaluated == 0:
+        return (f"no image was evaluated ({selected} selected, {skipped} skipped: see run.log); "
+                f"nothing written to {path}")
+    max_skipped = end.spec.options.max_skipped
+    if max_skipped is not None and skipped > float(max_skipped) * selected:
+        return (f"{skipped} of {selected} images were skipped, more than max_skipped={max_skipped}; "
+                f"nothing written to {path} (a run in the same folder retries them)")
+    return None
+
+
+def _write_result(end: _RunEnd, mine: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"result": metrics.json content, "tail": last log line}`` once written, or ``{"error": message}``.
+
+    Raises:
+        UnknownLabelsError: a sink's summary refused the run (nothing written).
+    """
+    spec, out_dir, identity, selected = end.spec, end.out_dir, end.plan.identity, len(end.plan.selected)
     evaluated = sum("methods" in r for r in mine)
     skipped = len(mine) - evaluated
-    counted = {name: m["images"] for name, m in totals.items()}
+    counted = {name: m["images"] for name, m in end.totals.items()}
     if any(n != evaluated for n in counted.values()):
         raise RuntimeError(f"{out_dir}: metric totals {counted} disagree with the {evaluated} evaluated records")
-    if evaluated == 0:
-        return {"error": f"no image was evaluated ({selected} selected, {skipped} skipped: see run.log); "
-                         f"nothing written to {out_dir / METRICS_FILE}"}
-    max_skipped = spec.options.max_skipped
-    if max_skipped is not None and skipped > float(max_skipped) * selected:
-        return {"error": f"{skipped} of {selected} images were skipped, more than max_skipped={max_skipped}; "
-                         f"nothing written to {out_dir / METRICS_FILE} (a run in the same folder retries them)"}
-    unknown = summarise_unknown(mine, spec.data.size ** 2)
-    limit = spec.options.max_unknown_label_fraction
-    if unknown["fraction"] > limit:
-        worst = sorted(unknown["images"].items(), key=lambda kv: -kv[1])[:5]
-        return {"refused": f"{unknown['fraction']:.4%} of the label pixels ({unknown['pixels']}, in "
-                           f"{len(unknown['images'])} image(s), most in {worst}) hold values outside the dataset's "
-                           f"classes and ignore values, more than max_unknown_label_fraction={limit}: are these the "
-                           f"dataset's own label files? nothing written to {out_dir / METRICS_FILE}"}
+    error = _too_few(end, evaluated, skipped)
+    if error is not None:
+        return {"error": error}
+    sections: dict[str, Any] = {"timing": end.timing}
+    for sink in end.sinks:
+        sections.update(sink.summary(mine))
+    if end.source.cache.mode != "none":
+        sections["cache"] = end.source.cache.summary()
     folder_code = code_id(read_run_json(out_dir / IDENTITY_FILE).get("code") or {})
-    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data, _random_weights(spec, source),
-                                  evaluated=evaluated, skipped=skipped, selected=selected,
-                                  code_versions=tally(mine, "code", folder_code), batch_sizes=tally(mine, "batch_size"),
-                                  threads=tally(mine, "threads"), image_list=image_list)
-    extra: dict[str, Any] = {"timing": timing, "unknown_labels": {**unknown, "max_fraction": limit}}
-    if source.cache.mode != "none":
-        extra["cache"] = source.cache.summary()
+    provenance = build_provenance(identity.fingerprint, identity.settings, identity.data,
+                                  _random_weights(spec, end.source), evaluated=evaluated, skipped=skipped,
+                                  selected=selected, code_versions=tally(mine, "code", folder_code),
+                                  batch_sizes=tally(mine, "batch_size"), threads=tally(mine, "threads"),
+                                  image_list=getattr(end.plan.dataset, "image_list", lambda: None)())
     result = write_metrics(
-        out_dir, totals, mine, run=_run_info(spec), provenance=provenance,
-        config=spec.config, code=identity.code, versions=versions(), **extra,
+        out_dir, end.totals, mine, run=_run_info(spec), provenance=provenance,
+        config=spec.config, code=identity.code, versions=versions(), **sections,
     )
     for name, s in result["methods"].items():
         log.info("%-14s ACC %5.1f  mIoU %5.1f  segments/img %.2f  images %d", name, s.get("acc") or 0.0,
                  s.get("miou") or 0.0, s.get("mean_segments") or 0.0, s.get("images", 0))
     for note in provenance["notes"]:
         log.warning("note: %s", note)
-    if unknown["pixels"]:
-        log.warning("unknown label values: %d pixels (%.4f%% of the label pixels) in %d image(s), scored as ignored "
-                    "(max_unknown_label_fraction=%s)", unknown["pixels"], 100 * unknown["fraction"],
-                    len(unknown["images"]), limit)
     tail = f"{evaluated} of {selected} selected images evaluated"
     tail += f", {skipped} skipped (listed in metrics.json; a run in the same folder retries them)" if skipped else ""
-    log.info("%s -> %s", tail, out_dir)
-    return {"result": result}
+    return {"result": result, "tail": tail}
 
 
 def _quiet_rank() -> None:
