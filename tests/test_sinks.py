@@ -196,7 +196,7 @@ def test_unknown_fraction_is_of_the_label_pixels_scored(tmp_path):
                         f"paths.output_dir={out}", "num_workers=0", "progress=false", "device=cpu", "grid_images=0",
                         "methods.diffseg=null", "methods.diffseg_fp32=null", "methods.kmeans_c=null",
                         "methods.kmeans_s=null", "protocol.short_edge=64", "protocol.max_size=256",
-                        "protocol.geometry.recorded_sizes={cityscapes: [128, 256]}", "max_unknown_label_fraction=1"])
+                        "protocol.geometry.recorded_sizes={cityscapes19: [128, 256]}", "max_unknown_label_fraction=1"])
     result = evaluate(cfg)
     unknown = result["unknown_labels"]
     assert unknown["pixels"] == 4 * 16 and unknown["images"] == {ids[0]: 4 * 16}  # 8 x 32 at half the size
