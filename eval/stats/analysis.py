@@ -369,17 +369,22 @@ def _seeds(design: _Design, m: int, entry: dict[str, Any], confidence: float) ->
 
 
 def _rare_refusals(design: _Design, class_images: list[np.ndarray], min_class_images: int) -> list[dict | None]:
-    """Per method, the refusal of its mIoU interval where most (over half) of its mIoU's classes are in fewer
-    than ``min_class_images`` images (their IoUs barely vary over resamples, so the interval is too narrow), else
-    None."""
+    """Per method, the refusal of its mIoU interval where most (over half) of its mIoU's classes with ground truth
+    are in fewer than ``min_class_images`` images (their IoUs barely vary over resamples, so the interval is too
+    narrow), else None.
+
+    A class of the mIoU in no image's ground truth (only predicted: an absent class matched to a leftover segment
+    gets its pixels as false positives) has IoU 0 in the sample and in every resample: a constant term of the mean
+    that adds nothing to its spread, so it is neither rare nor counted among the classes.
+    """
     out: list[dict | None] = []
     for m, bs in enumerate(design.blocks):
-        keep = design.classes[bs[0]]
-        rare = int((class_images[m][keep] < min_class_images).sum())
-        if rare * 2 > int(keep.sum()):
-            out.append({"images": design.num_images, "rare_classes": rare, "classes": int(keep.sum()),
-                        "reason": f"{rare} of the mIoU's {int(keep.sum())} classes in fewer than --min-class-images "
-                                  f"{min_class_images} images: no mIoU interval or test is given"})
+        seen = class_images[m][design.classes[bs[0]] & (class_images[m] > 0)]
+        rare, classes = int((seen < min_class_images).sum()), int(seen.size)
+        if rare * 2 > classes:
+            out.append({"images": design.num_images, "rare_classes": rare, "classes": classes,
+                        "reason": f"{rare} of the mIoU's {classes} classes with ground truth in fewer than "
+                                  f"--min-class-images {min_class_images} images: no mIoU interval or test is given"})
         else:
             out.append(None)
     return out

@@ -1,0 +1,47 @@
+"""eval.stats at small samples: the rare-class rule of the mIoU interval, and the studentised paired test's pieces
+(the observed and resampled standard errors are one estimator; the replicates are centred on the observed
+difference)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eval.compare import ImageStats, analyse
+
+
+def _with_predicted_only(images: int, seen: list[int], rng: np.random.Generator, classes: int = 8) -> ImageStats:
+    """Classes ``0 .. len(seen) - 1`` in the ground truth of the first ``seen[c]`` images; every other class only
+    predicted (false positives on every image, no ground truth), as absent classes matched to leftover segments."""
+    count = np.zeros((images, classes), dtype=np.int64)
+    for c, k in enumerate(seen):
+        count[:k, c] = rng.poisson(400, k) + 1
+    tp = rng.binomial(count, 0.7)
+    fp = rng.poisson(30, (images, classes)) + 1
+    return ImageStats(tp, fp, count - tp, count.sum(1) + 1)
+
+
+def test_predicted_only_classes_are_not_rare():
+    """2 classes with ground truth in all 40 images and 6 classes only predicted: all 8 are in the mIoU (IoU 0 for
+    the 6), but none is rare, so --min-class-images 1 (and 5) give the interval; the old rule counted the 6 as
+    rare (6 of 8) and refused it."""
+    stats = _with_predicted_only(40, [40, 40], np.random.default_rng(0))
+    totals = stats.totals()
+    assert sum(v is not None for v in totals["iou"]) == 8 and totals["iou"][2:] == [0.0] * 6
+    for limit in (1, 5):
+        entry = analyse({"a": stats}, resamples=200, min_class_images=limit)["methods"]["a"]
+        assert "miou" not in entry["refused"], entry["refused"]
+        low, high = entry["miou"][1:]
+        assert low < entry["miou"][0] < high
+
+
+def test_rare_classes_with_ground_truth_still_refuse():
+    """Twin: 3 classes with ground truth, 2 of them in 2 images each (rare at 5), 5 only predicted: refused as
+    2 of 3, the predicted-only ones counted in neither figure; at --min-class-images 2 none is rare."""
+    stats = _with_predicted_only(40, [40, 2, 2], np.random.default_rng(1))
+    out = analyse({"a": stats, "b": stats}, resamples=200)
+    refused = out["methods"]["a"]["refused"]["miou"]
+    assert (refused["rare_classes"], refused["classes"]) == (2, 3)
+    assert "2 of the mIoU's 3 classes with ground truth" in refused["reason"]
+    assert out["methods"]["a"]["miou"][1:] == [None, None]
+    assert out["pairs"]["a vs b"]["refused_metrics"]["miou"]["rare_classes"] == 2
+    assert "miou" not in analyse({"a": stats}, resamples=200, min_class_images=2)["methods"]["a"]["refused"]
