@@ -5,8 +5,11 @@ difference)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from eval.compare import ImageStats, analyse
+from eval.stats.analysis import _bootstrap, _design
+from eval.stats.resample import bootstrap_weights
 
 
 def _with_predicted_only(images: int, seen: list[int], rng: np.random.Generator, classes: int = 8) -> ImageStats:
@@ -45,3 +48,42 @@ def test_rare_classes_with_ground_truth_still_refuse():
     assert out["methods"]["a"]["miou"][1:] == [None, None]
     assert out["pairs"]["a vs b"]["refused_metrics"]["miou"]["rare_classes"] == 2
     assert "miou" not in analyse({"a": stats}, resamples=200, min_class_images=2)["methods"]["a"]["refused"]
+
+
+def _pair(images: int, shift: int, rng: np.random.Generator) -> tuple[ImageStats, ImageStats]:
+    """Two methods on the same images; B recovers ``shift`` fewer pixels of every class on every image."""
+    count = rng.poisson(300, (images, 4)) + 50
+    tp = rng.binomial(count, 0.7)
+    fp = rng.poisson(40, (images, 4))
+    low = np.clip(tp - shift - rng.integers(0, 5, tp.shape), 0, None)
+    return ImageStats(tp, fp, count - tp, count.sum(1)), ImageStats(low, fp, count - low, count.sum(1))
+
+
+def test_studentised_replicates_are_centred_on_the_observed_difference_over_the_same_se():
+    """A large true difference (t about 20): the replicates ``(d* - d) / se*`` stay near 0 (median |t*| under 1,
+    their mean the bootstrap bias over se, small), so p is the smallest possible, 1 / (R + 1); replicates centred
+    on 0 instead (``d* / se*``) would sit near t and give p about 1/2. The observed se is the resampled one's
+    formula at weights 1: a resample that draws every image once gives exactly the observed se and t* = 0."""
+    a, b = _pair(40, 60, np.random.default_rng(5))
+    design = _design({"a": a, "b": b})
+    total = design.matrix.sum(0, keepdims=True)
+    point = design.statistics(total)
+    se = np.sqrt(design.variances(np.ones((1, 40)), total)["d_miou"][0, 0])
+    t_obs = point["d_miou"][0, 0] / se
+    assert t_obs > 10
+    reps, t_reps = _bootstrap(design, point, 400, np.random.default_rng(0))
+    t = t_reps["d_miou"][:, 0]
+    assert np.median(np.abs(t)) < 1.0 and abs(t.mean()) < 0.5
+    np.testing.assert_allclose(t, (reps["d_miou"][:, 0] - point["d_miou"][0, 0])
+                               / np.sqrt(design.variances(*_resampled(design, 400))["d_miou"][:, 0]), rtol=1e-9)
+    out = analyse({"a": a, "b": b}, resamples=400)["pairs"]["a vs b"]
+    assert out["miou"][3] == pytest.approx(1 / 401) and out["miou"][1] > 0
+    # the identity resample: same sums, same se, t* = 0
+    same = design.variances(np.ones((1, 40)), (np.ones((1, 40)) @ design.matrix).astype(np.int64))["d_miou"][0, 0]
+    assert same == se**2
+
+
+def _resampled(design, draws: int) -> tuple[np.ndarray, np.ndarray]:
+    """The weights and sums of ``_bootstrap``'s first ``draws`` resamples at generator seed 0."""
+    weights = np.concatenate(list(bootstrap_weights(design.num_images, draws, np.random.default_rng(0))))
+    return weights, (weights @ design.matrix).astype(np.int64)
