@@ -112,8 +112,9 @@ def test_bootstrap_t_bounds_and_p_by_hand():
 
 
 def test_interval_is_a_hand_computed_bootstrap_t():
-    """analyse's mIoU / ACC interval equals a loop: resample images, score, delta-method SE of the resample from
-    its influence values written out by hand, t*, and the j-th largest |t*|."""
+    """analyse's mIoU / ACC interval equals a loop: resample images, score, subtract the delta-method bias of the
+    resample, its delta-method SE from its influence values written out by hand, t*, and the j-th largest |t*|
+    about the bias-corrected estimate."""
     stats = _small(30, np.random.default_rng(11))
     resamples = 199
     out = analyse({"m": stats}, resamples=resamples, seed=5)["methods"]["m"]
@@ -129,18 +130,22 @@ def test_interval_is_a_hand_computed_bootstrap_t():
         acc = tp.sum() / valid.sum()
         infl_acc = (tp.sum(1) - acc * valid) / valid.mean()
         got = scores(tp.sum(0), fp.sum(0), fn.sum(0), valid.sum())
-        return {"miou": (got["miou"], 100 * np.sqrt((infl_iou.mean(1) ** 2).sum()) / n),
-                "acc": (got["acc"], 100 * np.sqrt((infl_acc**2).sum()) / n)}
+        # quadratic delta-method bias of a ratio: (r sum u^2 - sum t u) / U^2; the mIoU's: the mean of its classes'
+        bias_iou = (iou * (union**2).sum(0) - (tp * union).sum(0)) / union.sum(0) ** 2
+        bias_acc = (acc * (valid**2).sum() - (tp.sum(1) * valid).sum()) / valid.sum() ** 2
+        return {"miou": (got["miou"] - 100 * bias_iou.mean(), 100 * np.sqrt((infl_iou.mean(1) ** 2).sum()) / n),
+                "acc": (got["acc"] - 100 * bias_acc, 100 * np.sqrt((infl_acc**2).sum()) / n)}
 
     full = score_and_se(np.arange(30))
     reps = [score_and_se(rows) for rows in idx]
     j = int(np.ceil(0.05 * (resamples + 1))) - 1  # 9
     for metric in ("miou", "acc"):
-        point, se = full[metric]
-        t = np.sort([abs(r[metric][0] - point) / r[metric][1] for r in reps])
+        centre, se = full[metric]  # the bias-corrected estimate
+        t = np.sort([abs(r[metric][0] - centre) / r[metric][1] for r in reps])
         q = t[-j]
-        assert out[metric][0] == pytest.approx(point, abs=1e-12)
-        np.testing.assert_allclose(out[metric][1:], [point - q * se, point + q * se], rtol=1e-9)
+        assert out[metric][0] == pytest.approx(stats.totals()[metric], abs=1e-12)  # the point is the metric's
+        assert 0 < abs(out[metric][0] - centre) < 0.5 * se  # the correction is small, not nothing
+        np.testing.assert_allclose(out[metric][1:], [centre - q * se, centre + q * se], rtol=1e-9)
 
 
 def test_p_value_is_the_inversion_of_the_pair_interval():

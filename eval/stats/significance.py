@@ -33,7 +33,7 @@ import numpy as np
 
 from eval.stats.intervals import critical_rank, order_statistic
 
-__all__ = ["holm", "mc_se", "min_detectable", "ratio_variance", "signflip_p", "studentised_p"]
+__all__ = ["holm", "mc_se", "min_detectable", "ratio_bias", "ratio_variance", "signflip_p", "studentised_p"]
 
 
 def ratio_variance(scale_a: np.ndarray, ratio_a: np.ndarray, scale_b: np.ndarray, ratio_b: np.ndarray,
@@ -53,6 +53,24 @@ def ratio_variance(scale_a: np.ndarray, ratio_a: np.ndarray, scale_b: np.ndarray
     """
     tt, tu, ut, uu = moments
     return scale_a * scale_b * (tt - ratio_b * tu - ratio_a * ut + ratio_a * ratio_b * uu)
+
+
+def ratio_bias(total_num: np.ndarray, total_den: np.ndarray, num_den: np.ndarray, den_den: np.ndarray) -> np.ndarray:
+    """``(r sum_i w_i u_i^2 - sum_i w_i t_i u_i) / U^2``: the delta-method (quadratic) bias of a ratio ``r = T / U``
+    of weighted sums, NaN where ``U = 0``.
+
+    It is ``(2 n^2)^-1 sum_i w_i q_ii`` with the ratio's second-order empirical influence values
+    ``q_ii = -2 u_i l_i / mean(u)`` (Davison & Hinkley 1997, sec. 2.7.4, the quadratic approximation ``b_Q``;
+    Efron 1982, ch. 6): the leading ``O(1 / n)`` term of ``E[T / U] - ratio``, estimated on the sums it is
+    given, so a bootstrap resample gets its own. All arguments broadcast together.
+
+    Args:
+        total_num, total_den: ``T = sum_i w_i t_i`` and ``U = sum_i w_i u_i``.
+        num_den, den_den: ``sum_i w_i t_i u_i`` and ``sum_i w_i u_i^2``.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = total_num / total_den
+        return np.where(total_den > 0, (ratio * den_den - num_den) / np.square(total_den), np.nan)
 
 
 def studentised_p(t_obs: np.ndarray, t_reps: np.ndarray,
