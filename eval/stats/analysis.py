@@ -6,12 +6,18 @@ jackknife. A method may have several seed runs on the same images (blocks); its
 statistic is then the mean over its seeds of the dataset-level metric, and all its
 blocks are resampled with the same images.
 
-Intervals (default) and the paired test share one studentised bootstrap: in each resample
-every statistic and its delta-method standard error on that resample
-(:meth:`_Design.variances`, :func:`eval.stats.significance.ratio_variance`) give
-``t* = (theta* - theta) / se*``; the bootstrap-t interval
-(:func:`eval.stats.intervals.bootstrap_t_bounds`) and the test's p-value
-(:func:`eval.stats.significance.studentised_p`) are read off the same ``t*``.
+Intervals (default) and the paired test share one studentised bootstrap of the bias-corrected
+statistic ``theta~ = theta - b``, ``b`` its delta-method (quadratic) bias (:meth:`_Design.biases`,
+:func:`eval.stats.significance.ratio_bias`): in each resample every statistic, its bias and its
+delta-method standard error on that resample (:meth:`_Design.variances`,
+:func:`eval.stats.significance.ratio_variance`) give ``t* = (theta~* - theta~) / se*``; the
+bootstrap-t interval ``theta~ +- se q`` (:func:`eval.stats.intervals.bootstrap_t_bounds`) and the
+test's p-value of ``t = theta~ / se`` (:func:`eval.stats.significance.studentised_p`) are read off
+the same ``t*``. The reported point is the metric itself (``theta``, as ``metrics.json``). The bias
+of a mean of ratios (the mIoU over 27 classes, and differences of two methods whose errors fall on
+different images) adds up over classes while its standard error does not: on the simulated
+populations of :mod:`eval.stats.calibration` at 50 images it is about 0.2 standard errors, and
+without the correction the symmetric test rejected a true null in 0.059 of 4300 samples (0.049 with it).
 
 Fixed class sets: a block's mIoU is, in every resample, jackknife sample and sign flip, the
 mean IoU over the classes present (``tp + fp + fn > 0``) in its full sample, so every
@@ -39,7 +45,8 @@ __all__ = ["INTERVALS", "ImageStats", "analyse"]
 INTERVALS = ("bootstrap-t", "bca", "percentile")
 INTERVAL_NAMES = {
     "bootstrap-t": "symmetric bootstrap-t (studentised by the delta-method standard error recomputed in each "
-                   "resample; Hall 1988, Efron & Tibshirani 1993 ch. 12)",
+                   "resample, about the delta-method bias-corrected estimate; Hall 1988, Efron & Tibshirani 1993 "
+                   "ch. 12, Davison & Hinkley 1997 sec. 2.7)",
     "bca": "BCa (bias-corrected and accelerated, jackknife acceleration over images; Efron 1987)",
     "percentile": "percentile bootstrap",
 }

@@ -9,11 +9,13 @@
   sec. 21.3). In a bootstrap resample it is recomputed on the resample itself (weights ``w_i``:
   how often image i was drawn): ``v_L* = n^-2 sum_i w_i l*_i^2`` with ``T*``, ``U*`` the resample's
   sums; this is what studentises the bootstrap-t (Davison & Hinkley sec. 5.2.1).
+* **Bias** (:func:`ratio_bias`): the delta-method (quadratic) bias ``b`` of each ratio, also
+  recomputed on every resample; the tested and interval statistic is ``d~ = d - b``.
 * :func:`studentised_p`: the studentised paired bootstrap test of **equal dataset-level
   metric** (null: ``metric(A) == metric(B)`` on the image population). Its statistic is
-  ``t = d / se(d)``; the replicates ``t* = (d* - d) / se*(d*)``, each over the standard error
-  of its own resample, are centred on the observed difference, so they follow the null
-  distribution of ``t`` whatever the methods' error profiles. Two-sided, symmetric:
+  ``t = d~ / se(d)``; the replicates ``t* = (d~* - d~) / se*(d*)``, each with the bias and over the
+  standard error of its own resample, are centred on the observed difference, so they follow the
+  null distribution of ``t`` whatever the methods' error profiles. Two-sided, symmetric:
   ``p = (1 + #{|t*| >= |t|}) / (R + 1)`` (equal-tailed: twice the smaller tail). It is the
   inversion of :func:`eval.stats.intervals.bootstrap_t_bounds` on the same replicates.
 * :func:`signflip_p`: the sign-flip permutation test (null: **exchangeability**, the two
@@ -78,7 +80,8 @@ def studentised_p(t_obs: np.ndarray, t_reps: np.ndarray,
     """Two-sided studentised bootstrap p-values of ``d == 0`` (S,), and the replicates used (S,).
 
     Args:
-        t_obs: (S,) observed ``d / se(d)``; NaN where ``d = 0`` with ``se = 0`` (p = 1 there).
+        t_obs: (S,) observed ``d / se(d)`` (``d`` bias-corrected in :func:`eval.stats.analysis.analyse`); NaN where
+            ``d = 0`` with ``se = 0`` (p = 1 there).
         t_reps: (R, S) replicates ``(d* - d) / se*`` (NaN where undefined: left out).
         symmetric: extremes by ``|t*| >= |t|``; else ``2 min(#{t* >= t}, #{t* <= t})`` (+1 each).
     """
