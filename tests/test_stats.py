@@ -53,13 +53,13 @@ def test_paired_test_level_fast():
 
 @pytest.mark.slow
 def test_paired_test_level_300_samples():
-    """The acceptance figures (``python -m eval.stats.calibration --only level``). Equal-IoU pair at 50 images:
-    300 samples (seed 0) gave 0.073, within its Monte Carlo SE (0.015) of 0.07; the check runs 600 further
-    samples (``--images 50 --samples 600 --seed 1``: 0.058)."""
-    assert sp.rejections(1000, 300, "equal-iou")["miou"] <= 0.07
-    assert sp.rejections(50, 600, "equal-iou", seed=1)["miou"] <= 0.07
+    """The acceptance figures (``python -m eval.stats.calibration --only level``): equal-IoU pair 0.057 at 50
+    images (seed 0; seed 1: 0.043, seed 2: 0.023, 600 samples of seed 1: 0.052), 0.033 at 1000; exchangeable
+    0.047 and 0.043."""
     for images in (50, 1000):
+        assert sp.rejections(images, 300, "equal-iou")["miou"] <= 0.07
         assert sp.rejections(images, 300, "exchangeable")["miou"] <= 0.07
+    assert sp.rejections(50, 300, "equal-iou", seed=1)["miou"] <= 0.07
 
 
 def _influence_variance(design, weights: np.ndarray, eps: float = 1e-6) -> dict[str, np.ndarray]:
