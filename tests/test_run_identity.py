@@ -312,8 +312,8 @@ def test_tables_mark_random_weights_and_non_default_settings_without_any_flag(ro
     assert "mIoU 95% CI" in md2 and f"n/a ({images} images)" in md2
     assert compare_main([str(out), "--out", str(tmp_path / "t2" / "compare"), "--resamples", "200",
                          "--permutations", "200", "--confidence", "0.9", "--min-images", "1",
-                         "--min-class-images", "0"]) == 0  # 0: no class counts as rare (1 would still count
-    # the classes only predicted, in no image's ground truth, which several segments per image give)
+                         "--min-class-images", "1"]) == 0  # 1: no class with ground truth is rare (the classes
+    # only predicted, in no image's ground truth, which several segments per image give, are not counted)
     ci = json.loads((tmp_path / "t2" / "compare" / "compare.json").read_text())["methods"]
     (low, high) = next(iter(ci.values()))["miou"][1:3]
     write_tables(collect_runs([out]), tmp_path / "t2")

@@ -53,13 +53,13 @@ def test_paired_test_level_fast():
 
 @pytest.mark.slow
 def test_paired_test_level_300_samples():
-    """The acceptance figures (``python -m eval.stats.calibration --only level``). Equal-IoU pair at 50 images:
-    300 samples (seed 0) gave 0.073, within its Monte Carlo SE (0.015) of 0.07; the check runs 600 further
-    samples (``--images 50 --samples 600 --seed 1``: 0.058)."""
-    assert sp.rejections(1000, 300, "equal-iou")["miou"] <= 0.07
-    assert sp.rejections(50, 600, "equal-iou", seed=1)["miou"] <= 0.07
+    """The acceptance figures (``python -m eval.stats.calibration --only level``): equal-IoU pair 0.057 at 50
+    images (seed 0; seed 1: 0.043, seed 2: 0.023, 600 samples of seed 1: 0.052), 0.033 at 1000; exchangeable
+    0.047 and 0.043."""
     for images in (50, 1000):
+        assert sp.rejections(images, 300, "equal-iou")["miou"] <= 0.07
         assert sp.rejections(images, 300, "exchangeable")["miou"] <= 0.07
+    assert sp.rejections(50, 300, "equal-iou", seed=1)["miou"] <= 0.07
 
 
 def _influence_variance(design, weights: np.ndarray, eps: float = 1e-6) -> dict[str, np.ndarray]:
@@ -112,8 +112,9 @@ def test_bootstrap_t_bounds_and_p_by_hand():
 
 
 def test_interval_is_a_hand_computed_bootstrap_t():
-    """analyse's mIoU / ACC interval equals a loop: resample images, score, delta-method SE of the resample from
-    its influence values written out by hand, t*, and the j-th largest |t*|."""
+    """analyse's mIoU / ACC interval equals a loop: resample images, score, subtract the delta-method bias of the
+    resample, its delta-method SE from its influence values written out by hand, t*, and the j-th largest |t*|
+    about the bias-corrected estimate."""
     stats = _small(30, np.random.default_rng(11))
     resamples = 199
     out = analyse({"m": stats}, resamples=resamples, seed=5)["methods"]["m"]
@@ -129,18 +130,22 @@ def test_interval_is_a_hand_computed_bootstrap_t():
         acc = tp.sum() / valid.sum()
         infl_acc = (tp.sum(1) - acc * valid) / valid.mean()
         got = scores(tp.sum(0), fp.sum(0), fn.sum(0), valid.sum())
-        return {"miou": (got["miou"], 100 * np.sqrt((infl_iou.mean(1) ** 2).sum()) / n),
-                "acc": (got["acc"], 100 * np.sqrt((infl_acc**2).sum()) / n)}
+        # quadratic delta-method bias of a ratio: (r sum u^2 - sum t u) / U^2; the mIoU's: the mean of its classes'
+        bias_iou = (iou * (union**2).sum(0) - (tp * union).sum(0)) / union.sum(0) ** 2
+        bias_acc = (acc * (valid**2).sum() - (tp.sum(1) * valid).sum()) / valid.sum() ** 2
+        return {"miou": (got["miou"] - 100 * bias_iou.mean(), 100 * np.sqrt((infl_iou.mean(1) ** 2).sum()) / n),
+                "acc": (got["acc"] - 100 * bias_acc, 100 * np.sqrt((infl_acc**2).sum()) / n)}
 
     full = score_and_se(np.arange(30))
     reps = [score_and_se(rows) for rows in idx]
     j = int(np.ceil(0.05 * (resamples + 1))) - 1  # 9
     for metric in ("miou", "acc"):
-        point, se = full[metric]
-        t = np.sort([abs(r[metric][0] - point) / r[metric][1] for r in reps])
+        centre, se = full[metric]  # the bias-corrected estimate
+        t = np.sort([abs(r[metric][0] - centre) / r[metric][1] for r in reps])
         q = t[-j]
-        assert out[metric][0] == pytest.approx(point, abs=1e-12)
-        np.testing.assert_allclose(out[metric][1:], [point - q * se, point + q * se], rtol=1e-9)
+        assert out[metric][0] == pytest.approx(stats.totals()[metric], abs=1e-12)  # the point is the metric's
+        assert 0 < abs(out[metric][0] - centre) < 0.5 * se  # the correction is small, not nothing
+        np.testing.assert_allclose(out[metric][1:], [centre - q * se, centre + q * se], rtol=1e-9)
 
 
 def test_p_value_is_the_inversion_of_the_pair_interval():
@@ -206,7 +211,7 @@ def test_most_classes_rare_refuses_the_miou_interval_and_test():
     out = analyse({"a": data[0], "b": data[1]}, resamples=100)
     entry = out["methods"]["a"]
     counts = data[0].class_images()
-    keep = (data[0].tp + data[0].fp + data[0].fn).sum(0) > 0
+    keep = ((data[0].tp + data[0].fp + data[0].fn).sum(0) > 0) & (counts > 0)  # classes with ground truth
     rare = int((counts[keep] < 5).sum())
     assert rare * 2 > keep.sum()
     assert entry["miou"][0] is not None and entry["miou"][1:] == [None, None]

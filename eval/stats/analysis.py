@@ -6,12 +6,18 @@ jackknife. A method may have several seed runs on the same images (blocks); its
 statistic is then the mean over its seeds of the dataset-level metric, and all its
 blocks are resampled with the same images.
 
-Intervals (default) and the paired test share one studentised bootstrap: in each resample
-every statistic and its delta-method standard error on that resample
-(:meth:`_Design.variances`, :func:`eval.stats.significance.ratio_variance`) give
-``t* = (theta* - theta) / se*``; the bootstrap-t interval
-(:func:`eval.stats.intervals.bootstrap_t_bounds`) and the test's p-value
-(:func:`eval.stats.significance.studentised_p`) are read off the same ``t*``.
+Intervals (default) and the paired test share one studentised bootstrap of the bias-corrected
+statistic ``theta~ = theta - b``, ``b`` its delta-method (quadratic) bias (:meth:`_Design.biases`,
+:func:`eval.stats.significance.ratio_bias`): in each resample every statistic, its bias and its
+delta-method standard error on that resample (:meth:`_Design.variances`,
+:func:`eval.stats.significance.ratio_variance`) give ``t* = (theta~* - theta~) / se*``; the
+bootstrap-t interval ``theta~ +- se q`` (:func:`eval.stats.intervals.bootstrap_t_bounds`) and the
+test's p-value of ``t = theta~ / se`` (:func:`eval.stats.significance.studentised_p`) are read off
+the same ``t*``. The reported point is the metric itself (``theta``, as ``metrics.json``). The bias
+of a mean of ratios (the mIoU over 27 classes, and differences of two methods whose errors fall on
+different images) adds up over classes while its standard error does not: on the simulated
+populations of :mod:`eval.stats.calibration` at 50 images it is about 0.2 standard errors, and
+without the correction the symmetric test rejected a true null in 0.059 of 4300 samples (0.049 with it).
 
 Fixed class sets: a block's mIoU is, in every resample, jackknife sample and sign flip, the
 mean IoU over the classes present (``tp + fp + fn > 0``) in its full sample, so every
@@ -32,14 +38,15 @@ import numpy as np
 from eval.metrics.summed_scores import dataset_scores, scores, split_columns
 from eval.stats.intervals import bca_bounds, bootstrap_t_bounds, combined_bounds, percentile_bounds
 from eval.stats.resample import bootstrap_weights, exact_product, flip_weights, weighted_sums
-from eval.stats.significance import holm, mc_se, min_detectable, ratio_variance, signflip_p, studentised_p
+from eval.stats.significance import holm, mc_se, min_detectable, ratio_bias, ratio_variance, signflip_p, studentised_p
 
 __all__ = ["INTERVALS", "ImageStats", "analyse"]
 
 INTERVALS = ("bootstrap-t", "bca", "percentile")
 INTERVAL_NAMES = {
     "bootstrap-t": "symmetric bootstrap-t (studentised by the delta-method standard error recomputed in each "
-                   "resample; Hall 1988, Efron & Tibshirani 1993 ch. 12)",
+                   "resample, about the delta-method bias-corrected estimate; Hall 1988, Efron & Tibshirani 1993 "
+                   "ch. 12, Davison & Hinkley 1997 sec. 2.7)",
     "bca": "BCa (bias-corrected and accelerated, jackknife acceleration over images; Efron 1987)",
     "percentile": "percentile bootstrap",
 }
@@ -219,6 +226,35 @@ class _Design:
                 "d_acc": var[:, m:, c], "d_miou": var_miou[:, m:], "d_iou": var[:, m:, :c]}
 
 
+    def biases(self, weights: np.ndarray, sums: np.ndarray) -> dict[str, np.ndarray]:
+        """Delta-method (quadratic) bias estimates of every reported statistic, each on its own resample.
+
+        Args:
+            weights: (R, N) image counts of each resample (ones for the full sample).
+            sums: (R, B * K) their stat sums (``weights @ matrix``).
+
+        Returns:
+            The keys and shapes of :meth:`statistics` (x100 units): each ratio's
+            :func:`eval.stats.significance.ratio_bias` on that resample, the mIoU's the mean of its classes',
+            a seeded method's the mean of its blocks', a difference's the difference. Where a ratio is
+            undefined the statistic is too (NaN in :meth:`statistics`); its bias is then 0.
+        """
+        _, _, products, pairs = self._units()
+        rows, blocks, units, c = weights.shape[0], len(self.classes), self.num_classes + 1, self.num_classes
+        # each block's own moments sum w (num den) and sum w (den den): products 1 and 3 of the pair (b, b)
+        cols = np.asarray([(pairs.index((b, b)) * 4 + j) * units + u
+                           for b in range(blocks) for j in (1, 3) for u in range(units)])
+        moments = (weights @ products[:, cols]).reshape(rows, blocks, 2, units)
+        tp, fp, fn, valid = (x.astype(np.float64) for x in split_columns(sums.reshape(rows, blocks, self.width), c))
+        total_num = np.concatenate([tp, tp.sum(-1, keepdims=True)], axis=-1)  # (R, B, C + 1)
+        total_den = np.concatenate([tp + fp + fn, valid[..., None]], axis=-1)
+        bias = np.nan_to_num(100.0 * ratio_bias(total_num, total_den, moments[:, :, 0], moments[:, :, 1]))
+        miou = np.where(self.classes[None], bias[..., :c], 0.0).sum(-1) / np.maximum(self.classes.sum(-1), 1)
+        combos = self.combinations()
+        ratios, means, m = np.einsum("sb,rbu->rsu", combos, bias), miou @ combos.T, len(self.names)
+        return {"acc": ratios[:, :m, c], "miou": means[:, :m], "iou": ratios[:, :m, :c],
+                "d_acc": ratios[:, m:, c], "d_miou": means[:, m:], "d_iou": ratios[:, m:, :c]}
+
 def _design(methods: dict[str, Any]) -> _Design:
     """Check and stack the methods' stats (one ImageStats or a sequence of seed runs each)."""
     if not methods:
@@ -251,36 +287,38 @@ def _studentise(values: np.ndarray, point: np.ndarray, var: np.ndarray) -> np.nd
     return np.where(values == point, 0.0, t)
 
 
-def _bootstrap(design: _Design, point: dict[str, np.ndarray], draws: int,
+def _bootstrap(design: _Design, centre: dict[str, np.ndarray], draws: int,
                rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Bootstrap replicates ``theta*`` and studentised replicates ``t*`` (draws, ...) of every statistic.
 
-    Each resample's standard error is the delta-method one computed on that resample
-    (:meth:`_Design.variances`); the resamples are processed in blocks of bounded memory.
+    ``t* = (theta* - b* - centre) / se*``: each resample's bias-corrected statistic (its own delta-method bias
+    ``b*``, :meth:`_Design.biases`) about ``centre``, the bias-corrected estimate of the full sample, over that
+    resample's delta-method standard error ``se*`` (:meth:`_Design.variances`). The resamples are processed in
+    blocks of bounded memory.
     """
     n = design.num_images
     step = max(1, (1 << 20) // max(n, 1))
-    reps: dict[str, list[np.ndarray]] = {key: [] for key in point}
-    studentised: dict[str, list[np.ndarray]] = {key: [] for key in point}
+    reps: dict[str, list[np.ndarray]] = {key: [] for key in centre}
+    studentised: dict[str, list[np.ndarray]] = {key: [] for key in centre}
     for block in bootstrap_weights(n, draws, rng):
         for start in range(0, block.shape[0], step):
             weights = block[start:start + step]
             sums = exact_product(weights, design.matrix)
-            values, var = design.statistics(sums), design.variances(weights, sums)
-            for key in point:
+            values, var, bias = design.statistics(sums), design.variances(weights, sums), design.biases(weights, sums)
+            for key in centre:
                 reps[key].append(values[key])
-                studentised[key].append(_studentise(values[key], point[key], var[key]))
+                studentised[key].append(_studentise(values[key] - bias[key], centre[key], var[key]))
     return ({key: np.concatenate(v) for key, v in reps.items()},
             {key: np.concatenate(v) for key, v in studentised.items()})
 
 
-def _bounds(interval: str, confidence: float, point: np.ndarray, se: np.ndarray, reps: np.ndarray,
-            t_reps: np.ndarray, jack: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Interval bounds of statistics of any shape: ``point``, ``se`` (...), ``reps``, ``t_reps`` (R, ...),
-    ``jack`` (N, ...) (BCa only)."""
+def _bounds(interval: str, confidence: float, point: np.ndarray, centre: np.ndarray, se: np.ndarray,
+            reps: np.ndarray, t_reps: np.ndarray, jack: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Interval bounds of statistics of any shape: ``point``, its bias-corrected ``centre`` (the bootstrap-t's),
+    ``se`` (...), ``reps``, ``t_reps`` (R, ...), ``jack`` (N, ...) (BCa only)."""
     flat = reps.reshape(reps.shape[0], -1)
     if interval == "bootstrap-t":
-        low, high = bootstrap_t_bounds(t_reps.reshape(t_reps.shape[0], -1), point.reshape(-1), se.reshape(-1),
+        low, high = bootstrap_t_bounds(t_reps.reshape(t_reps.shape[0], -1), centre.reshape(-1), se.reshape(-1),
                                        confidence, symmetric=SYMMETRIC)
     elif interval == "bca":
         low, high = bca_bounds(flat, point.reshape(-1), jack.reshape(jack.shape[0], -1), confidence)
@@ -369,17 +407,22 @@ def _seeds(design: _Design, m: int, entry: dict[str, Any], confidence: float) ->
 
 
 def _rare_refusals(design: _Design, class_images: list[np.ndarray], min_class_images: int) -> list[dict | None]:
-    """Per method, the refusal of its mIoU interval where most (over half) of its mIoU's classes are in fewer
-    than ``min_class_images`` images (their IoUs barely vary over resamples, so the interval is too narrow), else
-    None."""
+    """Per method, the refusal of its mIoU interval where most (over half) of its mIoU's classes with ground truth
+    are in fewer than ``min_class_images`` images (their IoUs barely vary over resamples, so the interval is too
+    narrow), else None.
+
+    A class of the mIoU in no image's ground truth (only predicted: an absent class matched to a leftover segment
+    gets its pixels as false positives) has IoU 0 in the sample and in every resample: a constant term of the mean
+    that adds nothing to its spread, so it is neither rare nor counted among the classes.
+    """
     out: list[dict | None] = []
     for m, bs in enumerate(design.blocks):
-        keep = design.classes[bs[0]]
-        rare = int((class_images[m][keep] < min_class_images).sum())
-        if rare * 2 > int(keep.sum()):
-            out.append({"images": design.num_images, "rare_classes": rare, "classes": int(keep.sum()),
-                        "reason": f"{rare} of the mIoU's {int(keep.sum())} classes in fewer than --min-class-images "
-                                  f"{min_class_images} images: no mIoU interval or test is given"})
+        seen = class_images[m][design.classes[bs[0]] & (class_images[m] > 0)]
+        rare, classes = int((seen < min_class_images).sum()), int(seen.size)
+        if rare * 2 > classes:
+            out.append({"images": design.num_images, "rare_classes": rare, "classes": classes,
+                        "reason": f"{rare} of the mIoU's {classes} classes with ground truth in fewer than "
+                                  f"--min-class-images {min_class_images} images: no mIoU interval or test is given"})
         else:
             out.append(None)
     return out
@@ -519,22 +562,23 @@ def analyse(methods: dict[str, ImageStats | list[ImageStats]], resamples: int = 
     total = design.matrix.sum(0, keepdims=True)
     point = design.statistics(total)
     se = {key: np.sqrt(v[0]) for key, v in design.variances(np.ones((1, n)), total).items()}
+    centre = {key: point[key] - v for key, v in design.biases(np.ones((1, n)), total).items()}  # bias-corrected
     refusal = _refusal(n, min_images, "--min-images") if n < min_images else None
     nan = {key: (np.full(v.shape[1:], np.nan),) * 2 for key, v in point.items()}
     bounds, tests, lacking = nan, None, np.full(len(design.names), np.nan)
     if refusal is None:
-        reps, t_reps = _bootstrap(design, point, max(resamples, draws), np.random.default_rng(boot_seq))
+        reps, t_reps = _bootstrap(design, centre, max(resamples, draws), np.random.default_rng(boot_seq))
         jack = design.statistics(total - design.matrix) if interval == "bca" else {key: None for key in point}
-        bounds = {key: _bounds(interval, confidence, point[key][0], se[key], reps[key][:resamples],
+        bounds = {key: _bounds(interval, confidence, point[key][0], centre[key][0], se[key], reps[key][:resamples],
                                t_reps[key][:resamples], jack[key]) for key in point}
         lacking = np.isnan(reps["miou"][:resamples]).mean(0)
         if design.pairs:
-            d, d_se, d_t = _pair_columns(point)[0], _pair_columns({k: v[None] for k, v in se.items()})[0], \
+            d, d_se, d_t = _pair_columns(centre)[0], _pair_columns({k: v[None] for k, v in se.items()})[0], \
                 _pair_columns(t_reps)[:draws]
             with np.errstate(invalid="ignore", divide="ignore"):
                 t_obs = np.where(d == 0, np.where(d_se > 0, 0.0, np.nan), d / d_se)
             p, used = studentised_p(t_obs, d_t, symmetric=SYMMETRIC)
-            p = np.where(np.isfinite(d), p, np.nan)
+            p = np.where(np.isfinite(_pair_columns(point)[0]), p, np.nan)
             mdd = {m: min_detectable(se[f"d_{m}"], t_reps[f"d_{m}"][:draws], confidence, symmetric=SYMMETRIC)
                    for m in METRICS}
             tests = {"p": p, "draws": used, "mdd": mdd,

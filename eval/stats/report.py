@@ -32,7 +32,7 @@ TEST_NOTE = {
 
 def na_text(refused: dict[str, Any] | None) -> str:
     """``n/a (3 images)`` for a refused interval; ``n/a (19 of 27 classes rare)`` for a mIoU refused because most
-    of its classes are in fewer than --min-class-images images."""
+    of its classes with ground truth are in fewer than --min-class-images images."""
     refused = refused or {}
     if refused.get("rare_classes") is not None:
         return f"n/a ({refused['rare_classes']} of {refused['classes']} classes rare)"
@@ -191,7 +191,8 @@ def _method_note(compare: dict[str, Any], full: bool) -> str:
             + f"Brackets: {level} interval over images, {kind} ({compare['resamples']} resamples, seed "
             f"{compare['seed']}); `n/a (k images)`: refused, fewer than --min-images {compare['min_images']} images "
             f"(--min-class-images {compare['min_class_images']} for a class); `n/a (k of K classes rare)`: mIoU "
-            f"interval and test refused, most of the mIoU's classes are in fewer than --min-class-images images. "
+            "interval and test refused, most of the mIoU's classes with ground truth are in fewer than "
+            "--min-class-images images. "
             "Differences are paired (the same "
             f"resampled images for both methods). p: {TEST_NOTE['studentised']}; sign-flip p: "
             f"{TEST_NOTE['signflip']} (a different null: it also rejects equal scores with different error "

@@ -9,11 +9,13 @@
   sec. 21.3). In a bootstrap resample it is recomputed on the resample itself (weights ``w_i``:
   how often image i was drawn): ``v_L* = n^-2 sum_i w_i l*_i^2`` with ``T*``, ``U*`` the resample's
   sums; this is what studentises the bootstrap-t (Davison & Hinkley sec. 5.2.1).
+* **Bias** (:func:`ratio_bias`): the delta-method (quadratic) bias ``b`` of each ratio, also
+  recomputed on every resample; the tested and interval statistic is ``d~ = d - b``.
 * :func:`studentised_p`: the studentised paired bootstrap test of **equal dataset-level
   metric** (null: ``metric(A) == metric(B)`` on the image population). Its statistic is
-  ``t = d / se(d)``; the replicates ``t* = (d* - d) / se*(d*)``, each over the standard error
-  of its own resample, are centred on the observed difference, so they follow the null
-  distribution of ``t`` whatever the methods' error profiles. Two-sided, symmetric:
+  ``t = d~ / se(d)``; the replicates ``t* = (d~* - d~) / se*(d*)``, each with the bias and over the
+  standard error of its own resample, are centred on the observed difference, so they follow the
+  null distribution of ``t`` whatever the methods' error profiles. Two-sided, symmetric:
   ``p = (1 + #{|t*| >= |t|}) / (R + 1)`` (equal-tailed: twice the smaller tail). It is the
   inversion of :func:`eval.stats.intervals.bootstrap_t_bounds` on the same replicates.
 * :func:`signflip_p`: the sign-flip permutation test (null: **exchangeability**, the two
@@ -33,7 +35,7 @@ import numpy as np
 
 from eval.stats.intervals import critical_rank, order_statistic
 
-__all__ = ["holm", "mc_se", "min_detectable", "ratio_variance", "signflip_p", "studentised_p"]
+__all__ = ["holm", "mc_se", "min_detectable", "ratio_bias", "ratio_variance", "signflip_p", "studentised_p"]
 
 
 def ratio_variance(scale_a: np.ndarray, ratio_a: np.ndarray, scale_b: np.ndarray, ratio_b: np.ndarray,
@@ -55,12 +57,31 @@ def ratio_variance(scale_a: np.ndarray, ratio_a: np.ndarray, scale_b: np.ndarray
     return scale_a * scale_b * (tt - ratio_b * tu - ratio_a * ut + ratio_a * ratio_b * uu)
 
 
+def ratio_bias(total_num: np.ndarray, total_den: np.ndarray, num_den: np.ndarray, den_den: np.ndarray) -> np.ndarray:
+    """``(r sum_i w_i u_i^2 - sum_i w_i t_i u_i) / U^2``: the delta-method (quadratic) bias of a ratio ``r = T / U``
+    of weighted sums, NaN where ``U = 0``.
+
+    It is ``(2 n^2)^-1 sum_i w_i q_ii`` with the ratio's second-order empirical influence values
+    ``q_ii = -2 u_i l_i / mean(u)`` (Davison & Hinkley 1997, sec. 2.7.4, the quadratic approximation ``b_Q``;
+    Efron 1982, ch. 6): the leading ``O(1 / n)`` term of ``E[T / U] - ratio``, estimated on the sums it is
+    given, so a bootstrap resample gets its own. All arguments broadcast together.
+
+    Args:
+        total_num, total_den: ``T = sum_i w_i t_i`` and ``U = sum_i w_i u_i``.
+        num_den, den_den: ``sum_i w_i t_i u_i`` and ``sum_i w_i u_i^2``.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = total_num / total_den
+        return np.where(total_den > 0, (ratio * den_den - num_den) / np.square(total_den), np.nan)
+
+
 def studentised_p(t_obs: np.ndarray, t_reps: np.ndarray,
                   symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided studentised bootstrap p-values of ``d == 0`` (S,), and the replicates used (S,).
 
     Args:
-        t_obs: (S,) observed ``d / se(d)``; NaN where ``d = 0`` with ``se = 0`` (p = 1 there).
+        t_obs: (S,) observed ``d / se(d)`` (``d`` bias-corrected in :func:`eval.stats.analysis.analyse`); NaN where
+            ``d = 0`` with ``se = 0`` (p = 1 there).
         t_reps: (R, S) replicates ``(d* - d) / se*`` (NaN where undefined: left out).
         symmetric: extremes by ``|t*| >= |t|``; else ``2 min(#{t* >= t}, #{t* <= t})`` (+1 each).
     """
