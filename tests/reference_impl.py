@@ -106,20 +106,23 @@ def nms(proposals: np.ndarray, out: int) -> np.ndarray:
 
 
 def lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int = 300, tol: float = 1e-4):
-    """Plain Lloyd iterations (scikit-learn's stopping rules), no empty-cluster handling needed."""
+    """Plain Lloyd iterations with scikit-learn's stopping rules; no empty-cluster handling (asserted unneeded).
+
+    ``x`` (N, D), ``centers`` (K, D). Stops when the labels repeat (strict convergence) or when the
+    centers move by at most ``tol`` times the mean variance of ``x``; unless strictly converged, the
+    labels are then assigned again to the final centers. Returns labels (N,) and centers (K, D).
+    """
     tol_abs = x.var(axis=0).mean() * tol
     labels = None
     for _ in range(max_iter):
-        d = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-        new_labels = d.argmin(1)
+        new_labels = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1).argmin(1)
+        assert all((new_labels == k).any() for k in range(len(centers))), "reference: no empty clusters expected"
         new_centers = np.stack([x[new_labels == k].mean(0) for k in range(len(centers))])
         shift = ((new_centers - centers) ** 2).sum()
         centers = new_centers
         if labels is not None and np.array_equal(labels, new_labels):
-            labels = new_labels
-            break
+            return labels, centers
         labels = new_labels
         if shift <= tol_abs:
-            labels = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1).argmin(1)
             break
-    return labels, centers
+    return ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1).argmin(1), centers
