@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -168,6 +169,7 @@ def _heads(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
     return tensor.unflatten(-1, (-1, head_dim))
 
 
+@dataclass(eq=False)
 class JointAttentionCaptureProcessor:
     """Records one module's joint-attention probabilities, then runs the module's previous processor.
 
@@ -181,16 +183,16 @@ class JointAttentionCaptureProcessor:
         text_length: for ``"flux_single"``, a callable giving the text token count of the current pass.
     """
 
-    def __init__(self, store: JointAttentionStore, name: str, previous: Any, layout: str,
-                 query_chunk: int | None = DEFAULT_QUERY_CHUNK, text_length: Any = None) -> None:
-        if layout not in ("sd3", "flux", "flux_single"):
-            raise ValueError(f"layout: expected 'sd3', 'flux' or 'flux_single', got {layout!r}")
-        self.store = store
-        self.name = name
-        self.previous = previous
-        self.layout = layout
-        self.query_chunk = query_chunk
-        self.text_length = text_length
+    store: JointAttentionStore
+    name: str
+    previous: Any
+    layout: str
+    query_chunk: int | None = DEFAULT_QUERY_CHUNK
+    text_length: Any = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("sd3", "flux", "flux_single"):
+            raise ValueError(f"layout: expected 'sd3', 'flux' or 'flux_single', got {self.layout!r}")
 
     def query_key(
         self,

@@ -20,6 +20,7 @@ window repeats the edge pixel).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,12 +95,7 @@ def median_filter_3x3(labels: torch.Tensor) -> torch.Tensor:
     return windows.median(dim=1).values  # 9 values: the exact middle one
 
 
-def refine_masks(
-    labels: torch.Tensor,
-    images: torch.Tensor,
-    num_iter: int = PAMR_ITERATIONS,
-    dilations: Sequence[int] = PAMR_DILATIONS,
-) -> torch.Tensor:
+def refine_masks(labels: torch.Tensor, images: torch.Tensor, **pamr_options: Any) -> torch.Tensor:
     """DiffCut's refinement of cluster maps: PAMR on one-hot masks, argmax, 3 x 3 median filter.
 
     Args:
@@ -107,6 +103,7 @@ def refine_masks(
         images: (B, 3, H, W) in [-1, 1]; mapped to [0, 1] and resized bilinearly (half-pixel
             centres, no antialiasing) to S x S, as the release resizes its [0, 1] images. The
             release feeds images at the backbone resolution (1024 for SSD-1B).
+        pamr_options: ``num_iter`` / ``dilations`` of :func:`pamr` (default: the release's).
 
     Returns:
         (B, S, S) int64 refined ids. Ids keep their values: each pixel takes the id whose refined
@@ -127,5 +124,5 @@ def refine_masks(
     # Ids absent from an image give all-zero channels, which stay zero and never win the argmax
     # (present channels sum to 1 at every pixel), so one batched call equals per-image calls.
     onehot = F.one_hot(labels.long(), num_ids).permute(0, 3, 1, 2).float()
-    refined = pamr(small, onehot, num_iter, dilations).argmax(dim=1)
+    refined = pamr(small, onehot, **pamr_options).argmax(dim=1)
     return median_filter_3x3(refined)

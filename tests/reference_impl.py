@@ -6,6 +6,9 @@ code with the ``diffseg`` package.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
 
@@ -60,6 +63,19 @@ def sym_kl(p: np.ndarray, q: np.ndarray) -> float:
         return float(np.sum(p * quotient) / 2 - np.sum(q * quotient) / 2)
 
 
+def greedy_groups(items: Sequence, distance: Callable[[Any, Any], float], threshold: float) -> list[list[int]]:
+    """Greedy grouping of the official merging: anchors in index order, skipping any already in a group;
+    an anchor's group is the index of every item closer to it than ``threshold`` by ``distance`` (grouped
+    ones included; NaN is never closer), an empty group is dropped. Returns the groups as lists of indices."""
+    groups: list[list[int]] = []
+    for anchor in range(len(items)):
+        if not any(anchor in group for group in groups):
+            members = [j for j, item in enumerate(items) if distance(items[anchor], item) < threshold]
+            if members:
+                groups.append(members)
+    return groups
+
+
 def merge(attn: np.ndarray, thresholds: list[float], num_points: int, fp16: bool) -> np.ndarray:
     """Official iterative merging for one (S, S, S, S) tensor; returns (P, S*S) proposals.
 
@@ -77,17 +93,8 @@ def merge(attn: np.ndarray, thresholds: list[float], num_points: int, fp16: bool
             proposals.append(flat[members].mean(axis=0))
     current = np.array(proposals).reshape(-1, side * side)
     for tau in thresholds[1:]:
-        matched: set[int] = set()
-        merged = []
-        for i in range(len(current)):
-            if i in matched:
-                continue
-            matched.add(i)
-            members = [m for m in range(len(current)) if sym_kl(current[i], current[m]) < tau]
-            if members:
-                matched.update(members)
-                merged.append(current[members].mean(axis=0))
-        current = np.array(merged).reshape(-1, side * side)
+        groups = greedy_groups(current, sym_kl, tau)
+        current = np.array([current[g].mean(axis=0) for g in groups]).reshape(-1, side * side)
     return current
 
 
@@ -99,20 +106,23 @@ def nms(proposals: np.ndarray, out: int) -> np.ndarray:
 
 
 def lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int = 300, tol: float = 1e-4):
-    """Plain Lloyd iterations (scikit-learn's stopping rules), no empty-cluster handling needed."""
+    """Plain Lloyd iterations with scikit-learn's stopping rules; no empty-cluster handling (asserted unneeded).
+
+    ``x`` (N, D), ``centers`` (K, D). Stops when the labels repeat (strict convergence) or when the
+    centers move by at most ``tol`` times the mean variance of ``x``; unless strictly converged, the
+    labels are then assigned again to the final centers. Returns labels (N,) and centers (K, D).
+    """
     tol_abs = x.var(axis=0).mean() * tol
     labels = None
     for _ in range(max_iter):
-        d = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-        new_labels = d.argmin(1)
+        new_labels = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1).argmin(1)
+        assert all((new_labels == k).any() for k in range(len(centers))), "reference: no empty clusters expected"
         new_centers = np.stack([x[new_labels == k].mean(0) for k in range(len(centers))])
         shift = ((new_centers - centers) ** 2).sum()
         centers = new_centers
         if labels is not None and np.array_equal(labels, new_labels):
-            labels = new_labels
-            break
+            return labels, centers
         labels = new_labels
         if shift <= tol_abs:
-            labels = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1).argmin(1)
             break
-    return labels, centers
+    return ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1).argmin(1), centers

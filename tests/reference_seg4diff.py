@@ -10,11 +10,18 @@ Rules (cvlab-kaist/Seg4Diff, ``seg4diff/seg4diff_model_unsup.py``: ``forward``, 
 * greedy: anchors in token order, skipping tokens already matched; a group is every token whose
   symmetric KL to the anchor is < threshold (matched ones included); the group mean is kept;
 * bilinear upsampling (half-pixel centres) of each group mean to the output size, argmax.
+
+The greedy grouping and the bilinear resize are the DiffSeg reference's (``tests/reference_impl.py``):
+the release's rules for both are the same.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
+
+from tests.reference_impl import bilinear_half_pixel, greedy_groups
 
 
 def layer_mean(layer_maps, text_tokens=77):
@@ -55,37 +62,9 @@ def symmetric_kl(p, q):
 
 def merge(dists, threshold):
     """The release's mask_merge: (groups as lists of token indices, group means)."""
-    matched = set()
-    groups, means = [], []
-    for i in range(len(dists)):
-        if i in matched:
-            continue
-        matched.add(i)
-        members = [j for j in range(len(dists)) if symmetric_kl(dists[i], dists[j]) < threshold]
-        if members:
-            matched.update(members)
-            groups.append(members)
-            means.append([sum(dists[j][k] for j in members) / len(members) for k in range(len(dists[i]))])
+    groups = greedy_groups(dists, symmetric_kl, threshold)
+    means = [[sum(dists[j][k] for j in members) / len(members) for k in range(len(dists[0]))] for members in groups]
     return groups, means
-
-
-def bilinear(grid, side, height, width):
-    """Half-pixel-centre bilinear resize (align_corners=False, edge clamped) of a side x side grid (flat list)."""
-    out = [[0.0] * width for _ in range(height)]
-    for y in range(height):
-        sy = max((y + 0.5) * side / height - 0.5, 0.0)
-        y0 = min(int(math.floor(sy)), side - 1)
-        y1 = min(y0 + 1, side - 1)
-        wy = sy - y0
-        for x in range(width):
-            sx = max((x + 0.5) * side / width - 0.5, 0.0)
-            x0 = min(int(math.floor(sx)), side - 1)
-            x1 = min(x0 + 1, side - 1)
-            wx = sx - x0
-            top = grid[y0 * side + x0] * (1 - wx) + grid[y0 * side + x1] * wx
-            bottom = grid[y1 * side + x0] * (1 - wx) + grid[y1 * side + x1] * wx
-            out[y][x] = top * (1 - wy) + bottom * wy
-    return out
 
 
 def segment(layer_maps, height, width, threshold=0.1, text_tokens=77, power=1.0):
@@ -93,7 +72,7 @@ def segment(layer_maps, height, width, threshold=0.1, text_tokens=77, power=1.0)
     maps = layer_mean(layer_maps, text_tokens)
     side = math.isqrt(len(maps))
     groups, means = merge(token_distributions(maps, power), threshold)
-    ups = [bilinear(m, side, height, width) for m in means]
+    ups = [bilinear_half_pixel(np.reshape(m, (side, side)), height, width) for m in means]
     labels, margins = [], []
     for y in range(height):
         row, mrow = [], []

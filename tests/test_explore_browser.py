@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 SCREENSHOTS = os.environ.get("EXPLORE_SCREENSHOTS")
 TIMEOUT_MS = 45_000  # per wait; every wait is for a condition, never a fixed sleep
 SEGMENTS = re.compile(r"(\d+) segments?")
+WIDE = {"width": 1400, "height": 1000}  # the pages' viewport where the layout matters
 
 
 def _chromium() -> str | None:
@@ -71,6 +73,14 @@ def _telemetry_flag_restored():
         os.environ[key] = before
 
 
+@pytest.fixture
+def attention_memory_cleared():
+    """The explorer's in-memory attention cache empty when the test starts, and emptied again after it."""
+    AttentionCache.clear_memory()
+    yield
+    AttentionCache.clear_memory()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,6 +95,22 @@ def _serve(app):
     return url
 
 
+@contextmanager
+def _opened(browser, app, **page_options):
+    """A new page of ``browser`` at ``app`` served on a free port; the page and the app are closed after."""
+    try:
+        url = _serve(app)
+        page = browser.new_page(**page_options)
+        try:
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            yield page
+        finally:
+            page.close()
+    finally:
+        app.close()
+
+
 def _shot(page, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
@@ -97,7 +123,7 @@ def _count(page) -> int:
     return int(match.group(1))
 
 
-def test_one_image_slider_and_click(browser, tmp_path):
+def test_one_image_slider_and_click(browser, tmp_path, attention_memory_cleared):
     from diffseg.testing.tiny import tiny_backbone
     from eval.data.synthetic import write_synthetic_coco_stuff
     from eval.explore.__main__ import TINY_ATTENTION_SCALE
@@ -105,7 +131,6 @@ def test_one_image_slider_and_click(browser, tmp_path):
     from eval.explore.session import ImageSession
     from eval.run.provenance import RANDOM_BANNER
 
-    AttentionCache.clear_memory()
     write_synthetic_coco_stuff(tmp_path, num_images=1, seed=7, size_range=(300, 360))
     image = next((tmp_path / "val2017").glob("*.jpg"))
     # 256 px input: 32 x 32 attention, so the page is quick on two cores
@@ -114,11 +139,7 @@ def test_one_image_slider_and_click(browser, tmp_path):
     with Image.open(image) as decoded:  # named as a user names it (no temporary folder in the page)
         session.add_array(np.asarray(decoded.convert("RGB")), name=image.name)
     app = build_image_app(session, banner=RANDOM_BANNER)
-    url = _serve(app)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(url)
+    with _opened(browser, app, viewport=WIDE) as page:
         page.wait_for_function("() => /\\d+ segments?/.test(document.querySelector('#segment-count')?.innerText)")
         assert "RANDOM WEIGHTS" in page.inner_text("#banner")
         assert page.inner_text("#startup-errors").strip() == ""  # a clean page
@@ -159,10 +180,6 @@ def test_one_image_slider_and_click(browser, tmp_path):
         page.wait_for_function("() => (document.querySelector('#merge-note')?.innerText || '').includes('segments')")
         assert "Error:" not in page.inner_text("body")
         _shot(page, "explore_image.png")
-    finally:
-        page.close()
-        app.close()
-        AttentionCache.clear_memory()
 
 
 def test_startup_errors_are_shown_in_the_page(browser, tmp_path):
@@ -172,16 +189,9 @@ def test_startup_errors_are_shown_in_the_page(browser, tmp_path):
 
     session = ImageSession(tiny_backbone(device="cpu", input_size=64), output_size=64)  # no image: nothing to segment
     app = build_image_app(session, messages=[f"{tmp_path / 'broken.jpg'}: cannot be read as an image"])
-    url = _serve(app)
-    page = browser.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(url)
+    with _opened(browser, app) as page:
         page.wait_for_function("() => (document.querySelector('#startup-errors')?.innerText || '').includes('broken')")
         assert "broken.jpg: cannot be read as an image" in page.inner_text("#startup-errors")
-    finally:
-        page.close()
-        app.close()
 
 
 def test_two_runs_without_common_methods_open_side_by_side(browser, tmp_path_factory, tmp_path):
@@ -193,11 +203,7 @@ def test_two_runs_without_common_methods_open_side_by_side(browser, tmp_path_fac
     rename = disjoint_copy(run_dir, other)
     a, b = RunFolder.open(run_dir), RunFolder.open(other)
     app = build_run_app([str(run_dir), str(other)])
-    url = _serve(app)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(url)
+    with _opened(browser, app, viewport=WIDE) as page:
         page.wait_for_selector('#images-table [data-testid="cell-0-0"]')
         assert page.inner_text("#status").strip() == ""  # opened, no error
         banner = page.inner_text("#banner")
@@ -221,9 +227,6 @@ def test_two_runs_without_common_methods_open_side_by_side(browser, tmp_path_fac
         scores = b.per_image_miou_of(clicked)
         for method, value in zip(b.methods, scores, strict=True):
             assert f"{method} mIoU {value:.1f}" in note  # run B's own methods on the same image
-    finally:
-        page.close()
-        app.close()
 
 
 def test_run_sort_and_open_image(browser, tmp_path_factory, tmp_path, monkeypatch):
@@ -237,12 +240,8 @@ def test_run_sort_and_open_image(browser, tmp_path_factory, tmp_path, monkeypatc
     ascending = run.table(sort_by="K-Means-C", descending=False)["image"].tolist()
     assert descending[0] != ascending[0]  # the sort has something to show on these images
     app = build_run_app([str(run_dir)])
-    url = _serve(app)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
     first_cell = "document.querySelector('#images-table [data-testid=\"cell-0-0\"]')?.innerText"
-    try:
-        page.goto(url)
+    with _opened(browser, app, viewport=WIDE) as page:
         page.wait_for_selector('#images-table [data-testid="cell-0-0"]')
         banner = page.inner_text("#banner")
         assert "RANDOM WEIGHTS" in banner and "SYNTHETIC DATA" in banner
@@ -266,9 +265,6 @@ def test_run_sort_and_open_image(browser, tmp_path_factory, tmp_path, monkeypatc
         assert f"K-Means-C: mIoU {scores[1]:.1f}" in captions
         page.wait_for_selector("#iou-bars img")
         _shot(page, "explore_run.png")
-    finally:
-        page.close()
-        app.close()
 
 
 def test_requirement_check_names_what_is_missing(monkeypatch):

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from reference_impl import lloyd as reference_lloyd
 
 import diffseg.kmeans as km
 from diffseg import KMeansSegmenter
@@ -19,7 +20,8 @@ def _reference_kmeans(x: np.ndarray, k: int, n_init: int, seed: int, max_iter: i
                       ) -> np.ndarray:
     """Straightforward float64 K-means of one problem ``x`` ``(N, D)``: greedy k-means++ from the same
     seeded CPU generator draws (float64, as the points: one uniform for the first center, ``2 + int(log k)``
-    per next one), Lloyd with scikit-learn's stopping rules, the first lowest inertia kept.
+    per next one), Lloyd with scikit-learn's stopping rules (``reference_impl.lloyd``), the first lowest
+    inertia kept.
     Returns labels ``(N,)``."""
     gen = torch.Generator().manual_seed(seed)
     n = len(x)
@@ -40,24 +42,7 @@ def _reference_kmeans(x: np.ndarray, k: int, n_init: int, seed: int, max_iter: i
             best = int(np.argmin([p.sum() for p in pots]))
             centers.append(x[cand[best]])
             closest = pots[best]
-        c = np.stack(centers)
-        tol_abs = x.var(axis=0).mean() * tol
-        labels = None
-        converged = False
-        for _ in range(max_iter):
-            new_labels = sq(x, c).argmin(1)
-            assert all((new_labels == j).any() for j in range(k)), "reference: no empty clusters expected"
-            new_c = np.stack([x[new_labels == j].mean(0) for j in range(k)])
-            shift = ((new_c - c) ** 2).sum()
-            c = new_c
-            if labels is not None and np.array_equal(labels, new_labels):
-                converged = True
-                break
-            labels = new_labels
-            if shift <= tol_abs:
-                break
-        if not converged:
-            labels = sq(x, c).argmin(1)
+        labels, c = reference_lloyd(x, np.stack(centers), max_iter, tol)
         inertia = sq(x, c)[np.arange(n), labels].sum()
         if inertia < best_inertia:
             best_labels, best_inertia = labels, inertia

@@ -15,11 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra_compose import MULTI_SEGMENT, assert_multi_segment, compose_eval, run_config, totals
+from hydra_compose import (
+    MULTI_SEGMENT,
+    assert_multi_segment,
+    compose_eval,
+    run_config,
+    synthetic_coco_stuff_root,
+    totals,
+)
 from omegaconf import OmegaConf
 
 from diffseg.masks import read_mask_png, write_mask_png
-from eval.data.synthetic import write_synthetic_coco_stuff, write_synthetic_voc
+from eval.data.synthetic import write_synthetic_voc
 from eval.instantiate import build_dataset
 from eval.metrics import image_stats
 from eval.rescore import rescore
@@ -36,9 +43,7 @@ DIFFCUT_RUN = ["experiment=voc21", "model=tiny", "dataset.size=128", "protocol=d
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("coco")
-    write_synthetic_coco_stuff(root, num_images=4, seed=23)
-    return root
+    return synthetic_coco_stuff_root(tmp_path_factory, num_images=4, seed=23)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra_compose import run_config, totals
+from hydra_compose import run_config, synthetic_coco_stuff_root, totals
 from PIL import Image
 
 import eval.run.merge as merge_module
@@ -63,9 +63,7 @@ def one_error_line(stderr: str) -> str:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("coco")
-    write_synthetic_coco_stuff(folder, num_images=4, seed=31)
-    return folder
+    return synthetic_coco_stuff_root(tmp_path_factory, num_images=4, seed=31)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra_compose import MULTI_SEGMENT, assert_multi_segment, compose_eval
+from hydra_compose import MULTI_SEGMENT, assert_multi_segment, compose_eval, synthetic_coco_stuff_root
 
-from eval.data.synthetic import write_synthetic_coco_stuff
 from eval.run import evaluate
 from eval.run.records import load_run_records
 
@@ -32,9 +31,7 @@ pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not inst
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("coco")
-    write_synthetic_coco_stuff(root, num_images=7, seed=21)
-    return root
+    return synthetic_coco_stuff_root(tmp_path_factory, num_images=7, seed=21)
 
 
 @pytest.fixture(scope="module")
