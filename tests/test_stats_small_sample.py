@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.compare import ImageStats, analyse
-from eval.stats.analysis import _bootstrap, _design
+from eval.stats.analysis import ImageStats, _bootstrap, _design, analyse
 from eval.stats.resample import bootstrap_weights
 from eval.stats.significance import ratio_bias
 
