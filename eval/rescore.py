@@ -94,7 +94,7 @@ def _score(run: RunFolder, methods: dict[str, Any], dataset: Any, ids: list[str]
     saved = {name: load_saved_masks(run.path, name) for name in methods}
     metrics = {name: HungarianSegmentationMetric(num_classes, background, protocol) for name in methods}
     records = [{"id": i, "fp": identity.fingerprint, "methods": {}} for i in ids]
-    bar = tqdm(records, desc=f"rescore ({protocol})", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(records, desc=f"rescore ({protocol.name})", unit="img", disable=not progress, file=sys.stderr)
     for record in bar:  # one label in memory at a time
         image_id = record["id"]
         label = dataset.label(image_id)

@@ -20,7 +20,7 @@ from hydra_compose import EXPERIMENTS, compose_eval, run_config, synthetic_coco_
 from PIL import Image
 
 import diffseg.network
-import eval.data.base
+import eval.data.geometry
 import eval.data.preparation
 from diffseg import DiffSeg, KMeansSegmenter, resolution_weights
 from diffseg.preprocess import LabelFormatError, load_label, preprocess_label
@@ -83,7 +83,7 @@ def test_a_preprocessing_bug_fails_the_run_instead_of_skipping(coco_root, tmp_pa
     def broken(image, size):
         raise ValueError("bug in pre-processing")
 
-    monkeypatch.setattr(eval.data.base, "preprocess_image", broken)
+    monkeypatch.setattr(eval.data.geometry, "preprocess_image", broken)
     with pytest.raises(ValueError, match="bug in pre-processing"):
         evaluate(compose(coco_root, tmp_path))
     assert not (tmp_path / "metrics.json").exists()
