@@ -151,32 +151,12 @@ CITYSCAPES_LABEL_TO_TRAIN_ID: dict[int, int] = {
     33: 18,  # bicycle
 }
 
-# trainId order: detectron2's Cityscapes stuff classes, the names of the release's datasets/cityscapes.json.
-CITYSCAPES19_CLASSES: tuple[str, ...] = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
-
+# The 19 evaluation classes in trainId order (the release's datasets/cityscapes.json): each is the 27-class
+# name of its labelId.
+CITYSCAPES19_CLASSES: tuple[str, ...] = tuple(
+    CITYSCAPES27_CLASSES[label_id - CITYSCAPES_FIRST_LABEL_ID]
+    for label_id, _ in sorted(CITYSCAPES_LABEL_TO_TRAIN_ID.items(), key=lambda item: item[1]))
 assert len(CITYSCAPES19_CLASSES) == 19 and sorted(CITYSCAPES_LABEL_TO_TRAIN_ID.values()) == list(range(19))
-assert all(CITYSCAPES19_CLASSES[t] == CITYSCAPES27_CLASSES[i - CITYSCAPES_FIRST_LABEL_ID]
-           for i, t in CITYSCAPES_LABEL_TO_TRAIN_ID.items())
 
 
 class Cityscapes19(Cityscapes27):
