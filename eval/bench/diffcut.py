@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +27,8 @@ import torch
 from diffseg import DiffCut
 from diffseg.devices import resolve_device
 from diffseg.testing.features import clustered_features
-from eval.atomic import write_json_atomic
 from eval.bench.baselines.naive_diffcut import naive_diffcut
+from eval.bench.cli import add_common_options, run_and_report
 from eval.bench.provenance import run_provenance
 from eval.bench.report import header_lines
 from eval.bench.timing import timed
@@ -109,20 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clusters", type=int, default=8)
     parser.add_argument("--channels", type=int, default=1280, help="1280 = SDXL/SSD-1B down_blocks[-1]")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads for both sides (default: torch's default)"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file (new file)")
+    add_common_options(parser, "torch CPU threads for both sides (default: torch's default)")
     args = parser.parse_args(argv)
-    if args.out is not None and args.out.exists():
-        parser.error(f"--out {args.out} exists; choose a new file (this benchmark never overwrites)")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    result = run_bench(args.images, args.side, args.clusters, args.channels, args.device)
-    print(_table(result))
-    if args.out is not None:
-        write_json_atomic(args.out, result)
-        print(f"wrote {args.out}")
+    result = run_and_report(parser, args, lambda: run_bench(args.images, args.side, args.clusters, args.channels,
+                                                            args.device), _table)
     return 0 if result["all_identical"] else 1
 
 

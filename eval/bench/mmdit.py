@@ -41,7 +41,7 @@ from diffseg.joint_attention import (
     joint_capture_peak_bytes,
     joint_probabilities,
 )
-from eval.atomic import write_json_atomic
+from eval.bench.cli import add_common_options, run_and_report
 from eval.bench.provenance import run_provenance
 from eval.bench.report import header_lines
 from eval.bench.timing import device_info, timed
@@ -205,19 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(4096: SD3 at 1024 px)")
     parser.add_argument("--chunk", type=int, default=DEFAULT_QUERY_CHUNK, help="query chunk of the chunked row")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the timed passes")
-    parser.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file (new file)")
+    add_common_options(parser, "torch CPU threads of the timed passes")
     args = parser.parse_args(argv)
-    if args.out is not None and args.out.exists():
-        parser.error(f"--out {args.out} exists; choose a new file (this benchmark never overwrites)")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    result = run_bench(args.side, args.text_tokens, args.repeats, args.memory_image_tokens, chunk=args.chunk,
-                       device=args.device)
-    print(render(result))
-    if args.out is not None:
-        write_json_atomic(args.out, result)
-        print(f"wrote {args.out}")
+    result = run_and_report(parser, args, lambda: run_bench(args.side, args.text_tokens, args.repeats,
+                                                            args.memory_image_tokens, chunk=args.chunk,
+                                                            device=args.device), render)
     return 0 if all(r["output_unchanged"] for r in result["capture_overhead"]["rows"]) else 1
 
 

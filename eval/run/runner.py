@@ -47,8 +47,8 @@ from eval.data.loader import Batch, DuplicateIdsError, build_loader
 from eval.folder import layout
 from eval.instantiate import build_dataset
 from eval.metrics import HungarianSegmentationMetric
-from eval.metrics.protocols import Protocol, ProtocolError, protocol_from_settings
-from eval.run.build import build_protocol, protocol_settings
+from eval.metrics.protocols import Protocol, ProtocolError
+from eval.run.build import build_protocol
 from eval.run.distributed import Dist, export_slurm_env, process_group, split
 from eval.run.identity import (
     IDENTITY_FILE,
@@ -97,8 +97,7 @@ class NoImagesError(RuntimeError):
     """A run that would report numbers resting on no image (or on too few, see ``max_skipped``)."""
 
 
-def _run_info(spec: RunSpec) -> dict[str, Any]:
-    protocol = protocol_from_settings(protocol_settings(spec.config))
+def _run_info(spec: RunSpec, protocol: Protocol) -> dict[str, Any]:
     label = {"protocol_label": protocol.describe()} if protocol.describe() != protocol.name else {}  # tables show it
     return {
         "name": spec.run_name,
@@ -534,7 +533,7 @@ def _write_result(end: _RunEnd, mine: list[dict[str, Any]]) -> dict[str, Any]:
                                   batch_sizes=tally(mine, "batch_size"), threads=tally(mine, "threads"),
                                   image_list=getattr(end.plan.dataset, "image_list", lambda: None)())
     result = write_metrics(
-        out_dir, end.totals, mine, run=_run_info(spec), provenance=provenance,
+        out_dir, end.totals, mine, run=_run_info(spec, end.plan.protocol), provenance=provenance,
         config=spec.config, code=identity.code, versions=versions(), **sections,
     )
     for name, s in result["methods"].items():
