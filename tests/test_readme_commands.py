@@ -375,8 +375,10 @@ def test_conf_readme_names_every_config_option():
 
 
 def _make_dry_run(target: str, *variables: str) -> list[str]:
-    out = subprocess.run(["make", "-n", target, "STAMP=", "PY=python", *variables], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    # Under `make test` the outer make's MAKELEVEL / MAKEFLAGS would make this one print "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", target, "STAMP=", "PY=python", *variables],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
     return [" ".join(line.split()) for line in out.splitlines() if line.strip()]
 
 
